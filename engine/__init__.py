@@ -1,0 +1,1 @@
+"""Training engine: Trainer, callbacks, schedules, weight EMA, checkpoints, losses and metrics."""

@@ -1,0 +1,109 @@
+"""Factories: ``TrainConfig`` -> device, model, data, callbacks and a ready (maybe resumed) Trainer."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from engine.callbacks import Callback
+from engine.checkpoint import CheckpointError, find_resumable, load_checkpoint
+from engine.checkpointing import CheckpointCallback
+from engine.config import ConfigError, TrainConfig
+from engine.data_module import build_data
+from engine.logging_callback import LoggingCallback
+from engine.losses import SegmentationCriterion
+from engine.resume import restore_trainer
+from engine.stopping import StopAfterEpochsCallback, TimeLimitCallback
+from engine.trainer import Trainer
+from engine.weight_ema import WeightEMACallback
+from models import build_model
+
+logger = logging.getLogger(__name__)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training if ``--checkpoint-dir`` cannot hold checkpoints."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--checkpoint-dir {folder} exists and is not a folder; choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--checkpoint-dir {folder} is not writable ({error.strerror}); "
+                          "pass a writable folder such as /kaggle/working/checkpoints") from None
+
+
+def build_callbacks(config: TrainConfig) -> List[Optional[Callback]]:
+    """Optional features as callbacks; the checkpoint callback stays last (see its docstring)."""
+    folder = Path(config.checkpoint_dir)
+    return [
+        WeightEMACallback(config.ema_decay, config.ema_warmup) if config.use_ema else None,
+        TimeLimitCallback(config.time_limit_seconds) if config.time_limit else None,
+        StopAfterEpochsCallback(config.stop_after_epochs) if config.stop_after_epochs else None,
+        LoggingCallback(folder, config.log_interval),
+        CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes),
+    ]
+
+
+def resolve_resume_path(config: TrainConfig) -> Optional[Path]:
+    if not config.resume_from:
+        return None
+    if config.resume_from == "auto":
+        found = find_resumable(Path(config.checkpoint_dir))
+        if found is None:
+            logger.info("--resume-from auto: no checkpoint in %s yet, starting a new run", config.checkpoint_dir)
+        return found
+    path = Path(config.resume_from)
+    if not path.is_file():
+        raise CheckpointError(f"--resume-from {path} does not exist; pass a .pth file or 'auto'")
+    return path
+
+
+def build_trainer(config: TrainConfig) -> Trainer:
+    """Everything a run needs, resumed from ``--resume-from`` when given."""
+    torch.manual_seed(config.seed)
+    device = select_device(config.device)
+    resume_path = resolve_resume_path(config)
+    payload = load_checkpoint(resume_path) if resume_path else None
+    synthetic = config.dataset_path is None
+    model_config = config.model_config(synthetic)
+    if payload is not None:
+        model_config.pretrained, model_config.pretrained_path = False, None  # weights come from the checkpoint
+    model = build_model(model_config).to(device)
+    data = build_data(config, model.encoder.normalization)
+    check_writable(Path(config.checkpoint_dir))
+    criterion = SegmentationCriterion(moe_loss_weight=config.moe_loss_weight)
+    trainer = Trainer(config, model, criterion, data, build_callbacks(config), device)
+    if payload is not None:
+        restore_trainer(trainer, payload, str(resume_path))
+    ema_callback = trainer.callbacks.get("weight_ema")
+    if ema_callback is not None:
+        ema_callback.attach(model)  # after loading: a shadow without saved state starts from these weights
+    return trainer
+
+
+def describe_run(trainer: Trainer) -> List[str]:
+    """Start-up summary: device, data, model size and the stage plan."""
+    config = trainer.config
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    lines = [
+        f"device {trainer.device}, precision {trainer.precision.dtype or 'fp32'}, "
+        f"{torch.get_num_threads()} CPU threads, pid {os.getpid()}",
+        f"data: {trainer.data.description}",
+        f"model: {config.backbone} + MoE decoder ({config.num_experts} experts, top-{config.top_k}), "
+        f"{parameters / 1e6:.2f} M parameters",
+    ]
+    return lines + trainer.plan.describe()

@@ -1,0 +1,143 @@
+"""Checkpoint files: atomic writes, safe (``weights_only``) loads, finding the newest good one.
+
+A checkpoint holds only tensors and plain containers, so ``torch.load(weights_only=True)`` reads
+it and a file carrying arbitrary pickled objects is refused before any of its code runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TEMP_PREFIX = ".tmp-ckpt-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line with the fix."""
+
+
+def atomic_save(payload: Dict[str, Any], path: Path) -> None:
+    """Write ``payload`` to ``path`` via a temp file in the same folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pth", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temp files left by a save that was killed; returns how many were removed."""
+    removed = 0
+    for stale in Path(folder).glob(f"{TEMP_PREFIX}*"):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def load_checkpoint(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint safely; raise ``CheckpointError`` naming what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check --resume-from")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise CheckpointError(
+                f"checkpoint {path} contains arbitrary pickled objects and was refused (weights_only=True); "
+                "only load files you trust, re-saved as plain state_dicts") from None
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({_first_line(error)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_first_line(error)}); "
+            "use another file or --resume-from auto") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' entry)")
+    return payload
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:160] if text else type(error).__name__
+
+
+def find_resumable(folder: Path) -> Optional[Path]:
+    """The checkpoint in ``folder`` that loads and is furthest along (global step, then mtime).
+
+    Damaged files are skipped with a warning naming them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    best_key, best_path = None, None
+    for candidate in sorted(folder.glob("*.pth")):
+        if candidate.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            payload = load_checkpoint(candidate)
+        except CheckpointError as error:
+            logger.warning("Skipping unusable checkpoint: %s", error)
+            continue
+        key = (int(payload.get("global_step", -1)), int(payload.get("batch_in_epoch", 0)), candidate.stat().st_mtime)
+        if best_key is None or key > best_key:
+            best_key, best_path = key, candidate
+    return best_path
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """RNG states as tensors / plain values (numpy's state array is stored as a tensor)."""
+    numpy_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+        "numpy_pos": int(numpy_state[2]),
+        "numpy_has_gauss": int(numpy_state[3]),
+        "numpy_gauss": float(numpy_state[4]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,117 @@
+"""Checkpointing callback: ``last.pth`` every epoch (and every N minutes), ``best_model.pth``,
+``epoch_N.pth`` history, and the resolved ``config.yaml`` beside them."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from engine.callbacks import Callback, StepOutput
+from engine.checkpoint import FORMAT_VERSION, atomic_save, capture_rng_state, remove_stale_temp_files
+
+logger = logging.getLogger(__name__)
+
+
+def build_payload(trainer) -> Dict[str, Any]:
+    """Everything needed to continue the run exactly; only tensors and plain containers."""
+    ema_callback = trainer.callbacks.get("weight_ema")
+    config = trainer.config
+    return {
+        "version": FORMAT_VERSION,
+        "model": trainer.unwrapped_model.state_dict(),
+        "ema": ema_callback.ema.state_dict() if ema_callback is not None and ema_callback.ema else None,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.precision.state_dict(),
+        "epoch": trainer.epoch,
+        "global_step": trainer.global_step,
+        "batch_in_epoch": trainer.batch_in_epoch,
+        "epoch_loss_sum": trainer.epoch_loss_sum.detach().cpu(),
+        "epoch_updates": trainer.epoch_updates,
+        "stage": trainer.stage,
+        "plan": trainer.plan.state.state_dict(),
+        "unfrozen_encoder_stages": trainer.plan.unfrozen_encoder_stages(
+            trainer.epoch, len(trainer.unwrapped_model.encoder.stages())),
+        "callbacks": trainer.callbacks.state_dict(),
+        "rng": capture_rng_state(),
+        "config": config.to_dict(),
+        "model_signature": {"backbone": config.backbone, "num_experts": config.num_experts,
+                            "top_k": config.top_k, "decoder_channels": config.decoder_channels},
+    }
+
+
+class CheckpointCallback(Callback):
+    """Saves checkpoints atomically; keep it LAST in the callback list so every other callback's
+    state for the step is already updated when a mid-epoch save happens.
+
+    Args:
+        folder: the checkpoint directory.
+        keep_epochs: ``epoch_N.pth`` files kept (0: none).
+        save_every_minutes: also write ``last.pth`` mid-epoch at this period (None: off).
+    """
+
+    name = "checkpoint"
+
+    def __init__(self, folder: Path, keep_epochs: int = 3, save_every_minutes: Optional[float] = None):
+        self.folder = Path(folder)
+        self.keep_epochs = keep_epochs
+        self.save_every_seconds = save_every_minutes * 60 if save_every_minutes else None
+        self.best_iou = float("-inf")
+        self.best_epoch = 0
+        self.best_weights = "base"
+        self._last_save = time.monotonic()
+
+    def on_train_start(self, trainer) -> None:
+        removed = remove_stale_temp_files(self.folder)
+        if removed:
+            logger.info("Removed %d temporary file(s) left by an interrupted save in %s", removed, self.folder)
+        (self.folder / "config.yaml").write_text(yaml.safe_dump(trainer.config.to_dict(), sort_keys=False))
+        self._last_save = time.monotonic()
+
+    def on_optimizer_step(self, trainer, step: StepOutput) -> None:
+        if self.save_every_seconds and time.monotonic() - self._last_save >= self.save_every_seconds:
+            self.save_last(trainer)
+
+    def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
+        base_iou, ema_iou = record["val_iou"], record.get("val_iou_ema")
+        epoch_best, weights = (ema_iou, "ema") if ema_iou is not None and ema_iou > base_iou else (base_iou, "base")
+        improved = epoch_best > self.best_iou or not (self.folder / "best_model.pth").exists()
+        if improved:
+            self.best_iou, self.best_epoch, self.best_weights = epoch_best, record["epoch"], weights
+        payload = build_payload(trainer)
+        payload["metrics"] = dict(record)
+        payload["best_weights"] = self.best_weights
+        atomic_save(payload, self.folder / "last.pth")
+        if improved:
+            payload["best_weights"] = weights
+            atomic_save(payload, self.folder / "best_model.pth")
+            logger.info("New best IoU %.4f (%s weights) at epoch %d -> best_model.pth", epoch_best, weights,
+                        record["epoch"])
+        if self.keep_epochs > 0:
+            atomic_save(payload, self.folder / f"epoch_{record['epoch']}.pth")
+            self._prune_history()
+        self._last_save = time.monotonic()
+
+    def save_last(self, trainer) -> None:
+        """Write ``last.pth`` at the current position (possibly mid-epoch)."""
+        payload = build_payload(trainer)
+        payload["best_weights"] = self.best_weights
+        atomic_save(payload, self.folder / "last.pth")
+        self._last_save = time.monotonic()
+        logger.info("Saved last.pth at epoch %d, batch %d (step %d)", trainer.epoch + 1, trainer.batch_in_epoch,
+                    trainer.global_step)
+
+    def _prune_history(self) -> None:
+        history = sorted(self.folder.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+        for old in history[:-self.keep_epochs]:
+            old.unlink(missing_ok=True)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best_iou": self.best_iou, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best_iou = float(state.get("best_iou", float("-inf")))
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.best_weights = str(state.get("best_weights", "base"))

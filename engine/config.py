@@ -1,0 +1,245 @@
+"""Typed training configuration: YAML/flag values -> ``TrainConfig`` -> validated settings.
+
+Configuration flows one way: ``train_ultimate.py`` parses flags, this module merges them over the
+YAML file and the dataclass defaults, validates the result and hands out typed sub-configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import yaml
+
+from models.config import ModelConfig
+
+SCHEDULERS = ("cosine", "constant", "warmup-constant-cosine")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A user error in flags or YAML; its message is one line naming the problem and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of ``train_ultimate.py train``; field names equal the flag names."""
+
+    # Data
+    dataset_path: Optional[str] = None
+    include_noncam: bool = False
+    val_fraction: float = 0.1
+    img_size: int = 384
+    num_workers: int = 4
+    synthetic_train_size: int = 400
+    synthetic_val_size: int = 100
+    synthetic_difficulty: float = 0.15
+    # Model
+    backbone: str = "edgenext_base"
+    num_experts: int = 7
+    top_k: int = 2
+    decoder_channels: int = 64
+    router_noise: float = 1.0
+    pretrained: Optional[bool] = None  # None: on for real datasets, off for the synthetic set
+    pretrained_path: Optional[str] = None
+    moe_loss_weight: float = 0.01
+    # Optimisation and stages
+    batch_size: int = 8
+    stage2_batch_size: Optional[int] = None  # None: same as batch_size
+    accumulation_steps: int = 1
+    epochs: int = 120
+    stage1_epochs: int = 30
+    skip_stage1: bool = False
+    progressive_unfreeze: bool = False
+    unfreeze_interval: int = 2
+    lr: float = 2.5e-4
+    stage2_lr: float = 2e-4
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    scheduler: str = "cosine"
+    min_lr: float = 1e-5
+    warmup_epochs: float = 1.0
+    # Weight EMA
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    ema_warmup: bool = False
+    # Checkpoints, resume and budget
+    checkpoint_dir: str = "checkpoints"
+    resume_from: Optional[str] = None
+    stop_after_epochs: Optional[int] = None
+    time_limit: Optional[str] = None
+    save_every_minutes: Optional[float] = None
+    # Runtime
+    seed: int = 42
+    device: str = "auto"
+    amp: str = "auto"
+    keep_checkpoints: int = 3
+    log_interval: int = 20
+
+    def model_config(self, synthetic: bool) -> ModelConfig:
+        """The model's settings; ``pretrained`` defaults to on for real data, off for synthetic."""
+        pretrained = self.pretrained if self.pretrained is not None else not synthetic
+        return ModelConfig(
+            backbone=self.backbone,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            decoder_channels=self.decoder_channels,
+            router_noise=self.router_noise,
+            pretrained=pretrained or self.pretrained_path is not None,
+            pretrained_path=self.pretrained_path,
+        )
+
+    @property
+    def resolved_stage2_batch_size(self) -> int:
+        return self.stage2_batch_size or self.batch_size
+
+    @property
+    def time_limit_seconds(self) -> Optional[float]:
+        return parse_duration(self.time_limit) if self.time_limit else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# Settings that shape the LR plan: changing any of them on resume re-plans the schedule.
+SCHEDULE_KEYS = (
+    "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "scheduler",
+    "min_lr", "warmup_epochs", "batch_size", "stage2_batch_size", "accumulation_steps",
+)
+
+
+def parse_duration(text: str) -> float:
+    """``'11.5h'``, ``'90m'``, ``'3600s'`` or ``'3600'`` -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([hms]?)\s*", str(text))
+    if not match:
+        raise ConfigError(f"--time-limit {text!r} is not a duration; write e.g. 11.5h, 90m or 3600s")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"h": 3600.0, "m": 60.0, "s": 1.0}[unit]
+
+
+def normalise_key(key: str) -> str:
+    return str(key).strip().lstrip("-").replace("-", "_")
+
+
+def closest_key_hint(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML config into a dict with normalised (underscore) keys; unknown keys are errors."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        first_line = str(error).splitlines()[0] if str(error) else "parse error"
+        raise ConfigError(f"config file {path} is not valid YAML ({first_line}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of flag names to values")
+    values = {normalise_key(key): value for key, value in raw.items()}
+    unknown = [key for key in values if key not in FIELD_NAMES]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(f"unknown key {key!r} in {path}{closest_key_hint(key, FIELD_NAMES)}")
+    return values
+
+
+def build_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> TrainConfig:
+    """Merge dataclass defaults <- YAML <- explicitly given flags, then validate."""
+    merged: Dict[str, Any] = {}
+    merged.update(yaml_values)
+    merged.update({key: value for key, value in flag_values.items() if value is not None})
+    unknown = [key for key in merged if key not in FIELD_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}{closest_key_hint(unknown[0], FIELD_NAMES)}")
+    config = TrainConfig(**{key: _coerce(key, value) for key, value in merged.items()})
+    validate(config)
+    return config
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Coerce YAML scalars to the field's type (YAML reads ``2.5e-4`` as a string)."""
+    default = getattr(TrainConfig, key, None)
+    if value is None:
+        return None
+    target = type(default) if default is not None else None
+    annotations = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    hint = annotations[key]
+    try:
+        if target is bool or "bool" in hint:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                    raise ValueError(value)
+                return lowered in ("true", "yes", "1", "on")
+            return bool(value)
+        if target is int or "int" in hint:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if target is float or "float" in hint:
+            return float(value)
+        return str(value) if not isinstance(value, str) else value
+    except (TypeError, ValueError):
+        flag = key.replace("_", "-")
+        raise ConfigError(f"--{flag} got {value!r}, which is not a valid {hint.replace('Optional[', '').rstrip(']')}") from None
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: TrainConfig) -> None:
+    """Check ranges and combinations; raise ``ConfigError`` with one actionable line."""
+    for name in ("lr", "stage2_lr"):
+        value = getattr(config, name)
+        _require(math.isfinite(value) and value > 0, f"--{name.replace('_', '-')} must be > 0 (got {value}); try 2.5e-4")
+    _require(0 <= config.min_lr < max(config.lr, config.stage2_lr),
+             f"--min-lr must be >= 0 and below the base LRs (got {config.min_lr})")
+    for name in ("epochs", "batch_size", "accumulation_steps", "img_size", "num_experts", "unfreeze_interval",
+                 "log_interval", "synthetic_train_size", "synthetic_val_size", "decoder_channels"):
+        value = getattr(config, name)
+        _require(value > 0, f"--{name.replace('_', '-')} must be a positive integer (got {value})")
+    _require(config.stage2_batch_size is None or config.stage2_batch_size > 0,
+             f"--stage2-batch-size must be a positive integer (got {config.stage2_batch_size})")
+    _require(0 <= config.stage1_epochs <= config.epochs,
+             f"--stage1-epochs ({config.stage1_epochs}) must be between 0 and --epochs ({config.epochs})")
+    _require(0 <= config.ema_decay < 1, f"--ema-decay must be in [0, 1) (got {config.ema_decay}); 0.999 is typical")
+    _require(1 <= config.top_k <= config.num_experts,
+             f"--top-k ({config.top_k}) must be between 1 and --num-experts ({config.num_experts})")
+    _require(config.img_size >= 32,
+             f"--img-size must be at least 32 (got {config.img_size})")
+    _require(config.num_workers >= 0, f"--num-workers must be >= 0 (got {config.num_workers})")
+    _require(config.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {config.warmup_epochs})")
+    _require(0 <= config.val_fraction < 1, f"--val-fraction must be in [0, 1) (got {config.val_fraction})")
+    _require(config.backbone_lr_scale > 0, f"--backbone-lr-scale must be > 0 (got {config.backbone_lr_scale})")
+    _require(config.weight_decay >= 0, f"--weight-decay must be >= 0 (got {config.weight_decay})")
+    _require(config.grad_clip >= 0, f"--grad-clip must be >= 0, 0 disables clipping (got {config.grad_clip})")
+    _require(config.router_noise >= 0, f"--router-noise must be >= 0 (got {config.router_noise})")
+    _require(config.moe_loss_weight >= 0, f"--moe-loss-weight must be >= 0 (got {config.moe_loss_weight})")
+    _require(0 < config.synthetic_difficulty <= 1,
+             f"--synthetic-difficulty must be in (0, 1] (got {config.synthetic_difficulty})")
+    _require(config.scheduler in SCHEDULERS,
+             f"--scheduler {config.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
+    _require(config.amp in AMP_MODES, f"--amp {config.amp!r} is unknown; choose one of {', '.join(AMP_MODES)}")
+    _require(config.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0 (got {config.keep_checkpoints})")
+    _require(config.device in DEVICES, f"--device {config.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+    _require(config.stop_after_epochs is None or config.stop_after_epochs > 0,
+             f"--stop-after-epochs must be a positive integer (got {config.stop_after_epochs})")
+    _require(config.save_every_minutes is None or config.save_every_minutes > 0,
+             f"--save-every-minutes must be > 0 (got {config.save_every_minutes})")
+    if config.time_limit is not None:
+        _require(parse_duration(config.time_limit) > 0, f"--time-limit must be positive (got {config.time_limit})")
+    if config.pretrained_path is not None:
+        _require(Path(config.pretrained_path).is_file(),
+                 f"--pretrained-path {config.pretrained_path} is not a file; download the weights and point to them")

@@ -1,0 +1,107 @@
+"""Datasets and loaders of a run: the synthetic set or COD10K-style folders, with a seeded split."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.dataset import SegmentationDataset
+from data.layouts import DatasetError, find_pairs
+from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch
+from data.synthetic import SyntheticCamouflageDataset
+from data.transforms import build_train_transform, build_val_transform
+from engine.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+VAL_SEED_OFFSET = 1_000_003  # validation scenes come from a different stream than training scenes
+
+
+@dataclass
+class DataModule:
+    """Train/val datasets plus loader construction for the Trainer.
+
+    ``loader(dataset, batch_size, epoch, shuffle, start_sample)`` builds a loader whose order
+    is a pure function of (seed, epoch), starting ``start_sample`` samples into the epoch.
+    """
+
+    train_dataset: Dataset
+    val_dataset: Dataset
+    num_workers: int
+    seed: int
+    description: str
+    pin_memory: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    def loader(self, dataset: Dataset, batch_size: int, epoch: int, shuffle: bool, start_sample: int) -> DataLoader:
+        sampler = SeededEpochSampler(dataset, shuffle=shuffle, seed=self.seed, num_replicas=self.world_size,
+                                     rank=self.rank)
+        loader = create_loader(dataset, batch_size, shuffle, self.num_workers, self.seed, epoch_sampler=sampler,
+                               pin_memory=self.pin_memory)
+        set_loader_epoch(loader, epoch, start_sample)
+        return loader
+
+    def all_reduce(self, totals: torch.Tensor) -> torch.Tensor:
+        """Sum ``totals`` over processes (identity in a single process)."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(totals)
+        return totals
+
+
+def split_train_val(pairs: Sequence, fraction: float, seed: int) -> Tuple[list, list]:
+    """A seeded random hold-out (not the first N sorted files: those cluster by class in COD10K)."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    count = max(1, int(round(len(pairs) * fraction)))
+    held_out = set(order[:count].tolist())
+    train = [pair for index, pair in enumerate(pairs) if index not in held_out]
+    val = [pair for index, pair in enumerate(pairs) if index in held_out]
+    return train, val
+
+
+def count_training_samples(config: TrainConfig) -> int:
+    """Training images per epoch (for ``--dry-run`` plans) without building the datasets."""
+    if config.dataset_path is None:
+        return config.synthetic_train_size
+    pairs = find_pairs(config.dataset_path, "train", config.include_noncam)
+    if config.val_fraction > 0:
+        return len(split_train_val(pairs, config.val_fraction, config.seed)[0])
+    return len(pairs)
+
+
+def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequence[float]]) -> DataModule:
+    """Datasets with albumentations pipelines normalised like the backbone's pretrained config."""
+    mean, std = normalization
+    train_transform = build_train_transform(config.img_size, mean, std)
+    val_transform = build_val_transform(config.img_size, mean, std)
+    if config.dataset_path is None:
+        train = SyntheticCamouflageDataset(config.synthetic_train_size, config.img_size, config.seed,
+                                           config.synthetic_difficulty, train_transform, fresh_each_epoch=True)
+        val = SyntheticCamouflageDataset(config.synthetic_val_size, config.img_size, config.seed + VAL_SEED_OFFSET,
+                                         config.synthetic_difficulty, val_transform, fresh_each_epoch=False)
+        description = (f"synthetic camouflage scenes at {config.img_size}px: {len(train)} fresh per epoch, "
+                       f"{len(val)} fixed for validation")
+    else:
+        pairs = find_pairs(config.dataset_path, "train", config.include_noncam)
+        if config.val_fraction > 0:
+            train_pairs, val_pairs = split_train_val(pairs, config.val_fraction, config.seed)
+            source = f"{config.val_fraction:.0%} of Train held out"
+        else:
+            train_pairs, val_pairs = pairs, find_pairs(config.dataset_path, "test", config.include_noncam)
+            source = "the Test split"
+        if not train_pairs:
+            raise DatasetError(f"no training images left in {config.dataset_path} after the validation split; "
+                               "lower --val-fraction")
+        train = SegmentationDataset(train_pairs, train_transform, seed=config.seed)
+        val = SegmentationDataset(val_pairs, val_transform, seed=config.seed)
+        description = f"{config.dataset_path}: {len(train)} training, {len(val)} validation images ({source})"
+    return DataModule(train, val, config.num_workers, config.seed, description,
+                      pin_memory=torch.cuda.is_available())

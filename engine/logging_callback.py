@@ -1,0 +1,92 @@
+"""Logging callback: console lines, tqdm postfix, TensorBoard scalars and ``metrics.jsonl``.
+
+Step losses stay on the device in a buffer and are copied to the host once per log interval,
+so logging costs no host sync on the other steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from engine.callbacks import Callback, StepOutput
+
+logger = logging.getLogger(__name__)
+
+
+class LoggingCallback(Callback):
+    """Writes ``train/step_loss``, ``train/lr``, ``val/*`` and one JSON line per epoch.
+
+    Args:
+        folder: checkpoint directory; TensorBoard goes to ``folder/runs``.
+        log_interval: optimizer steps between console lines / host copies.
+    """
+
+    name = "logging"
+
+    def __init__(self, folder: Path, log_interval: int = 20):
+        self.folder = Path(folder)
+        self.log_interval = log_interval
+        self.writer = None
+        self._pending: List[StepOutput] = []
+
+    def on_train_start(self, trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # purge_step drops events a previous, interrupted session wrote past the resume point.
+        self.writer = SummaryWriter(str(self.folder / "runs"), purge_step=trainer.global_step or None)
+
+    def on_optimizer_step(self, trainer, step: StepOutput) -> None:
+        self._pending.append(step)
+        if step.step_in_epoch == 1 or step.step % self.log_interval == 0 or step.step_in_epoch == step.steps_in_epoch:
+            self.flush(trainer)
+
+    def flush(self, trainer) -> None:
+        """Copy the buffered step losses to the host (one sync) and write them."""
+        if not self._pending:
+            return
+        losses = torch.stack([pending.loss for pending in self._pending]).tolist()
+        for pending, loss in zip(self._pending, losses):
+            self.writer.add_scalar("train/step_loss", loss, pending.step)
+            self.writer.add_scalar("train/lr", pending.lr, pending.step)
+        last = self._pending[-1]
+        self._pending = []
+        extra = trainer.console_extras() if hasattr(trainer, "console_extras") else {}
+        line = f"Epoch {trainer.epoch + 1} | Step {last.step_in_epoch}/{last.steps_in_epoch} | Loss: {losses[-1]:.4f}"
+        line += "".join(f" | {key}: {value}" for key, value in extra.items())
+        line += f" | LR: {last.lr:.3g}"
+        if trainer.progress is not None:
+            trainer.progress.set_postfix_str(line.split(" | ", 2)[2], refresh=False)
+        logger.info(line)
+
+    def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
+        self.flush(trainer)
+        step = record["global_step"]
+        for key in ("iou", "dice", "mae", "loss"):
+            self.writer.add_scalar(f"val/{key}", record[f"val_{key}"], step)
+            if record.get(f"val_{key}_ema") is not None:
+                self.writer.add_scalar(f"val/{key}_ema", record[f"val_{key}_ema"], step)
+        self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
+        self.writer.flush()
+        with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(_finite(record)) + "\n")
+        ema = f" | EMA IoU {record['val_iou_ema']:.4f}" if record.get("val_iou_ema") is not None else ""
+        logger.info("Epoch %d: Loss %.4f | IoU %.4f%s | LR %.3g  (val loss %.4f, Dice %.4f, MAE %.4f, %.0fs)",
+                    record["epoch"], record["train_loss"], record["val_iou"], ema, record["lr"],
+                    record["val_loss"], record["val_dice"], record["val_mae"], record["seconds"])
+
+    def on_train_end(self, trainer) -> None:
+        self.flush(trainer)
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _finite(record: Dict[str, Any]) -> Dict[str, Any]:
+    """JSON has no NaN/Inf: write them as null."""
+    return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in record.items()}

@@ -1,0 +1,198 @@
+"""The Trainer: owns the two-stage loop; every optional feature is a callback (see ``callbacks``)."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from engine.callbacks import CallbackList, StepOutput
+from engine.config import TrainConfig
+from engine.losses import structure_loss
+from engine.metrics import MetricAccumulator, per_image_scores
+from engine.precision import Precision
+from engine.stages import PlanState, StagePlan
+from engine.unfreeze import apply_unfreezing, build_optimizer, count_trainable
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Runs stages, accumulation windows, validation and callbacks.
+
+    Args:
+        config: resolved settings of the run.
+        model: ``CamoSegmenter`` (encoder -> decoder -> head) returning ``SegmentationOutput``.
+        criterion: maps ``(output, masks)`` to a dict with the scalar ``loss``.
+        data: provides ``train_dataset``, ``val_dataset`` and ``loader(dataset, batch_size,
+            epoch, shuffle, start_sample)``.
+        callbacks: optional features, ``None`` entries dropped.
+        device: where the model trains.
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module, criterion: nn.Module, data,
+                 callbacks: Iterable, device: torch.device):
+        self.config, self.model, self.criterion, self.data = config, model, criterion, data
+        self.unwrapped_model = model
+        self.device = device
+        self.callbacks = CallbackList(callbacks)
+        self.plan = StagePlan(config, len(data.train_dataset), PlanState.fresh(config))
+        self.optimizer = build_optimizer(model, config)
+        self.precision = Precision.create(config.amp, device)
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # completed optimizer steps
+        self.batch_in_epoch = 0  # micro-batches of the current epoch already trained (mid-epoch resume)
+        self.epoch_loss_sum = torch.zeros((), device=device)
+        self.epoch_updates = 0
+        self.should_stop = False
+        self.stop_reason = ""
+        self.progress: Optional[tqdm] = None
+        self.started_at = self.epoch_started = time.monotonic()
+        self.trainable_params = 0
+        self.current_lr = 0.0
+
+    # ----------------------------------------------------------------------------- the loop
+    def fit(self) -> None:
+        self.callbacks.call("on_train_start", self)
+        while self.epoch < self.config.epochs and not self.should_stop:
+            self._train_epoch()
+            if self.should_stop and self.batch_in_epoch > 0:
+                break  # stopped mid-epoch: last.pth already holds the position
+            record = self._end_epoch()
+            self.callbacks.call("on_epoch_end", self, record)
+        self.callbacks.call("on_train_end", self)
+
+    def _train_epoch(self) -> None:
+        stage = self.stage
+        trainable = apply_unfreezing(self.model, self.plan, self.epoch)
+        self.callbacks.call("on_epoch_start", self)
+        batch_size = self.plan.batch_size(stage)
+        loader = self.data.loader(self.data.train_dataset, batch_size, self.epoch, shuffle=True,
+                                  start_sample=self.batch_in_epoch * batch_size)
+        num_batches = math.ceil(len(self.data.train_dataset) / batch_size)
+        windows = WindowPlan(len(self.data.train_dataset), batch_size, self.config.accumulation_steps)
+        self.epoch_started = time.monotonic() if self.batch_in_epoch == 0 else self.epoch_started
+        self.progress = tqdm(total=num_batches, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
+                             desc=f"Epoch {self.epoch + 1}/{self.config.epochs} [stage {stage}]",
+                             disable=not self.data.is_main_process)
+        self.trainable_params = trainable
+        window_loss = torch.zeros((), device=self.device)
+        for batch in loader:
+            index = self.batch_in_epoch
+            images = batch["image"].to(self.device, non_blocking=True)
+            masks = batch["mask"].to(self.device, non_blocking=True)
+            with self.precision.autocast():
+                losses = self.criterion(self.model(images), masks)
+            share = images.shape[0] / windows.samples_in_window(index)  # real size of this window
+            self.precision.backward(losses["loss"] * share)
+            window_loss += losses["loss"].detach().float() * share
+            self.batch_in_epoch += 1
+            self.progress.update(1)
+            if windows.is_window_end(index):
+                self._optimizer_step(window_loss, windows.window_of(index), windows.num_windows)
+                window_loss = torch.zeros((), device=self.device)
+                if self.should_stop:
+                    self._save_mid_epoch()
+                    break
+        self.progress.close()
+
+    def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int) -> None:
+        lr = self.plan.lr_at(self.epoch, window_index)
+        self._set_lr(lr)
+        grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
+        self.precision.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.epoch_loss_sum += window_loss
+        self.epoch_updates += 1
+        step = StepOutput(loss=window_loss, lr=lr, grad_norm=grad_norm, step=self.global_step,
+                          step_in_epoch=window_index + 1, steps_in_epoch=num_windows)
+        self.callbacks.call("on_optimizer_step", self, step)
+
+    def _set_lr(self, lr: float) -> None:
+        self.current_lr = lr
+        encoder_scale = self.plan.encoder_lr_scale(self.stage)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * (encoder_scale if group["name"] == "encoder" else 1.0)
+
+    def _end_epoch(self) -> Dict[str, Any]:
+        train_loss = (self.epoch_loss_sum / max(self.epoch_updates, 1)).item()
+        metrics = self.validate(self.model)
+        self.callbacks.call("on_validation", self, metrics)
+        record = {
+            "epoch": self.epoch + 1, "stage": self.stage, "global_step": self.global_step, "lr": self.current_lr,
+            "train_loss": train_loss, "val_loss": metrics["loss"], "val_iou": metrics["iou"],
+            "val_dice": metrics["dice"], "val_mae": metrics["mae"], "val_iou_ema": metrics.get("ema_iou"),
+            "val_dice_ema": metrics.get("ema_dice"), "val_mae_ema": metrics.get("ema_mae"),
+            "val_loss_ema": metrics.get("ema_loss"), "trainable_params": self.trainable_params,
+            "seconds": round(time.monotonic() - self.epoch_started, 2),
+        }
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_loss_sum = torch.zeros((), device=self.device)
+        self.epoch_updates = 0
+        return record
+
+    def _save_mid_epoch(self) -> None:
+        checkpointer = self.callbacks.get("checkpoint")
+        if checkpointer is not None:
+            checkpointer.save_last(self)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def stage(self) -> int:
+        return self.plan.stage_of(self.epoch)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current optimizer step, with a checkpoint."""
+        if not self.should_stop:
+            logger.info("Stopping: %s", reason)
+        self.should_stop, self.stop_reason = True, reason
+
+    @torch.no_grad()
+    def validate(self, module: nn.Module) -> Dict[str, float]:
+        """Mean per-image IoU / Dice / MAE and structure loss of ``module`` on the validation set."""
+        was_training = module.training
+        module.eval()
+        accumulator = MetricAccumulator(self.device)
+        loader = self.data.loader(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
+        for batch in tqdm(loader, desc="validate", leave=False, disable=not self.data.is_main_process):
+            images = batch["image"].to(self.device, non_blocking=True)
+            masks = batch["mask"].to(self.device, non_blocking=True)
+            with self.precision.autocast():
+                logits = module(images).logits.float()
+            accumulator.update(per_image_scores(torch.sigmoid(logits), masks),
+                               structure_loss(logits, masks, reduction="none").sum())
+        module.train(was_training)
+        return accumulator.compute(self.data.all_reduce(accumulator.totals()))
+
+
+class WindowPlan:
+    """Accumulation windows of one epoch: ``accumulation`` micro-batches each, the last may be short.
+
+    Args:
+        num_samples: samples in the epoch.
+        batch_size: samples per micro-batch (the last micro-batch may be smaller).
+        accumulation: micro-batches per optimizer step.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, accumulation: int):
+        self.num_samples, self.batch_size, self.accumulation = num_samples, batch_size, accumulation
+        self.num_batches = math.ceil(num_samples / batch_size)
+        self.num_windows = math.ceil(self.num_batches / accumulation)
+
+    def window_of(self, batch_index: int) -> int:
+        return batch_index // self.accumulation
+
+    def is_window_end(self, batch_index: int) -> bool:
+        return (batch_index + 1) % self.accumulation == 0 or batch_index + 1 == self.num_batches
+
+    def samples_in_window(self, batch_index: int) -> int:
+        first_batch = self.window_of(batch_index) * self.accumulation
+        first_sample = first_batch * self.batch_size
+        last_sample = min(self.num_samples, (first_batch + self.accumulation) * self.batch_size)
+        return last_sample - first_sample

@@ -1,0 +1,33 @@
+"""Typed configuration of the segmentation model (built by ``build_model``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class ModelConfig:
+    """Everything ``build_model`` needs; filled from the CLI/YAML by ``train_ultimate.py``.
+
+    Attributes:
+        backbone: timm model name, created with ``features_only=True``.
+        num_experts: number of experts in the MoE decoder.
+        top_k: experts each image is routed to.
+        decoder_channels: width of the FPN fusion and of every expert.
+        router_noise: std of the Gaussian noise added to router logits while training (0 = off).
+        balance_momentum: momentum of the dispatch-fraction EMA used by the balance loss, so the
+            loss stays meaningful at batch size 1.
+        deep_supervision: also return one logit map per expert for auxiliary losses.
+        pretrained: load pretrained encoder weights (timm download or ``pretrained_path``).
+        pretrained_path: local weights file for offline use.
+    """
+
+    backbone: str = "edgenext_base"
+    num_experts: int = 7
+    top_k: int = 2
+    decoder_channels: int = 64
+    router_noise: float = 1.0
+    balance_momentum: float = 0.9
+    deep_supervision: bool = False
+    pretrained: bool = True
+    pretrained_path: Optional[str] = None

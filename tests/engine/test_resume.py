@@ -1,0 +1,108 @@
+"""Resume: bitwise continuation, mid-epoch checkpoints, re-planned schedules, EMA enabled late."""
+import logging
+import shutil
+
+import pytest
+import torch
+
+from engine.build import build_trainer
+from engine.callbacks import Callback
+
+
+def final_state(folder):
+    return torch.load(folder / "last.pth", weights_only=True)
+
+
+def assert_same_tensors(left, right, path="state"):
+    if isinstance(left, torch.Tensor):
+        assert torch.equal(left, right), path
+    elif isinstance(left, dict):
+        assert left.keys() == right.keys(), path
+        for key in left:
+            assert_same_tensors(left[key], right[key], f"{path}.{key}")
+    elif isinstance(left, (list, tuple)):
+        for index, (a, b) in enumerate(zip(left, right)):
+            assert_same_tensors(a, b, f"{path}[{index}]")
+
+
+COMMON = dict(epochs=4, stage1_epochs=1, use_ema=True, ema_decay=0.9, batch_size=4, accumulation_steps=2)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    from engine.config import build_config
+    from tests.conftest import TINY_SETTINGS
+
+    folder = tmp_path_factory.mktemp("straight")
+    build_trainer(build_config({}, dict(TINY_SETTINGS, checkpoint_dir=str(folder), **COMMON))).fit()
+    return final_state(folder)
+
+
+def compare_to_straight(straight, resumed):
+    for key in ("model", "ema", "optimizer"):
+        assert_same_tensors(straight[key], resumed[key], key)
+    assert straight["global_step"] == resumed["global_step"]
+    assert straight["callbacks"]["checkpoint"] == resumed["callbacks"]["checkpoint"]
+
+
+def test_stop_after_epochs_then_resume_is_bitwise_identical(tiny_config, tmp_path, straight_run):
+    first = build_trainer(tiny_config(stop_after_epochs=2, **COMMON))
+    first.fit()
+    assert first.epoch == 2 and first.should_stop
+    build_trainer(tiny_config(resume_from="auto", **COMMON)).fit()
+    compare_to_straight(straight_run, final_state(tmp_path / "ckpt"))
+
+
+def test_resume_from_explicit_epoch_checkpoint(tiny_config, tmp_path, straight_run):
+    build_trainer(tiny_config(stop_after_epochs=2, **COMMON)).fit()
+    source = tmp_path / "kept"  # a separate folder, as /kaggle/input would be
+    source.mkdir()
+    shutil.copy(tmp_path / "ckpt" / "epoch_2.pth", source / "epoch_2.pth")
+    before = (source / "epoch_2.pth").read_bytes()
+    build_trainer(tiny_config(resume_from=str(source / "epoch_2.pth"), **COMMON)).fit()
+    compare_to_straight(straight_run, final_state(tmp_path / "ckpt"))
+    assert [p.name for p in source.iterdir()] == ["epoch_2.pth"] and (source / "epoch_2.pth").read_bytes() == before
+
+
+class StopAtStep(Callback):
+    name = "stop_at_step"
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_optimizer_step(self, trainer, step):
+        if step.step == self.step:
+            trainer.request_stop("test stop mid-epoch")
+
+
+def test_mid_epoch_stop_resumes_from_next_batch(tiny_config, tmp_path, straight_run):
+    trainer = build_trainer(tiny_config(**COMMON))
+    trainer.callbacks.callbacks.insert(0, StopAtStep(5))  # epoch 3, after its first window
+    trainer.fit()
+    saved = final_state(tmp_path / "ckpt")
+    assert saved["global_step"] == 5 and saved["batch_in_epoch"] == 2 and saved["epoch"] == 2
+    build_trainer(tiny_config(resume_from="auto", **COMMON)).fit()
+    compare_to_straight(straight_run, final_state(tmp_path / "ckpt"))
+
+
+def test_plateau_recipe_replans_from_resume_epoch(tiny_config, tmp_path, caplog):
+    build_trainer(tiny_config(epochs=3, stage1_epochs=1)).fit()
+    best = tmp_path / "ckpt" / "best_model.pth"
+    epoch = torch.load(best, weights_only=True)["epoch"]
+    caplog.set_level(logging.INFO)
+    config = tiny_config(resume_from=str(best), checkpoint_dir=str(tmp_path / "phase2"), skip_stage1=True,
+                         epochs=6, stage2_lr=5e-4, scheduler="cosine", warmup_epochs=0, use_ema=True)
+    trainer = build_trainer(config)
+    assert trainer.epoch == epoch and trainer.plan.state.origins[2] == epoch
+    assert trainer.plan.lr_at(epoch, 0) == pytest.approx(5e-4)  # the new schedule starts at its peak
+    assert trainer.plan.lr_at(5, trainer.plan.steps_per_epoch(2) - 1) == pytest.approx(config.min_lr)
+    assert "changed schedule settings" in caplog.text and "epochs: 3 -> 6" in caplog.text
+    # --use-ema on a checkpoint without EMA: the shadow starts from the loaded weights
+    shadow = trainer.callbacks.get("weight_ema").ema.state_dict()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(shadow[key], value), key
+    lrs = []
+    trainer.callbacks.callbacks.insert(0, type("LR", (Callback,), {
+        "name": "lr", "on_optimizer_step": lambda self, t, step: lrs.append(step.lr)})())
+    trainer.fit()
+    assert lrs[0] == pytest.approx(5e-4) and trainer.epoch == 6

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Command-line entry point: ``python train_ultimate.py <train|synth> [--config FILE.yaml] [flags]``.
+
+The only place that parses arguments. Flags override the YAML file, which overrides the defaults
+of ``engine.config.TrainConfig``; every user error ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version ping on offline Kaggle / CI
+
+from engine.config import AMP_MODES, DEVICES, SCHEDULERS, TrainConfig  # noqa: E402
+
+DEFAULTS = TrainConfig()
+BOOL = "bool"
+
+# (flag, type or BOOL, help). Help texts state the default, taken from TrainConfig.
+TRAIN_FLAGS: Dict[str, List[tuple]] = {
+    "data": [
+        ("dataset-path", str, "COD10K-v3 root (Train/Image + Train/GT_Object) or a folder with Imgs+GT / "
+                              "Image+Mask; omitted: the built-in synthetic camouflage set"),
+        ("include-noncam", BOOL, "also train on COD10K NonCAM images (empty masks); standard protocol is CAM-only"),
+        ("val-fraction", float, "fraction of the training images held out (seeded) for validation; "
+                                "0 validates on the Test split instead"),
+        ("img-size", int, "training/validation image side in pixels"),
+        ("num-workers", int, "DataLoader worker processes"),
+        ("synthetic-train-size", int, "synthetic scenes per training epoch (fresh scenes every epoch)"),
+        ("synthetic-val-size", int, "fixed synthetic validation scenes"),
+        ("synthetic-difficulty", float, "how close object and background textures are (smaller = harder)"),
+    ],
+    "model": [
+        ("backbone", str, "timm encoder name (created with features_only=True)"),
+        ("num-experts", int, "experts in the MoE decoder"),
+        ("top-k", int, "experts each image is routed to"),
+        ("decoder-channels", int, "width of the FPN fusion and of every expert"),
+        ("router-noise", float, "std of the router's exploration noise while training"),
+        ("pretrained", BOOL, "load pretrained encoder weights (default: on for real datasets, off for synthetic)"),
+        ("pretrained-path", str, "local pretrained weights file, for offline machines"),
+        ("moe-loss-weight", float, "weight of the MoE load-balancing loss"),
+    ],
+    "optimisation and stages": [
+        ("batch-size", int, "stage-1 batch size"),
+        ("stage2-batch-size", int, "stage-2 batch size (default: --batch-size)"),
+        ("accumulation-steps", int, "micro-batches per optimizer step"),
+        ("epochs", int, "total epochs of the plan"),
+        ("stage1-epochs", int, "epochs with the encoder frozen"),
+        ("skip-stage1", BOOL, "start at stage 2 (encoder trainable)"),
+        ("progressive-unfreeze", BOOL, "unfreeze encoder stages deepest-first in stage 2"),
+        ("unfreeze-interval", int, "epochs between two unfrozen encoder stages"),
+        ("lr", float, "stage-1 (decoder) learning rate"),
+        ("stage2-lr", float, "stage-2 decoder learning rate"),
+        ("backbone-lr-scale", float, "encoder LR = stage-2 LR x this"),
+        ("weight-decay", float, "AdamW weight decay (not applied to norms and biases)"),
+        ("grad-clip", float, "max total gradient norm (0: no clipping)"),
+        ("scheduler", str, f"LR schedule: {' | '.join(SCHEDULERS)}"),
+        ("min-lr", float, "LR at the end of the cosine decay"),
+        ("warmup-epochs", float, "linear warmup at the start of each stage, in epochs"),
+    ],
+    "weight EMA": [
+        ("use-ema", BOOL, "keep an EMA of the weights and validate it beside the base weights"),
+        ("ema-decay", float, "EMA decay; window about 1/(1-decay) optimizer steps"),
+        ("ema-warmup", BOOL, "ramp the decay up as min(decay, (1+step)/(10+step))"),
+    ],
+    "checkpoints, resume and time budget": [
+        ("checkpoint-dir", str, "where checkpoints, metrics.jsonl, config.yaml and runs/ go"),
+        ("resume-from", str, "checkpoint to resume from, or 'auto' for the newest usable one in --checkpoint-dir"),
+        ("stop-after-epochs", int, "end this invocation after N more epochs (the schedule still targets --epochs)"),
+        ("time-limit", str, "stop cleanly with a checkpoint before this wall time, e.g. 11.5h, 90m, 3600s"),
+        ("save-every-minutes", float, "also write last.pth mid-epoch at this period"),
+        ("keep-checkpoints", int, "epoch_N.pth files kept (0: none)"),
+    ],
+    "runtime": [
+        ("seed", int, "random seed (data order, augmentation, init)"),
+        ("device", str, f"{' | '.join(DEVICES)}"),
+        ("amp", str, f"mixed precision: {' | '.join(AMP_MODES)} (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
+        ("log-interval", int, "optimizer steps between console log lines"),
+    ],
+}
+
+
+def _default_text(flag: str) -> str:
+    value = getattr(DEFAULTS, flag.replace("-", "_"))
+    return "default: " + ("off" if value is False else "on" if value is True else str(value))
+
+
+def _add_train_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train the MoE camouflage segmenter (two stages, EMA, resume)",
+        description="Train on COD10K-style data, or on the synthetic set when --dataset-path is omitted.")
+    parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
+    parser.add_argument("--dry-run", action="store_true", help="validate, print the config and plan, then exit")
+    for group_name, flags in TRAIN_FLAGS.items():
+        group = parser.add_argument_group(group_name)
+        for flag, kind, text in flags:
+            help_text = f"{text} ({_default_text(flag)})"
+            if kind is BOOL:
+                group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                group.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
+
+
+def _add_synth_parser(subparsers) -> None:
+    parser = subparsers.add_parser("synth", help="write the synthetic camouflage set in the COD10K-v3 layout")
+    parser.add_argument("--output", required=True, help="folder to create (Train/Image, Train/GT_Object, Test/...)")
+    parser.add_argument("--num-train", type=int, default=400, help="training scenes (default: 400)")
+    parser.add_argument("--num-test", type=int, default=100, help="test scenes (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
+    parser.add_argument("--difficulty", type=float, default=0.15, help="texture shift, smaller is harder (default: 0.15)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full CLI parser (tests parse the commands of the README and guides with it)."""
+    parser = argparse.ArgumentParser(
+        prog="train_ultimate.py",
+        description="Camouflaged object segmentation: MoE decoder on a timm backbone, COD10K recipe.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    _add_train_parser(subparsers)
+    _add_synth_parser(subparsers)
+    return parser
+
+
+def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
+    """The train flags given on the command line (None = not given)."""
+    names = [flag.replace("-", "_") for flags in TRAIN_FLAGS.values() for flag, _, _ in flags]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from engine.build import build_trainer, describe_run
+    from engine.config import build_config, load_yaml
+
+    config = build_config(load_yaml(args.config) if args.config else {}, flag_values(args))
+    log = logging.getLogger("train_ultimate")
+    if args.dry_run:
+        from engine.data_module import count_training_samples
+        from engine.stages import PlanState, StagePlan
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
+        plan = StagePlan(config, count_training_samples(config), PlanState.fresh(config))
+        print("plan:")
+        for line in plan.describe():
+            print(f"  {line}")
+        print("dry run: configuration is valid; nothing was trained")
+        return 0
+    trainer = build_trainer(config)
+    for line in describe_run(trainer):
+        log.info(line)
+    trainer.fit()
+    log.info("Done: %s", trainer.stop_reason or f"{trainer.epoch}/{config.epochs} epochs complete")
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from engine.config import ConfigError
+    from data.synthetic import write_synthetic_dataset
+
+    if args.num_train < 0 or args.num_test < 0 or args.size < 32:
+        raise ConfigError("--num-train/--num-test must be >= 0 and --size >= 32")
+    if not 0 < args.difficulty <= 1:
+        raise ConfigError(f"--difficulty must be in (0, 1] (got {args.difficulty})")
+    counts = write_synthetic_dataset(args.output, args.num_train, args.num_test, seed=args.seed, size=args.size,
+                                     difficulty=args.difficulty)
+    logging.getLogger("train_ultimate").info("Wrote synthetic set to %s: %s", args.output, counts)
+    return 0
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines printed through tqdm so they do not break progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never crash training
+            self.handleError(record)
+
+
+def setup_logging(quiet: bool) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler], force=True)
+
+
+def user_errors() -> tuple:
+    """Exception types whose message is a complete one-line explanation for the user."""
+    from data.layouts import DatasetError
+    from engine.checkpoint import CheckpointError
+    from engine.config import ConfigError
+    from models import PretrainedWeightsError, UnknownBackboneError
+
+    return ConfigError, DatasetError, CheckpointError, PretrainedWeightsError, UnknownBackboneError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    commands = {"train": run_train, "synth": run_synth}
+    try:
+        return commands[args.command](args)
+    except user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
