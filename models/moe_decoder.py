@@ -1,0 +1,90 @@
+"""Mixture-of-Experts decoder: FPN fusion, a top-k router and dense, batched experts."""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from models.experts import build_experts
+from models.fpn import FeaturePyramidFusion
+from models.router import TopKRouter
+
+
+class DecoderOutput(NamedTuple):
+    """What the decoder returns.
+
+    Attributes:
+        features: expert mixture ``(B, D, h, w)`` at the finest encoder level.
+        balance_loss: scalar router balance loss.
+        routing_weights: ``(B, E)`` combine weights.
+        expert_fractions: ``(E,)`` detached dispatch-fraction EMA.
+        expert_logits: per-expert logits ``(B, 1, h, w)`` with deep supervision, else empty.
+    """
+
+    features: torch.Tensor
+    balance_loss: torch.Tensor
+    routing_weights: torch.Tensor
+    expert_fractions: torch.Tensor
+    expert_logits: List[torch.Tensor]
+
+
+class MoEDecoder(nn.Module):
+    """FPN fusion -> router -> every expert on the whole batch -> routing-weighted sum.
+
+    All experts run densely on the batch (no per-sample gather, no host sync); experts outside an
+    image's top-k get weight 0. The gradient reaches the router through the combine weights.
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        channels: int = 64,
+        num_experts: int = 7,
+        top_k: int = 2,
+        router_noise: float = 1.0,
+        balance_momentum: float = 0.9,
+        deep_supervision: bool = False,
+    ) -> None:
+        """Create the decoder.
+
+        Args:
+            encoder_channels: channels of each encoder level, shallow -> deep.
+            channels: decoder width ``D`` (fusion and experts).
+            num_experts: number of experts ``E``.
+            top_k: experts used per image.
+            router_noise: std of the router's training noise.
+            balance_momentum: momentum of the router's dispatch-fraction EMA.
+            deep_supervision: also predict one logit map per expert (shared 1x1 conv).
+        """
+        super().__init__()
+        self.fusion = FeaturePyramidFusion(encoder_channels, channels)
+        self.router = TopKRouter(channels, num_experts, top_k, router_noise, balance_momentum)
+        self.experts = build_experts(num_experts, channels)
+        self.expert_head = nn.Conv2d(channels, 1, kernel_size=1) if deep_supervision else None
+
+    def forward(self, features: List[torch.Tensor]) -> DecoderOutput:
+        """Decode.
+
+        Args:
+            features: encoder maps, shallow -> deep, ``(B, C_i, H_i, W_i)``.
+
+        Returns:
+            ``DecoderOutput`` with the mixture ``(B, D, h, w)`` and the routing tensors.
+        """
+        fused = self.fusion(features)
+        routing = self.router(fused)
+        expert_outputs = torch.stack([expert(fused) for expert in self.experts], dim=1)  # (B, E, D, h, w)
+        mixture = torch.einsum("be,bedhw->bdhw", routing.weights.to(expert_outputs.dtype), expert_outputs)
+        return DecoderOutput(
+            mixture, routing.balance_loss, routing.weights, routing.expert_fractions,
+            self._expert_logits(expert_outputs),
+        )
+
+    def _expert_logits(self, expert_outputs: torch.Tensor) -> List[torch.Tensor]:
+        """Per-expert logits ``E x (B, 1, h, w)`` from ``(B, E, D, h, w)`` (empty without deep supervision)."""
+        if self.expert_head is None:
+            return []
+        batch, num_experts, channels, height, width = expert_outputs.shape
+        logits = self.expert_head(expert_outputs.reshape(batch * num_experts, channels, height, width))
+        return list(logits.reshape(batch, num_experts, 1, height, width).unbind(dim=1))

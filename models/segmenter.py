@@ -1,0 +1,46 @@
+"""The camouflaged-object segmenter: timm encoder -> MoE decoder -> head."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from models.encoder import TimmEncoder
+from models.head import SegmentationHead
+from models.layers import resize_to
+from models.moe_decoder import MoEDecoder
+from models.output import SegmentationOutput
+
+
+class CamoSegmenter(nn.Module):
+    """Encoder -> decoder -> head; logits come back at the input resolution.
+
+    Attributes:
+        encoder: ``TimmEncoder`` (multi-scale features).
+        decoder: ``MoEDecoder`` (FPN fusion + routed experts).
+        head: ``SegmentationHead`` (mask logits).
+    """
+
+    def __init__(self, encoder: TimmEncoder, decoder: MoEDecoder, head: SegmentationHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = head
+
+    def forward(self, images: Tensor) -> SegmentationOutput:
+        """Segment.
+
+        Args:
+            images: normalised images ``(B, 3, H, W)``; any ``H, W`` (not only multiples of 32).
+
+        Returns:
+            ``SegmentationOutput`` with logits ``(B, 1, H, W)``, the balance loss, routing weights
+            ``(B, E)``, expert fractions ``(E,)`` and (deep supervision) per-expert logits.
+        """
+        size = images.shape[-2:]
+        decoded = self.decoder(self.encoder(images))
+        return SegmentationOutput(
+            logits=resize_to(self.head(decoded.features), size),
+            balance_loss=decoded.balance_loss,
+            routing_weights=decoded.routing_weights,
+            expert_fractions=decoded.expert_fractions,
+            expert_logits=[resize_to(logits, size) for logits in decoded.expert_logits],
+        )

@@ -1,0 +1,158 @@
+"""Load an offline weights file (``--pretrained-path``) into a timm ``features_only`` model."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from models.errors import PretrainedWeightsError
+
+logger = logging.getLogger(__name__)
+
+# Keys under which training scripts commonly nest the weights inside a checkpoint dict.
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+# Prefixes added by DDP (``module.``), by wrapper models (``model.``/``backbone.``) or by saving
+# a whole segmenter (``encoder.model.``); stripped one at a time until a key matches.
+_STRIPPABLE_PREFIXES = ("module.", "encoder.", "model.", "backbone.")
+_FIX = "pass an existing weights file with --pretrained-path FILE, or use --no-pretrained"
+
+
+def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
+    """Read tensors from a ``.pth``/``.pt``/``.bin``/``.safetensors`` file (no pickled code).
+
+    Args:
+        path: weights file: a state_dict, or a checkpoint dict nesting one under a usual key.
+
+    Returns:
+        Flat mapping from parameter/buffer name to CPU tensor.
+
+    Raises:
+        PretrainedWeightsError: the file is missing, unreadable or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights file not found: {path}; {_FIX}")
+    try:
+        if path.suffix == ".safetensors":
+            obj = _read_safetensors(path)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PretrainedWeightsError:
+        raise
+    except Exception as err:  # torch/safetensors raise many types for a corrupt file
+        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise PretrainedWeightsError(
+            f"could not read weights from {path} ({type(err).__name__}: {detail}); {_FIX}"
+        ) from err
+    state = _unwrap(obj)
+    if not state:
+        raise PretrainedWeightsError(f"no tensors found in weights file {path}; {_FIX}")
+    return state
+
+
+def _read_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise PretrainedWeightsError(
+            f"{path} is a .safetensors file but the safetensors package is not installed; "
+            f"pip install safetensors, or convert it to .pth"
+        ) from err
+    return load_file(str(path), device="cpu")
+
+
+def _unwrap(obj: object) -> Dict[str, torch.Tensor]:
+    """Descend through checkpoint wrapper dicts until a mapping of tensors is found."""
+    for _ in range(4):  # checkpoints nest at most a couple of levels in practice
+        if not isinstance(obj, Mapping):
+            return {}
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            return {}
+        obj = inner
+    return {}
+
+
+def _normalise(key: str) -> str:
+    # timm's FeatureListNet flattens ``stages.0`` into ``stages_0``; comparing with ``_`` read
+    # as ``.`` maps full-model keys onto features-model keys.
+    return key.replace("_", ".")
+
+
+def _candidates(key: str) -> Iterable[str]:
+    """``key`` first, then ``key`` with known wrapper prefixes removed one by one."""
+    yield key
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _STRIPPABLE_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                stripped = True
+                yield key
+                break
+
+
+def _match_key(key: str, target: Mapping[str, torch.Tensor], normalised: Mapping[str, str]) -> Optional[str]:
+    for candidate in _candidates(key):
+        if candidate in target:
+            return candidate
+        if _normalise(candidate) in normalised:
+            return normalised[_normalise(candidate)]
+    return None
+
+
+def load_weights_into(model: nn.Module, path: str | Path, model_name: str) -> int:
+    """Load matching tensors from ``path`` into ``model`` (non-strict, shape-checked).
+
+    Accepts the state_dict of the full timm model, of its ``features_only`` version, of a
+    ``TimmEncoder`` or of a whole segmenter (only the encoder part is used).
+
+    Args:
+        model: the timm ``features_only`` model.
+        path: weights file.
+        model_name: backbone name, for messages.
+
+    Returns:
+        Number of tensors loaded.
+
+    Raises:
+        PretrainedWeightsError: unreadable file, or no tensor in it matches the model.
+    """
+    state = read_state_dict(path)
+    target = model.state_dict()
+    counts: Dict[str, int] = {}
+    for key in target:
+        counts[_normalise(key)] = counts.get(_normalise(key), 0) + 1
+    # Drop ambiguous normalised names rather than guess between two tensors.
+    normalised = {_normalise(k): k for k in target if counts[_normalise(k)] == 1}
+    matched: Dict[str, torch.Tensor] = {}
+    wrong_shape = []
+    for key, tensor in state.items():
+        target_key = _match_key(key, target, normalised)
+        if target_key is None:
+            continue
+        if target[target_key].shape != tensor.shape:
+            wrong_shape.append(key)
+            continue
+        matched[target_key] = tensor
+    if not matched:
+        raise PretrainedWeightsError(
+            f"no tensor in {path} matches backbone '{model_name}' "
+            f"({len(wrong_shape)} with wrong shape); is it the weights of another model? {_FIX}"
+        )
+    model.load_state_dict(matched, strict=False)
+    logger.info(
+        "Loaded %d/%d encoder tensors from %s (%d in file unused, %d with wrong shape)",
+        len(matched), len(target), path, len(state) - len(matched) - len(wrong_shape), len(wrong_shape),
+    )
+    missing = len(target) - len(matched)
+    if missing:
+        logger.warning("%d encoder tensors were not in %s and keep their initial values", missing, path)
+    return len(matched)
