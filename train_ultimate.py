@@ -57,6 +57,7 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("backbone-lr-scale", float, "encoder LR = stage-2 LR x this"),
         ("weight-decay", float, "AdamW weight decay (not applied to norms and biases)"),
         ("grad-clip", float, "max total gradient norm (0: no clipping)"),
+        ("max-bad-steps", int, "stop after this many non-finite (NaN/Inf) updates in a row"),
         ("scheduler", str, f"LR schedule: {' | '.join(SCHEDULERS)}"),
         ("min-lr", float, "LR at the end of the cosine decay"),
         ("warmup-epochs", float, "linear warmup at the start of each stage, in epochs"),
@@ -202,6 +203,8 @@ def user_errors() -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from engine.nonfinite import TrainingDivergedError
+
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     commands = {"train": run_train, "synth": run_synth}
@@ -210,6 +213,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

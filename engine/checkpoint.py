@@ -74,11 +74,14 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        # A refused class/function reference ("Unsupported global") means the file carries code;
+        # anything else from the unpickler (e.g. "Unsupported operand") means it is not a checkpoint.
+        if "Unsupported global" in str(error) or "GLOBAL" in str(error):
             raise CheckpointError(
                 f"checkpoint {path} contains arbitrary pickled objects and was refused (weights_only=True); "
                 "only load files you trust, re-saved as plain state_dicts") from None
-        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({_first_line(error)})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint; "
+                              "use another file or --resume-from auto") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_first_line(error)}); "

@@ -35,6 +35,7 @@ def build_payload(trainer) -> Dict[str, Any]:
         "unfrozen_encoder_stages": trainer.plan.unfrozen_encoder_stages(
             trainer.epoch, len(trainer.unwrapped_model.encoder.stages())),
         "callbacks": trainer.callbacks.state_dict(),
+        "nonfinite_guard": trainer.guard.state_dict(),
         "rng": capture_rng_state(),
         "config": config.to_dict(),
         "model_signature": {"backbone": config.backbone, "num_experts": config.num_experts,

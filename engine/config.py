@@ -62,6 +62,7 @@ class TrainConfig:
     backbone_lr_scale: float = 0.1
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
+    max_bad_steps: int = 20
     scheduler: str = "cosine"
     min_lr: float = 1e-5
     warmup_epochs: float = 1.0
@@ -207,7 +208,7 @@ def validate(config: TrainConfig) -> None:
     _require(0 <= config.min_lr < max(config.lr, config.stage2_lr),
              f"--min-lr must be >= 0 and below the base LRs (got {config.min_lr})")
     for name in ("epochs", "batch_size", "accumulation_steps", "img_size", "num_experts", "unfreeze_interval",
-                 "log_interval", "synthetic_train_size", "synthetic_val_size", "decoder_channels"):
+                 "log_interval", "max_bad_steps", "synthetic_train_size", "synthetic_val_size", "decoder_channels"):
         value = getattr(config, name)
         _require(value > 0, f"--{name.replace('_', '-')} must be a positive integer (got {value})")
     _require(config.stage2_batch_size is None or config.stage2_batch_size > 0,

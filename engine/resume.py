@@ -55,6 +55,7 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     _load_optimizer(trainer, payload, source)
     trainer.precision.load_state_dict(payload.get("scaler") or {})
     trainer.callbacks.load_state_dict(payload.get("callbacks") or {})
+    trainer.guard.load_state_dict(payload.get("nonfinite_guard") or {})
     ema_callback = trainer.callbacks.get("weight_ema")
     if ema_callback is not None:
         ema_callback.load_weights(payload.get("ema"))

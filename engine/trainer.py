@@ -14,6 +14,7 @@ from engine.callbacks import CallbackList, StepOutput
 from engine.config import TrainConfig
 from engine.losses import structure_loss
 from engine.metrics import MetricAccumulator, per_image_scores
+from engine.nonfinite import NonFiniteGuard
 from engine.precision import Precision
 from engine.stages import PlanState, StagePlan
 from engine.unfreeze import apply_unfreezing, build_optimizer, count_trainable
@@ -43,6 +44,7 @@ class Trainer:
         self.plan = StagePlan(config, len(data.train_dataset), PlanState.fresh(config))
         self.optimizer = build_optimizer(model, config)
         self.precision = Precision.create(config.amp, device)
+        self.guard = NonFiniteGuard(config.max_bad_steps)
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
         self.batch_in_epoch = 0  # micro-batches of the current epoch already trained (mid-epoch resume)
@@ -104,8 +106,13 @@ class Trainer:
         lr = self.plan.lr_at(self.epoch, window_index)
         self._set_lr(lr)
         grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
-        self.precision.step(self.optimizer)
+        finite = self.guard.is_finite(window_loss, grad_norm)
+        if finite or self.precision.scaler is not None:
+            self.precision.step(self.optimizer)  # GradScaler skips a non-finite step itself and lowers its scale
         self.optimizer.zero_grad(set_to_none=True)
+        self.guard.record(finite, self.global_step + 1, lr, self.precision.scaler is not None)
+        if not finite:
+            return
         self.global_step += 1
         self.epoch_loss_sum += window_loss
         self.epoch_updates += 1

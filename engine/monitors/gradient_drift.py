@@ -1,0 +1,287 @@
+"""Gradient drift monitor: per-block gradient gain ``||dL/d input|| / ||dL/d output||`` on sampled steps.
+
+A mean gain above 1 means gradients grow on their way back through the network. Every
+``interval`` optimizer steps, full backward hooks are attached for exactly one update (all its
+micro-batches) and removed right after. ``DriftDetector`` holds the alert rule (pure, testable).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from engine.callbacks import Callback, StepOutput
+from engine.monitors import is_main_process, summary_writer
+
+logger = logging.getLogger(__name__)
+
+Blocks = List[Tuple[str, nn.Module]]
+
+
+@dataclass
+class DriftCheck:
+    """Outcome of one check: the numbers for TensorBoard and whether to alert now."""
+
+    mean_gain: float
+    moving_average: float
+    drift: float  # relative change vs the oldest gain in the window
+    threshold: float
+    streak: int  # consecutive flagged checks, this one included
+    alert: bool
+    reasons: List[str] = field(default_factory=list)
+
+
+class DriftDetector:
+    """Flags a check when the mean gain exceeds the absolute threshold or has drifted up by more
+    than ``drift_threshold`` vs the oldest gain in the window; alerts once per streak, when the
+    streak of flagged checks reaches ``consecutive`` (holds false positives down).
+
+    Args:
+        window: checks kept in the history (moving average and drift reference).
+        gain_threshold: absolute threshold; ``None`` = depth-scaled ``1 + 0.05 * sqrt(L)``.
+        drift_threshold: relative rise that flags a check (0.10 = +10 %).
+        consecutive: flagged checks in a row needed to alert.
+    """
+
+    def __init__(self, window: int = 10, gain_threshold: Optional[float] = None,
+                 drift_threshold: float = 0.10, consecutive: int = 3):
+        if window < 1 or consecutive < 1:
+            raise ValueError("drift window and consecutive checks must be >= 1")
+        self.window, self.gain_threshold = window, gain_threshold
+        self.drift_threshold, self.consecutive = drift_threshold, consecutive
+        self.history: deque = deque(maxlen=window)
+        self.streak = 0
+
+    def threshold_for(self, num_blocks: int) -> float:
+        """The absolute gain threshold for a network of ``num_blocks`` measured blocks."""
+        return self.gain_threshold if self.gain_threshold is not None else 1.0 + 0.05 * math.sqrt(num_blocks)
+
+    def check(self, mean_gain: float, num_blocks: int) -> DriftCheck:
+        """Add one finite mean gain and decide; ``num_blocks`` sets the default threshold."""
+        self.history.append(float(mean_gain))
+        oldest = self.history[0]
+        drift = (mean_gain - oldest) / oldest if len(self.history) > 1 and oldest > 0 else 0.0
+        threshold = self.threshold_for(num_blocks)
+        reasons = []
+        if mean_gain > threshold:
+            reasons.append(f"mean gain {mean_gain:.3f} > threshold {threshold:.3f}")
+        if drift > self.drift_threshold:
+            reasons.append(f"{drift:+.1%} vs {len(self.history) - 1} checks ago")
+        self.streak = self.streak + 1 if reasons else 0
+        return DriftCheck(mean_gain, sum(self.history) / len(self.history), drift, threshold,
+                          self.streak, self.streak == self.consecutive, reasons)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"history": list(self.history), "streak": self.streak}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.history = deque((float(g) for g in state.get("history", [])), maxlen=self.window)
+        self.streak = int(state.get("streak", 0))
+
+
+def find_blocks(model: nn.Module) -> Blocks:
+    """The blocks whose gain is measured: tensor-in, tensor-out modules of encoder and decoder.
+
+    ``CamoSegmenter``: the encoder's feature-level modules (e.g. ``stages_0..3``), the FPN
+    smoothing convs and fuse conv, every expert and the head's refine conv. Any other model:
+    its direct children that hold parameters.
+    """
+    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
+    if encoder is None or decoder is None or not hasattr(encoder, "_feature_module_names"):
+        return [(name, child) for name, child in model.named_children() if any(True for _ in child.parameters())]
+    modules = dict(encoder.model.named_modules())
+    blocks = [(f"encoder.{name}", modules[name]) for name in encoder._feature_module_names()]
+    fusion = getattr(decoder, "fusion", None)
+    if fusion is not None:
+        blocks += [(f"decoder.fusion.smooth.{i}", m) for i, m in enumerate(fusion.smooth)]
+        blocks.append(("decoder.fusion.fuse", fusion.fuse))
+    blocks += [(f"decoder.experts.{i}", m) for i, m in enumerate(getattr(decoder, "experts", []))]
+    refine = getattr(getattr(model, "head", None), "refine", None)
+    return blocks + ([("head.refine", refine)] if refine is not None else [])
+
+
+def _squared_norm(grads: Sequence[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
+    """Sum of squared L2 norms (float32 scalar, on the device) of the non-``None`` gradients."""
+    squares = [torch.linalg.vector_norm(g, dtype=torch.float32).square() for g in grads if g is not None]
+    return torch.stack(squares).sum() if squares else None
+
+
+class GainProbe:
+    """Full backward hooks on ``blocks`` that sum ``||grad_in||^2`` and ``||grad_out||^2`` per block
+    over every backward pass while attached (all micro-batches of one accumulation window).
+
+    A block whose input carries no gradient (frozen upstream, or the image) records nothing.
+    """
+
+    def __init__(self, blocks: Blocks):
+        self.names = [name for name, _ in blocks]
+        self.sums: List[Optional[torch.Tensor]] = [None] * len(blocks)  # each (2,): [in^2, out^2]
+        self.handles = [module.register_full_backward_hook(partial(self._record, index))
+                        for index, (_, module) in enumerate(blocks)]
+
+    def _record(self, index: int, module: nn.Module, grad_input, grad_output) -> None:
+        squared_in, squared_out = _squared_norm(grad_input), _squared_norm(grad_output)
+        if squared_in is None or squared_out is None:
+            return
+        pair = torch.stack([squared_in, squared_out])
+        self.sums[index] = pair if self.sums[index] is None else self.sums[index] + pair
+
+    def remove(self) -> Tuple[List[str], Optional[torch.Tensor]]:
+        """Remove every hook; return the measured block names and their gains ``(K,)`` (device)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        measured = [(name, pair) for name, pair in zip(self.names, self.sums) if pair is not None]
+        if not measured:
+            return [], None
+        pairs = torch.stack([pair for _, pair in measured])  # (K, 2)
+        return [name for name, _ in measured], (pairs[:, 0] / pairs[:, 1]).sqrt()
+
+
+class GradientDriftMonitor(Callback):
+    """Samples block gains every ``interval`` updates; watches the total grad norm on every update.
+
+    It schedules itself: hooks are attached in ``on_optimizer_step`` of the update *before* a
+    measured one (or in ``on_epoch_start`` when the measured update opens an epoch) and removed in
+    the measured update's ``on_optimizer_step``, so they see every micro-batch of exactly that
+    update. ``wants_measurement`` / ``attach`` / ``detach`` are public for a Trainer-driven call.
+    Grad norms are kept on the device and read once per measurement (no per-step sync).
+
+    Args:
+        interval: optimizer steps between measurements (``--grad-monitor-interval``).
+        window, gain_threshold, drift_threshold, consecutive: see ``DriftDetector``.
+        grad_clip: the run's ``--grad-clip``, quoted in the advice.
+        exploding, vanishing: total grad-norm bounds that warn.
+    """
+
+    name = "gradient_drift"
+
+    def __init__(self, interval: int = 50, window: int = 10, gain_threshold: Optional[float] = None,
+                 drift_threshold: float = 0.10, consecutive: int = 3, grad_clip: float = 1.0,
+                 exploding: float = 10.0, vanishing: float = 1e-6):
+        if interval < 1:
+            raise ValueError(f"gradient monitor interval must be >= 1, got {interval}")
+        self.interval, self.grad_clip = interval, grad_clip
+        self.exploding, self.vanishing = exploding, vanishing
+        self.detector = DriftDetector(window, gain_threshold, drift_threshold, consecutive)
+        self.probe: Optional[GainProbe] = None
+        self._norms: List[torch.Tensor] = []  # grad norms since the last measurement (device)
+        self._norm_stats: Optional[torch.Tensor] = None  # folded [count > exploding, count < vanishing, max]
+        self._updates = 0  # optimizer steps since the last measurement
+
+    # ------------------------------------------------------------------ hook API
+    def wants_measurement(self, next_step: int) -> bool:
+        """Whether global optimizer step ``next_step`` (1-based) is measured."""
+        return next_step % self.interval == 0
+
+    def attach(self, model: nn.Module) -> None:
+        """Hook ``model``'s blocks (before the forward of the measured update's first micro-batch)."""
+        self.detach()
+        self.probe = GainProbe(find_blocks(model))
+
+    def detach(self) -> Tuple[List[str], Optional[torch.Tensor]]:
+        """Remove the hooks (idempotent); return measured block names and gains ``(K,)`` or ``None``."""
+        probe, self.probe = self.probe, None
+        return probe.remove() if probe is not None else ([], None)
+
+    # ------------------------------------------------------------------ callbacks
+    def on_epoch_start(self, trainer) -> None:
+        if self.wants_measurement(trainer.global_step + 1):
+            self.attach(trainer.unwrapped_model)
+
+    def on_optimizer_step(self, trainer, step: StepOutput) -> None:
+        self._updates += 1
+        if step.grad_norm is not None:
+            self._norms.append(step.grad_norm.detach().float().reshape(()))
+            if len(self._norms) >= 256:
+                self._fold_norms()
+        names, gains = self.detach()
+        if self.wants_measurement(step.step):
+            self._measure(trainer, step, names, gains)
+        if self.wants_measurement(step.step + 1) and step.step_in_epoch < step.steps_in_epoch:
+            self.attach(trainer.unwrapped_model)
+
+    def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
+        self.detach()  # validation runs without hooks
+
+    def on_train_end(self, trainer) -> None:
+        self.detach()
+
+    # ------------------------------------------------------------------ measurement
+    def _fold_norms(self) -> None:
+        """Reduce the buffered grad norms into ``[count > exploding, count < vanishing, max]`` (device)."""
+        if not self._norms:
+            return
+        norms = torch.stack(self._norms)
+        stats = torch.stack([(norms > self.exploding).sum().float(), (norms < self.vanishing).sum().float(),
+                             norms.max()])
+        if self._norm_stats is not None:
+            stats = torch.stack([stats[0] + self._norm_stats[0], stats[1] + self._norm_stats[1],
+                                 torch.maximum(stats[2], self._norm_stats[2])])
+        self._norm_stats, self._norms = stats, []
+
+    def _measure(self, trainer, step: StepOutput, names: List[str], gains: Optional[torch.Tensor]) -> None:
+        """One host copy of gains and norm statistics; TensorBoard, detector and warnings."""
+        self._fold_norms()
+        parts = [gains] if gains is not None else []
+        has_norms = self._norm_stats is not None and step.grad_norm is not None
+        if has_norms:
+            parts += [self._norm_stats, step.grad_norm.detach().float().reshape(1)]
+        values = torch.cat(parts).tolist() if parts else []
+        updates, self._norm_stats, self._updates = self._updates, None, 0
+        main = is_main_process(trainer)
+        writer = summary_writer(trainer) if main else None
+        if has_norms:
+            exploding, vanishing, peak, grad_norm = values[len(names):]
+            if writer is not None:
+                writer.add_scalar("gradient_monitor/grad_norm", grad_norm, step.step)
+            if main:
+                self._warn_norms(trainer, step, int(exploding), int(vanishing), peak, updates)
+        block_gains = dict(zip(names, values[:len(names)]))
+        finite = [gain for gain in block_gains.values() if math.isfinite(gain)]
+        if not finite:
+            return
+        check = self.detector.check(sum(finite) / len(finite), len(finite))
+        if writer is not None:
+            writer.add_scalar("gradient_monitor/mean_gain", check.mean_gain, step.step)
+            writer.add_scalar("gradient_monitor/mean_gain_ma", check.moving_average, step.step)
+            writer.add_scalar("gradient_monitor/mean_gain_drift", check.drift, step.step)
+        if check.alert and main:
+            self._warn_drift(trainer, step, check, block_gains)
+
+    def _advice(self, trainer, lr: float) -> str:
+        flag = "--stage2-lr" if getattr(trainer, "stage", 1) == 2 else "--lr"
+        clip = (f"tighten gradient clipping (--grad-clip {self.grad_clip:g} -> {0.7 * self.grad_clip:.2g})"
+                if self.grad_clip > 0 else "enable gradient clipping (--grad-clip 1.0)")
+        return f"halve the LR ({flag} {lr:.3g} -> {lr / 2:.3g}); {clip}"
+
+    def _warn_drift(self, trainer, step: StepOutput, check: DriftCheck, block_gains: Dict[str, float]) -> None:
+        top = sorted(block_gains.items(), key=lambda item: -item[1] if math.isfinite(item[1]) else 0.0)[:3]
+        logger.warning(
+            "Gradient drift at step %d (LR %.3g): %s for %d checks in a row (moving average %.3f over %d "
+            "blocks; largest: %s). Actions: %s.", step.step, step.lr, "; ".join(check.reasons), check.streak,
+            check.moving_average, len(block_gains), ", ".join(f"{name} {gain:.2f}" for name, gain in top),
+            self._advice(trainer, step.lr))
+
+    def _warn_norms(self, trainer, step: StepOutput, exploding: int, vanishing: int, peak: float,
+                    updates: int) -> None:
+        if exploding:
+            logger.warning("Exploding gradients: %d of the last %d updates had a total grad norm > %g (max %.3g) "
+                           "up to step %d (LR %.3g). Actions: %s.", exploding, updates, self.exploding, peak,
+                           step.step, step.lr, self._advice(trainer, step.lr))
+        if vanishing:
+            logger.warning("Vanishing gradients: %d of the last %d updates had a total grad norm < %g up to step "
+                           "%d (LR %.3g): check that the trained layers are not frozen and the loss is not "
+                           "saturated.", vanishing, updates, self.vanishing, step.step, step.lr)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"detector": self.detector.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.detector.load_state_dict(state.get("detector", {}))

@@ -1,0 +1,290 @@
+"""Post-epoch evaluator: improvement rate, train/val gap, plateau and first-epoch LR sanity.
+
+``analyse_history`` is the pure rule set (tested on the source notes' scenarios); the callback
+feeds it the epoch records, prints the report, writes ``evaluation/*`` to TensorBoard, stores the
+findings under ``record["health"]`` (so ``metrics.jsonl`` keeps them) and, with
+``auto_adjust_lr``, halves the LR on a plateau through ``adjust_lr`` (never below the min LR).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from engine.callbacks import Callback, StepOutput
+from engine.monitors import is_main_process, summary_writer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    """One epoch as the evaluator sees it (``train_loss`` / ``val_iou`` may be unknown)."""
+
+    epoch: int
+    val_loss: float
+    train_loss: Optional[float] = None
+    val_iou: Optional[float] = None
+
+
+def _usable(*values: Optional[float]) -> bool:
+    return all(value is not None and math.isfinite(value) for value in values)
+
+
+def grade_improvement(rate_pct: float) -> str:
+    """``< 1 %`` poor, ``1-5 %`` acceptable, ``> 5 %`` good (relative improvement per epoch)."""
+    return "poor" if rate_pct < 1.0 else "acceptable" if rate_pct <= 5.0 else "good"
+
+
+def grade_gap(gap_pct: float) -> str:
+    """``(val - train) / train``: ``< 10 %`` healthy, ``10-30 %`` mild, ``> 30 %`` severe overfitting."""
+    return "healthy" if gap_pct < 10.0 else "mild" if gap_pct <= 30.0 else "severe"
+
+
+def _plateaued(values: List[float], epochs: int, tolerance: float, lower_is_better: bool) -> Optional[bool]:
+    """Best of the last ``epochs`` values improved on the best before them by less than ``tolerance``."""
+    values = [v if lower_is_better else -v for v in values]
+    if len(values) <= epochs or not _usable(*values):
+        return None
+    before, recent = min(values[:-epochs]), min(values[-epochs:])
+    return (before - recent) / max(abs(before), 1e-12) < tolerance
+
+
+def analyse_history(history: Sequence[EpochStats], plateau_epochs: int = 3,
+                    plateau_tolerance: float = 0.01) -> Dict[str, Any]:
+    """Diagnose training health at the last epoch of ``history``.
+
+    Args:
+        history: epochs in order, the newest last.
+        plateau_epochs: epochs over which a plateau is judged.
+        plateau_tolerance: relative improvement below which those epochs count as a plateau.
+
+    Returns:
+        A JSON-serialisable dict: ``improvement_rate`` / ``iou_improvement_rate`` (percent, vs the
+        previous epoch) with their grades, ``train_val_gap`` (percent) and ``gap`` grade,
+        ``plateau`` (bool), ``issues`` and ``suggestions`` (lists of sentences).
+    """
+    last = history[-1]
+    health: Dict[str, Any] = {"epoch": last.epoch, "plateau": False, "issues": [], "suggestions": []}
+    issues, suggestions = health["issues"], health["suggestions"]
+    previous = history[-2] if len(history) > 1 else None
+    if previous is not None and _usable(previous.val_loss, last.val_loss) and previous.val_loss > 0:
+        rate = 100.0 * (previous.val_loss - last.val_loss) / previous.val_loss
+        health.update(improvement_rate=round(rate, 4), improvement=grade_improvement(rate))
+        if rate < 1.0:
+            issues.append(f"slow improvement: val loss {previous.val_loss:.4f} -> {last.val_loss:.4f} "
+                          f"({rate:+.2f} %, below 1 %)")
+    if previous is not None and _usable(previous.val_iou, last.val_iou) and previous.val_iou > 0:
+        rate = 100.0 * (last.val_iou - previous.val_iou) / previous.val_iou
+        health.update(iou_improvement_rate=round(rate, 4), iou_improvement=grade_improvement(rate))
+        if rate < 1.0:
+            issues.append(f"slow IoU progress: val IoU {previous.val_iou:.4f} -> {last.val_iou:.4f} ({rate:+.2f} %)")
+    if _usable(last.train_loss, last.val_loss) and last.train_loss > 0:
+        gap = 100.0 * (last.val_loss - last.train_loss) / last.train_loss
+        health.update(train_val_gap=round(gap, 4), gap=grade_gap(gap))
+        if gap > 30.0:
+            issues.append(f"severe overfitting: train/val gap {gap:.0f} % (train {last.train_loss:.4f}, "
+                          f"val {last.val_loss:.4f})")
+            suggestions.append("regularise: stronger augmentation, more weight decay (e.g. --weight-decay 0.05), "
+                               "weight EMA (--use-ema); keep best_model.pth rather than the last weights")
+        elif gap > 10.0:
+            issues.append(f"mild overfitting: train/val gap {gap:.0f} %")
+            suggestions.append("watch the gap; weight EMA (--use-ema) or more weight decay usually help")
+    _add_plateau(health, history, plateau_epochs, plateau_tolerance)
+    _add_capacity(health, history, plateau_epochs)
+    if health.get("improvement") == "poor" and not suggestions:
+        suggestions.append("if the next epochs stay below 1 %, lower the LR (resume with --lr halved) "
+                           "or enable --auto-adjust-lr")
+    return health
+
+
+def _add_plateau(health: Dict[str, Any], history: Sequence[EpochStats], epochs: int, tolerance: float) -> None:
+    loss_plateau = _plateaued([h.val_loss for h in history], epochs, tolerance, lower_is_better=True)
+    ious = [h.val_iou for h in history]
+    iou_plateau = _plateaued(ious, epochs, tolerance, lower_is_better=False) if _usable(*ious) else None
+    # The IoU still rising means the model still learns, whatever the loss says.
+    health["plateau"] = bool(loss_plateau) and iou_plateau is not False
+    if health["plateau"]:
+        health["issues"].append(f"plateau: val loss improved < {tolerance:.0%} over the last {epochs} epochs")
+        health["suggestions"].append("break the plateau: halve the LR (--auto-adjust-lr does it automatically) or "
+                                     "resume with a warm restart (new --lr / --scheduler); see the plateau guide")
+
+
+def _add_capacity(health: Dict[str, Any], history: Sequence[EpochStats], epochs: int) -> None:
+    """Small gap + slow but steady progress: the model fits train and val alike, slowly => capacity."""
+    recent = history[-(epochs + 1):]
+    steady = len(recent) > epochs and all(_usable(a.val_loss, b.val_loss) and b.val_loss < a.val_loss
+                                          for a, b in zip(recent, recent[1:]))
+    if steady and health.get("gap") == "healthy" and health.get("improvement") in ("poor", "acceptable"):
+        health["issues"].append(f"underfitting: train and val loss stay close (gap {health['train_val_gap']:.1f} %) "
+                                f"while falling slowly ({health['improvement_rate']:.1f} % per epoch)")
+        health["suggestions"].append("add capacity: a larger backbone, more experts (--num-experts) or a wider "
+                                     "decoder (--decoder-channels); or raise the LR / train longer")
+
+
+def first_epoch_lr_check(start_loss: float, end_loss: float, peak_loss: float) -> Dict[str, Any]:
+    """LR sanity from the first epoch: mean loss of its first and last tenth, and its peak.
+
+    Returns:
+        ``{"verdict": "ok" | "too_low" | "too_high", "loss_change": percent, "message": str}``.
+    """
+    change = 100.0 * (start_loss - end_loss) / start_loss if _usable(start_loss, end_loss) and start_loss > 0 else None
+    if change is None or not _usable(peak_loss) or peak_loss > 1.5 * start_loss or change < -5.0:
+        verdict, message = "too_high", ("the loss spiked or rose in epoch 1: the LR is probably too high; "
+                                        "halve --lr or lengthen --warmup-epochs")
+    elif change < 2.0:
+        verdict, message = "too_low", (f"the loss barely moved in epoch 1 ({change:.1f} %): the LR may be too "
+                                       "low; try 2-3x --lr")
+    else:
+        verdict, message = "ok", f"the loss fell {change:.1f} % during epoch 1"
+    return {"verdict": verdict, "loss_change": None if change is None else round(change, 4), "message": message}
+
+
+def parse_epoch_selection(text: str) -> Callable[[int], bool]:
+    """``"2+"`` (epoch 2 on), ``"1,5,10"``, ``"3-8"``, combinations, or ``"none"`` -> predicate on epochs."""
+    text = str(text).strip().lower()
+    if text in ("none", "off", ""):
+        return lambda epoch: False
+    tests: List[Callable[[int], bool]] = []
+    try:
+        for item in text.split(","):
+            item = item.strip()
+            if item.endswith("+"):
+                tests.append(lambda epoch, first=int(item[:-1]): epoch >= first)
+            elif "-" in item:
+                low, high = (int(part) for part in item.split("-", 1))
+                tests.append(lambda epoch, low=low, high=high: low <= epoch <= high)
+            else:
+                tests.append(lambda epoch, only=int(item): epoch == only)
+    except ValueError:
+        raise ValueError(f"--eval-epochs {text!r} is not an epoch selection; write e.g. 2+, 1,5,10, 3-8 or none") from None
+    return lambda epoch: any(test(epoch) for test in tests)
+
+
+class PostEpochEvaluator(Callback):
+    """Runs ``analyse_history`` at the selected epochs and the LR sanity check after epoch 1.
+
+    Place it *before* the logging callback: it adds ``record["health"]``, which that callback
+    writes to ``metrics.jsonl``.
+
+    Args:
+        epochs: epoch selection (``--eval-epochs``), default ``"2+"`` = every epoch from 2 on.
+        auto_adjust_lr: halve the LR on a plateau (``--auto-adjust-lr``); applied by the Trainer
+            through ``adjust_lr``; at most once per ``plateau_epochs`` epochs.
+        min_lr: the LR is never lowered below this (``--min-lr``).
+        plateau_epochs, plateau_tolerance: see ``analyse_history``.
+    """
+
+    name = "post_epoch"
+
+    def __init__(self, epochs: str = "2+", auto_adjust_lr: bool = False, min_lr: float = 0.0,
+                 plateau_epochs: int = 3, plateau_tolerance: float = 0.01):
+        self.selected = parse_epoch_selection(epochs)
+        self.auto_adjust_lr, self.min_lr = auto_adjust_lr, min_lr
+        self.plateau_epochs, self.plateau_tolerance = plateau_epochs, plateau_tolerance
+        self.history: List[EpochStats] = []
+        self.lr_multiplier = 1.0
+        self.adjusted_at_epoch = 0
+        self.stage: Optional[int] = None
+        self._first_epoch: Optional[torch.Tensor] = None  # device [sum first tenth, sum last tenth, peak]
+        self._tenth = 1
+
+    def adjust_lr(self, scheduled_lr: float) -> float:
+        """The LR to use for a scheduled LR: scaled by the plateau multiplier, never pushed below min LR."""
+        if self.lr_multiplier == 1.0:
+            return scheduled_lr
+        return max(scheduled_lr * self.lr_multiplier, min(scheduled_lr, self.min_lr))
+
+    def on_epoch_start(self, trainer) -> None:
+        if self.stage is not None and trainer.stage != self.stage and self.lr_multiplier != 1.0:
+            logger.info("Stage %d starts: the plateau LR multiplier %.3g is reset to 1", trainer.stage,
+                        self.lr_multiplier)
+            self.lr_multiplier = 1.0
+        self.stage = trainer.stage
+
+    def on_optimizer_step(self, trainer, step: StepOutput) -> None:
+        """Track the first epoch's early / late / peak loss on the device (3 tiny ops, epoch 1 only)."""
+        if trainer.epoch != 0 or step.steps_in_epoch < 4:
+            return
+        loss = step.loss.detach().float().reshape(())
+        if step.step_in_epoch == 1:
+            self._tenth = max(1, step.steps_in_epoch // 10)
+            self._first_epoch = torch.stack([torch.zeros_like(loss), torch.zeros_like(loss), loss])
+        if self._first_epoch is None:  # resumed in the middle of epoch 1: not judged
+            return
+        early = float(step.step_in_epoch <= self._tenth)
+        late = float(step.step_in_epoch > step.steps_in_epoch - self._tenth)
+        self._first_epoch = torch.stack([self._first_epoch[0] + early * loss, self._first_epoch[1] + late * loss,
+                                         torch.maximum(self._first_epoch[2], loss)])
+
+    def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
+        self.history.append(EpochStats(record["epoch"], record["val_loss"], record.get("train_loss"),
+                                       record.get("val_iou")))
+        health: Dict[str, Any] = {}
+        if record["epoch"] == 1 and self._first_epoch is not None:
+            start, end, peak = self._first_epoch.tolist()
+            health["lr_sanity"] = first_epoch_lr_check(start / self._tenth, end / self._tenth, peak)
+            self._first_epoch = None
+        if self.selected(record["epoch"]) and len(self.history) > 1:
+            health.update(analyse_history(self.history, self.plateau_epochs, self.plateau_tolerance))
+            self._write(trainer, health, record["global_step"])
+            if self.auto_adjust_lr and health["plateau"]:
+                self._halve_lr(trainer, health, record["epoch"])
+        if health.get("lr_sanity", {}).get("verdict", "ok") != "ok":
+            health.setdefault("issues", []).append(health["lr_sanity"]["message"])
+        if health:
+            record["health"] = health
+            if is_main_process(trainer):
+                _report(record["epoch"], health)
+
+    def _write(self, trainer, health: Dict[str, Any], step: int) -> None:
+        writer = summary_writer(trainer) if is_main_process(trainer) else None
+        if writer is None:
+            return
+        for tag, key in (("improvement_rate", "improvement_rate"), ("iou_improvement_rate", "iou_improvement_rate"),
+                         ("train_val_gap", "train_val_gap")):
+            if health.get(key) is not None:
+                writer.add_scalar(f"evaluation/{tag}", health[key], step)
+        writer.add_scalar("evaluation/plateau_detected", float(health["plateau"]), step)
+
+    def _halve_lr(self, trainer, health: Dict[str, Any], epoch: int) -> None:
+        if self.adjusted_at_epoch and epoch - self.adjusted_at_epoch < self.plateau_epochs:
+            return  # give the previous halving time to show
+        current = trainer.current_lr
+        if current * 0.5 < self.min_lr:
+            health["lr_adjustment"] = f"not halved: the LR {current:.3g} is already near --min-lr {self.min_lr:.3g}"
+            return
+        self.lr_multiplier *= 0.5
+        self.adjusted_at_epoch = epoch
+        health["lr_adjustment"] = f"LR halved on plateau: {current:.3g} -> {current * 0.5:.3g} (multiplier " \
+                                  f"{self.lr_multiplier:.3g})"
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"history": [asdict(h) for h in self.history], "lr_multiplier": self.lr_multiplier,
+                "adjusted_at_epoch": self.adjusted_at_epoch, "stage": self.stage}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.history = [EpochStats(**h) for h in state.get("history", [])]
+        self.lr_multiplier = float(state.get("lr_multiplier", 1.0))
+        self.adjusted_at_epoch = int(state.get("adjusted_at_epoch", 0))
+        self.stage = state.get("stage")
+
+
+def _report(epoch: int, health: Dict[str, Any]) -> None:
+    """Print the findings: one summary line, then one line per issue and suggestion."""
+    parts = [f"{key.replace('_', ' ')} {health[key]:+.2f} % ({health[grade]})" for key, grade in
+             (("improvement_rate", "improvement"), ("iou_improvement_rate", "iou_improvement"),
+              ("train_val_gap", "gap")) if key in health]
+    if health.get("lr_sanity", {}).get("verdict") == "ok":
+        parts.append(f"epoch-1 LR check: {health['lr_sanity']['message']}")
+    logger.info("Health after epoch %d: %s%s", epoch, "; ".join(parts) or "no comparison yet",
+                " | plateau" if health.get("plateau") else "")
+    for issue in health.get("issues", []):
+        logger.warning("  issue: %s", issue)
+    for suggestion in health.get("suggestions", []):
+        logger.info("  suggestion: %s", suggestion)
+    if "lr_adjustment" in health:
+        logger.info("  %s", health["lr_adjustment"])

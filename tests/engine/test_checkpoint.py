@@ -1,0 +1,83 @@
+"""Checkpoint files: atomic writes, safe loading, damaged files, auto-resume selection."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from engine.checkpoint import (
+    CheckpointError, atomic_save, capture_rng_state, find_resumable, load_checkpoint, remove_stale_temp_files,
+    restore_rng_state,
+)
+
+
+def test_atomic_save_round_trip_and_no_temp_left(tmp_path):
+    payload = {"model": {"w": torch.arange(4.0)}, "global_step": 3}
+    atomic_save(payload, tmp_path / "last.pth")
+    assert torch.equal(load_checkpoint(tmp_path / "last.pth")["model"]["w"], torch.arange(4.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    (tmp_path / ".tmp-ckpt-abc.pth").write_bytes(b"half a checkpoint")
+    assert remove_stale_temp_files(tmp_path) == 1 and not list(tmp_path.iterdir())
+
+
+def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
+    atomic_save({"model": {"w": torch.ones(1000)}}, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pth")
+    for name, words in (("truncated.pth", "truncated"), ("text.pth", "truncated or not"), ("other.pth", "no 'model'")):
+        with pytest.raises(CheckpointError, match=words):
+            load_checkpoint(tmp_path / name)
+
+
+class _Payload:
+    """Unpickling this would create a file: it must never run."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    with open(tmp_path / "evil.pth", "wb") as stream:
+        torch.save({"model": {}, "extra": _Payload(str(marker))}, stream, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="arbitrary pickled objects"):
+        load_checkpoint(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_find_resumable_skips_damaged_and_picks_furthest(tmp_path, caplog):
+    atomic_save({"model": {}, "global_step": 10}, tmp_path / "epoch_1.pth")
+    atomic_save({"model": {}, "global_step": 20}, tmp_path / "last.pth")
+    data = (tmp_path / "last.pth").read_bytes()
+    (tmp_path / "newer_but_broken.pth").write_bytes(data[:30])
+    assert find_resumable(tmp_path) == tmp_path / "last.pth"
+    assert "newer_but_broken.pth" in caplog.text
+    os.remove(tmp_path / "last.pth")
+    assert find_resumable(tmp_path) == tmp_path / "epoch_1.pth"
+    assert find_resumable(tmp_path / "missing") is None
+
+
+def test_rng_state_round_trip_is_weights_only(tmp_path):
+    state = capture_rng_state()
+    expected = torch.rand(3)
+    atomic_save({"model": {}, "rng": state}, tmp_path / "rng.pth")
+    restore_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_checkpoint_for_another_architecture_names_the_setting(tiny_config):
+    from engine.build import build_trainer
+
+    trainer = build_trainer(tiny_config(epochs=1))
+    trainer.fit()
+    other = tiny_config(resume_from=str(trainer.config.checkpoint_dir) + "/last.pth", num_experts=4, top_k=2)
+    with pytest.raises(CheckpointError, match="--num-experts 3"):
+        build_trainer(other)

@@ -1,0 +1,75 @@
+"""Non-finite guard: a NaN update is skipped without touching weights or the weight EMA."""
+import pytest
+import torch
+
+from engine.build import build_trainer
+from engine.callbacks import Callback
+from engine.nonfinite import NonFiniteGuard, TrainingDivergedError
+
+
+class PoisonLoss(torch.nn.Module):
+    """Wraps the criterion and returns NaN on chosen calls."""
+
+    def __init__(self, criterion, bad_calls):
+        super().__init__()
+        self.criterion, self.bad_calls, self.calls = criterion, set(bad_calls), 0
+
+    def forward(self, output, masks):
+        self.calls += 1
+        losses = self.criterion(output, masks)
+        if self.calls in self.bad_calls:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+
+class Snapshots(Callback):
+    name = "snapshots"
+
+    def __init__(self):
+        self.states = []
+
+    def on_optimizer_step(self, trainer, step):
+        ema = trainer.callbacks.get("weight_ema").ema
+        self.states.append((step.step, {k: v.clone() for k, v in trainer.model.state_dict().items()},
+                            {k: v.clone() for k, v in ema.state_dict().items()}))
+
+
+def test_nan_update_leaves_weights_and_ema_bitwise_unchanged(tiny_config, caplog):
+    trainer = build_trainer(tiny_config(epochs=1, stage1_epochs=0, batch_size=4, use_ema=True, ema_decay=0.5))
+    trainer.criterion = PoisonLoss(trainer.criterion, bad_calls={2})  # the second of three updates
+    snapshots = Snapshots()
+    trainer.callbacks.callbacks.append(snapshots)  # after the EMA callback: sees its update
+    before = {}
+    original = trainer._optimizer_step
+
+    def spy(*args):
+        ema = trainer.callbacks.get("weight_ema").ema
+        before[trainer.guard.total_skipped] = ({k: v.clone() for k, v in trainer.model.named_parameters()},
+                                               {k: v.clone() for k, v in ema.state_dict().items()})
+        original(*args)
+
+    trainer._optimizer_step = spy
+    trainer.fit()
+    assert [state[0] for state in snapshots.states] == [1, 2]  # 3 windows, one skipped
+    assert trainer.guard.total_skipped == 1 and "Skipped update 2" in caplog.text
+    # Weights after the skipped update equal the weights after update 1, and so does the EMA.
+    # (Buffers that a forward pass updates, like the router's dispatch EMA, may move: no update ran.)
+    _, weights_after_first, ema_after_first = snapshots.states[0]
+    parameters_after_skip, ema_after_skip = before[1]
+    for key, value in parameters_after_skip.items():
+        assert torch.equal(value, weights_after_first[key]), key
+    for key, value in ema_after_skip.items():
+        assert torch.equal(value, ema_after_first[key]), key
+
+
+def test_guard_stops_after_consecutive_bad_updates():
+    guard = NonFiniteGuard(max_bad_steps=3)
+    nan = torch.tensor(float("nan"))
+    assert not guard.is_finite(nan, None) and not guard.is_finite(torch.tensor(1.0), torch.tensor(float("inf")))
+    guard.record(False, 1, 1e-3, False)
+    guard.record(True, 2, 1e-3, False)  # a good step resets the count
+    guard.record(False, 3, 1e-3, False)
+    guard.record(False, 4, 1e-3, False)
+    with pytest.raises(TrainingDivergedError, match="last.pth"):
+        guard.record(False, 5, 1e-3, False)
+
