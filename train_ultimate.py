@@ -42,6 +42,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("pretrained", BOOL, "load pretrained encoder weights (default: on for real datasets, off for synthetic)"),
         ("pretrained-path", str, "local pretrained weights file, for offline machines"),
         ("moe-loss-weight", float, "weight of the MoE load-balancing loss"),
+        ("deep-supervision-weight", float, "weight of the per-expert structure losses (0: off)"),
+        ("loss-normalization", str, "loss combination: none | ema (each term divided by its own bias-corrected EMA)"),
     ],
     "optimisation and stages": [
         ("batch-size", int, "stage-1 batch size"),
@@ -74,6 +76,20 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("time-limit", str, "stop cleanly with a checkpoint before this wall time, e.g. 11.5h, 90m, 3600s"),
         ("save-every-minutes", float, "also write last.pth mid-epoch at this period"),
         ("keep-checkpoints", int, "epoch_N.pth files kept (0: none)"),
+    ],
+    "monitors": [
+        ("loss-ema", BOOL, "bias-corrected loss EMA in TensorBoard (train/loss_ema) and on the console line"),
+        ("loss-ema-beta", float, "loss EMA decay; window about 1/(1-beta) optimizer steps"),
+        ("grad-monitor-interval", int, "optimizer steps between gradient-gain measurements (0: drift monitor off)"),
+        ("drift-window", int, "gain checks kept for the moving average and the drift reference"),
+        ("drift-threshold", float, "relative rise of the mean gain vs the oldest check in the window that flags "
+                                   "a check (0.1 = +10 percent)"),
+        ("gain-threshold", float, "absolute mean-gain threshold; unset: 1 + 0.05*sqrt(number of measured blocks)"),
+        ("drift-consecutive", int, "flagged checks in a row before a drift warning"),
+        ("eval-epochs", str, "epochs with a post-epoch health report: 2+ (from epoch 2 on), 1,5,10, 3-8 or none"),
+        ("auto-adjust-lr", BOOL, "halve the LR when the health report detects a plateau, never below --min-lr"),
+        ("expert-monitor", BOOL, "per-expert routing share in TensorBoard (moe/expert_<i>) and metrics.jsonl; "
+                                 "collapse warnings"),
     ],
     "runtime": [
         ("seed", int, "random seed (data order, augmentation, init)"),
@@ -142,21 +158,34 @@ def run_train(args: argparse.Namespace) -> int:
     config = build_config(load_yaml(args.config) if args.config else {}, flag_values(args))
     log = logging.getLogger("train_ultimate")
     if args.dry_run:
-        from engine.data_module import count_training_samples
-        from engine.stages import PlanState, StagePlan
-
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
-        plan = StagePlan(config, count_training_samples(config), PlanState.fresh(config))
-        print("plan:")
-        for line in plan.describe():
-            print(f"  {line}")
-        print("dry run: configuration is valid; nothing was trained")
-        return 0
+        return dry_run(config)
     trainer = build_trainer(config)
     for line in describe_run(trainer):
         log.info(line)
     trainer.fit()
     log.info("Done: %s", trainer.stop_reason or f"{trainer.epoch}/{config.epochs} epochs complete")
+    return 0
+
+
+def dry_run(config) -> int:
+    """Print the resolved config and the stage/LR plan (re-planned when resuming) without training."""
+    import yaml
+
+    from engine.build import resolve_resume_path
+    from engine.checkpoint import load_checkpoint
+    from engine.data_module import count_training_samples
+    from engine.resume import planned_state
+    from engine.stages import StagePlan
+
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
+    resume_path = resolve_resume_path(config)
+    payload = load_checkpoint(resume_path) if resume_path else None
+    state, epoch, notes = planned_state(payload, config)
+    plan = StagePlan(config, count_training_samples(config), state)
+    print(f"plan (starting at epoch {epoch + 1}" + (f", resuming {resume_path}" if resume_path else "") + "):")
+    for line in notes + plan.describe():
+        print(f"  {line}")
+    print("dry run: configuration is valid; nothing was trained")
     return 0
 
 

@@ -15,6 +15,7 @@ from engine.checkpointing import CheckpointCallback
 from engine.config import ConfigError, TrainConfig
 from engine.data_module import build_data
 from engine.logging_callback import LoggingCallback
+from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
 from engine.losses import SegmentationCriterion
 from engine.resume import restore_trainer
 from engine.stopping import StopAfterEpochsCallback, TimeLimitCallback
@@ -53,6 +54,14 @@ def build_callbacks(config: TrainConfig) -> List[Optional[Callback]]:
         WeightEMACallback(config.ema_decay, config.ema_warmup) if config.use_ema else None,
         TimeLimitCallback(config.time_limit_seconds) if config.time_limit else None,
         StopAfterEpochsCallback(config.stop_after_epochs) if config.stop_after_epochs else None,
+        # Monitors before logging: they add fields (health, expert_usage, EMA) to what it writes.
+        LossEMAMonitor(config.loss_ema_beta, config.log_interval) if config.loss_ema else None,
+        GradientDriftMonitor(config.grad_monitor_interval, config.drift_window, config.gain_threshold,
+                             config.drift_threshold, config.drift_consecutive, config.grad_clip)
+        if config.grad_monitor_interval > 0 else None,
+        ExpertUsageMonitor(config.log_interval) if config.expert_monitor else None,
+        PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr)
+        if config.eval_epochs.strip().lower() not in ("none", "off") else None,
         LoggingCallback(folder, config.log_interval),
         CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes),
     ]
@@ -85,7 +94,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
     model = build_model(model_config).to(device)
     data = build_data(config, model.encoder.normalization)
     check_writable(Path(config.checkpoint_dir))
-    criterion = SegmentationCriterion(moe_loss_weight=config.moe_loss_weight)
+    criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
+                                      config.loss_normalization).to(device)
     trainer = Trainer(config, model, criterion, data, build_callbacks(config), device)
     if payload is not None:
         restore_trainer(trainer, payload, str(resume_path))

@@ -36,6 +36,7 @@ def build_payload(trainer) -> Dict[str, Any]:
             trainer.epoch, len(trainer.unwrapped_model.encoder.stages())),
         "callbacks": trainer.callbacks.state_dict(),
         "nonfinite_guard": trainer.guard.state_dict(),
+        "criterion": trainer.criterion.state_dict(),
         "rng": capture_rng_state(),
         "config": config.to_dict(),
         "model_signature": {"backbone": config.backbone, "num_experts": config.num_experts,

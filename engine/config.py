@@ -48,6 +48,7 @@ class TrainConfig:
     pretrained: Optional[bool] = None  # None: on for real datasets, off for the synthetic set
     pretrained_path: Optional[str] = None
     moe_loss_weight: float = 0.01
+    deep_supervision_weight: float = 0.0  # > 0: per-expert logits get their own structure loss
     # Optimisation and stages
     batch_size: int = 8
     stage2_batch_size: Optional[int] = None  # None: same as batch_size
@@ -76,6 +77,18 @@ class TrainConfig:
     stop_after_epochs: Optional[int] = None
     time_limit: Optional[str] = None
     save_every_minutes: Optional[float] = None
+    # Monitors
+    loss_ema: bool = True
+    loss_ema_beta: float = 0.99
+    grad_monitor_interval: int = 50  # 0: drift monitor off
+    drift_window: int = 10
+    drift_threshold: float = 0.10
+    gain_threshold: Optional[float] = None  # None: 1 + 0.05*sqrt(blocks)
+    drift_consecutive: int = 3
+    eval_epochs: str = "2+"
+    auto_adjust_lr: bool = False
+    expert_monitor: bool = True
+    loss_normalization: str = "none"  # none | ema
     # Runtime
     seed: int = 42
     device: str = "auto"
@@ -92,6 +105,7 @@ class TrainConfig:
             top_k=self.top_k,
             decoder_channels=self.decoder_channels,
             router_noise=self.router_noise,
+            deep_supervision=self.deep_supervision_weight > 0,
             pretrained=pretrained or self.pretrained_path is not None,
             pretrained_path=self.pretrained_path,
         )
@@ -227,6 +241,8 @@ def validate(config: TrainConfig) -> None:
     _require(config.weight_decay >= 0, f"--weight-decay must be >= 0 (got {config.weight_decay})")
     _require(config.grad_clip >= 0, f"--grad-clip must be >= 0, 0 disables clipping (got {config.grad_clip})")
     _require(config.router_noise >= 0, f"--router-noise must be >= 0 (got {config.router_noise})")
+    _require(config.deep_supervision_weight >= 0,
+             f"--deep-supervision-weight must be >= 0 (got {config.deep_supervision_weight})")
     _require(config.moe_loss_weight >= 0, f"--moe-loss-weight must be >= 0 (got {config.moe_loss_weight})")
     _require(0 < config.synthetic_difficulty <= 1,
              f"--synthetic-difficulty must be in (0, 1] (got {config.synthetic_difficulty})")
@@ -241,6 +257,31 @@ def validate(config: TrainConfig) -> None:
              f"--save-every-minutes must be > 0 (got {config.save_every_minutes})")
     if config.time_limit is not None:
         _require(parse_duration(config.time_limit) > 0, f"--time-limit must be positive (got {config.time_limit})")
+    _validate_monitors(config)
     if config.pretrained_path is not None:
         _require(Path(config.pretrained_path).is_file(),
                  f"--pretrained-path {config.pretrained_path} is not a file; download the weights and point to them")
+
+
+def _validate_monitors(config: TrainConfig) -> None:
+    from engine.loss_normalizer import NORMALIZATION_MODES
+    from engine.monitors.post_epoch import parse_epoch_selection
+
+    _require(0 <= config.loss_ema_beta < 1,
+             f"--loss-ema-beta must be in [0, 1) (got {config.loss_ema_beta}); 0.99 is typical")
+    _require(config.grad_monitor_interval >= 0,
+             f"--grad-monitor-interval must be >= 0, 0 disables it (got {config.grad_monitor_interval})")
+    for name in ("drift_window", "drift_consecutive"):
+        _require(getattr(config, name) >= 1,
+                 f"--{name.replace('_', '-')} must be a positive integer (got {getattr(config, name)})")
+    _require(config.drift_threshold > 0, f"--drift-threshold must be > 0 (got {config.drift_threshold}); 0.1 = +10 percent")
+    _require(config.gain_threshold is None or config.gain_threshold > 0,
+             f"--gain-threshold must be > 0 (got {config.gain_threshold})")
+    _require(config.loss_normalization in NORMALIZATION_MODES,
+             f"--loss-normalization {config.loss_normalization!r} is unknown; choose one of {', '.join(NORMALIZATION_MODES)}")
+    try:
+        parse_epoch_selection(config.eval_epochs)
+    except ValueError as error:
+        raise ConfigError(f"--eval-epochs: {error}") from None
+    _require(not config.auto_adjust_lr or config.eval_epochs.strip().lower() not in ("none", "off"),
+             "--auto-adjust-lr needs post-epoch evaluation; drop --eval-epochs none")

@@ -18,8 +18,8 @@ class LossNormalizer(nn.Module):
     """Combines named scalar loss terms, each scaled by the inverse of its own running magnitude.
 
     The EMA updates in training mode only, once per call, with finite values only (a NaN/Inf
-    term leaves its EMA and step count untouched); everything stays on the device (no host sync).
-    Buffers ``ema`` and ``count`` (``(T,)`` each) are saved in ``state_dict()``.
+    term leaves its EMA untouched); everything stays on the device (no host sync). Buffers
+    ``ema`` and ``ema_weight`` (``(T,)`` each) are saved in ``state_dict()``.
 
     Args:
         weights: term name -> weight, e.g. ``{"structure": 1.0, "balance": 0.01}``.
@@ -40,12 +40,14 @@ class LossNormalizer(nn.Module):
         self.register_buffer("weights", torch.tensor([float(weights[name]) for name in self.names]),
                              persistent=False)
         self.register_buffer("ema", torch.zeros(len(self.names)))  # raw (biased) EMA per term
-        self.register_buffer("count", torch.zeros(len(self.names)))  # finite updates per term
+        # EMA of the constant 1 over the same updates: exactly ``1 - beta^t`` in the EMA's own
+        # arithmetic, so the step-1 ratio is exactly 1 (a float32 ``beta ** t`` is off by ~1e-5).
+        self.register_buffer("ema_weight", torch.zeros(len(self.names)))
 
     def scales(self) -> torch.Tensor:
         """Bias-corrected EMA per term ``(T,)``, floored at ``epsilon`` (1 for a term never seen)."""
-        correction = 1.0 - torch.pow(self.beta, self.count)
-        corrected = torch.where(self.count > 0, self.ema / correction.clamp_min(1e-30), torch.ones_like(self.ema))
+        seen = self.ema_weight > 0
+        corrected = torch.where(seen, self.ema / torch.where(seen, self.ema_weight, 1.0), 1.0)
         return corrected.clamp_min(self.epsilon)
 
     def normalized_terms(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -62,7 +64,9 @@ class LossNormalizer(nn.Module):
             with torch.no_grad():
                 finite = torch.isfinite(values)
                 self.ema.copy_(torch.where(finite, torch.lerp(self.ema, values, 1.0 - self.beta), self.ema))
-                self.count.add_(finite.to(self.count.dtype))
+                ones = torch.ones_like(self.ema_weight)
+                self.ema_weight.copy_(torch.where(finite, torch.lerp(self.ema_weight, ones, 1.0 - self.beta),
+                                                  self.ema_weight))
         return values / self.scales().detach()
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:

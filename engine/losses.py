@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.loss_normalizer import LossNormalizer
 from models.output import SegmentationOutput
 
 
@@ -56,18 +57,25 @@ class SegmentationCriterion(nn.Module):
     Deep supervision averages the structure loss of every expert's own logits.
     """
 
-    def __init__(self, moe_loss_weight: float = 0.01, deep_supervision_weight: float = 0.0) -> None:
+    def __init__(self, moe_loss_weight: float = 0.01, deep_supervision_weight: float = 0.0,
+                 normalization: str = "none") -> None:
         """Create the criterion.
 
         Args:
             moe_loss_weight: weight of the router balance loss.
             deep_supervision_weight: weight of the per-expert structure loss (0 = off).
+            normalization: ``none``, or ``ema``: backpropagate ``objective``, where each term is
+                divided by its own bias-corrected EMA before weighting (``loss`` stays raw).
         """
         super().__init__()
         if moe_loss_weight < 0 or deep_supervision_weight < 0:
             raise ValueError("loss weights must be >= 0")
         self.moe_loss_weight = moe_loss_weight
         self.deep_supervision_weight = deep_supervision_weight
+        weights = {"structure": 1.0, "balance": moe_loss_weight}
+        if deep_supervision_weight > 0:
+            weights["deep_supervision"] = deep_supervision_weight
+        self.normalizer = LossNormalizer(weights) if normalization == "ema" else None
 
     def forward(self, output: SegmentationOutput, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Compute the losses.
@@ -95,4 +103,6 @@ class SegmentationCriterion(nn.Module):
             losses["deep_supervision"] = torch.stack(expert_losses).mean()
             total = total + self.deep_supervision_weight * losses["deep_supervision"]
         losses["loss"] = total
+        if self.normalizer is not None:
+            losses["objective"] = self.normalizer({name: losses[name] for name in self.normalizer.names})
         return losses

@@ -56,6 +56,7 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     trainer.precision.load_state_dict(payload.get("scaler") or {})
     trainer.callbacks.load_state_dict(payload.get("callbacks") or {})
     trainer.guard.load_state_dict(payload.get("nonfinite_guard") or {})
+    trainer.criterion.load_state_dict(payload.get("criterion") or {}, strict=False)  # loss-normaliser EMAs
     ema_callback = trainer.callbacks.get("weight_ema")
     if ema_callback is not None:
         ema_callback.load_weights(payload.get("ema"))
@@ -78,6 +79,19 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     logger.info("Re-planned the rest of the run from epoch %d:", epoch + 1)
     for line in trainer.plan.describe():
         logger.info("  %s", line)
+
+
+def planned_state(payload, config: TrainConfig):
+    """(plan state, completed epochs, notes) a resume from ``payload`` would use (``None``: fresh)."""
+    if payload is None:
+        return PlanState.fresh(config), 0, []
+    epoch = int(payload.get("epoch", 0))
+    old_plan = PlanState.from_state_dict(payload["plan"]) if "plan" in payload else PlanState.fresh(config)
+    changes = schedule_changes(payload.get("config") or {}, config)
+    if not changes:
+        return old_plan, epoch, ["same schedule settings as the checkpoint: continuing its plan"]
+    return replan(old_plan, epoch, config), epoch, [f"changed: {change}" for change in changes] + [
+        f"re-planned from epoch {epoch + 1}"]
 
 
 def replan(old: PlanState, epoch: int, config: TrainConfig) -> PlanState:

@@ -90,7 +90,7 @@ class Trainer:
             with self.precision.autocast():
                 losses = self.criterion(self.model(images), masks)
             share = images.shape[0] / windows.samples_in_window(index)  # real size of this window
-            self.precision.backward(losses["loss"] * share)
+            self.precision.backward(losses.get("objective", losses["loss"]) * share)
             window_loss += losses["loss"].detach().float() * share
             self.batch_in_epoch += 1
             self.progress.update(1)
@@ -104,6 +104,9 @@ class Trainer:
 
     def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int) -> None:
         lr = self.plan.lr_at(self.epoch, window_index)
+        evaluator = self.callbacks.get("post_epoch")
+        if evaluator is not None:
+            lr = evaluator.adjust_lr(lr)  # --auto-adjust-lr: halved on a detected plateau
         self._set_lr(lr)
         grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
         finite = self.guard.is_finite(window_loss, grad_norm)
@@ -159,6 +162,14 @@ class Trainer:
         if not self.should_stop:
             logger.info("Stopping: %s", reason)
         self.should_stop, self.stop_reason = True, reason
+
+    def console_extras(self) -> Dict[str, str]:
+        """Extra fields for the console line from callbacks offering ``console_extras()``."""
+        extras: Dict[str, str] = {}
+        for callback in self.callbacks:
+            if hasattr(callback, "console_extras"):
+                extras.update(callback.console_extras())
+        return extras
 
     @torch.no_grad()
     def validate(self, module: nn.Module) -> Dict[str, float]:

@@ -7,7 +7,7 @@ syncs: epoch statistics accumulate on the device and are read once per log step 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -121,10 +121,10 @@ def usage_alerts(peak: List[float], lowest_top: float, dominant_share: float = 0
     alerts = []
     top = max(range(len(peak)), key=lambda index: peak[index])
     if lowest_top > dominant_share:
-        alerts.append(f"expert {top} took more than {dominant_share:.0%} of the routing for the whole epoch "
+        alerts.append(f"expert {top} took more than {dominant_share * 100:g} % of the routing for the whole epoch "
                       "(router collapse); raise --moe-loss-weight (e.g. x10) or --router-noise")
     unused = [index for index, share in enumerate(peak) if share < unused_share]
     if unused:
-        alerts.append(f"expert(s) {', '.join(map(str, unused))} stayed below {unused_share:.0%} of the routing "
+        alerts.append(f"expert(s) {', '.join(map(str, unused))} stayed below {unused_share * 100:g} % of the routing "
                       "for the whole epoch (unused); raise --moe-loss-weight or --router-noise")
     return alerts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,6 +21,10 @@ from engine.callbacks import Callback, StepOutput
 from engine.monitors import is_main_process, summary_writer
 
 logger = logging.getLogger(__name__)
+# A block whose input carries no gradient (behind a frozen stage) is simply not measured; torch's
+# warning about it would print once per run and alarm users for nothing.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
+                        "respect to module outputs", category=UserWarning)
 
 Blocks = List[Tuple[str, nn.Module]]
 

@@ -86,12 +86,12 @@ def analyse_history(history: Sequence[EpochStats], plateau_epochs: int = 3,
         gap = 100.0 * (last.val_loss - last.train_loss) / last.train_loss
         health.update(train_val_gap=round(gap, 4), gap=grade_gap(gap))
         if gap > 30.0:
-            issues.append(f"severe overfitting: train/val gap {gap:.0f} % (train {last.train_loss:.4f}, "
+            issues.append(f"severe overfitting: train/val gap {gap:.1f} % (train {last.train_loss:.4f}, "
                           f"val {last.val_loss:.4f})")
             suggestions.append("regularise: stronger augmentation, more weight decay (e.g. --weight-decay 0.05), "
                                "weight EMA (--use-ema); keep best_model.pth rather than the last weights")
         elif gap > 10.0:
-            issues.append(f"mild overfitting: train/val gap {gap:.0f} %")
+            issues.append(f"mild overfitting: train/val gap {gap:.1f} %")
             suggestions.append("watch the gap; weight EMA (--use-ema) or more weight decay usually help")
     _add_plateau(health, history, plateau_epochs, plateau_tolerance)
     _add_capacity(health, history, plateau_epochs)

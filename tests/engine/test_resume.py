@@ -106,3 +106,18 @@ def test_plateau_recipe_replans_from_resume_epoch(tiny_config, tmp_path, caplog)
         "name": "lr", "on_optimizer_step": lambda self, t, step: lrs.append(step.lr)})())
     trainer.fit()
     assert lrs[0] == pytest.approx(5e-4) and trainer.epoch == 6
+
+
+def test_dry_run_shows_the_replanned_schedule(tiny_config, tmp_path, capsys):
+    import train_ultimate
+
+    build_trainer(tiny_config(epochs=2, stage1_epochs=1)).fit()
+    flags = ["train", "--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
+             "--img-size", "48", "--synthetic-train-size", "12", "--synthetic-val-size", "6", "--batch-size", "4",
+             "--num-workers", "0", "--stage1-epochs", "1", "--lr", "0.001", "--stage2-lr", "0.0005",
+             "--checkpoint-dir", str(tmp_path / "ckpt"), "--resume-from", str(tmp_path / "ckpt" / "last.pth"),
+             "--epochs", "5", "--skip-stage1", "--dry-run"]
+    assert train_ultimate.main(flags) == 0
+    out = capsys.readouterr().out
+    assert "starting at epoch 3" in out and "changed: epochs: 4 -> 5" not in out
+    assert "changed: epochs: 2 -> 5" in out and "stage 2: epochs 3-5" in out

@@ -1,0 +1,158 @@
+"""Gradient drift: the alert rule on synthetic gain sequences, and real gains from a real backward."""
+import io
+import logging
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.callbacks import StepOutput
+from engine.monitors.gradient_drift import DriftDetector, GainProbe, GradientDriftMonitor, find_blocks
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.scalars = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, value))
+
+
+def test_noisy_flat_gain_never_alerts():
+    rng = random.Random(0)
+    detector = DriftDetector(window=10, gain_threshold=1.3, drift_threshold=0.10, consecutive=3)
+    checks = [detector.check(1.18 + rng.uniform(-0.05, 0.05), num_blocks=16) for _ in range(1000)]
+    assert not any(check.alert for check in checks)
+
+
+@pytest.mark.parametrize("consecutive", [1, 3, 5])
+def test_ramp_alerts_within_consecutive_checks_of_crossing(consecutive):
+    detector = DriftDetector(window=10, gain_threshold=1.3, consecutive=consecutive)
+    ramp = [1.18 + (1.40 - 1.18) * i / 199 for i in range(200)]
+    alerts = [i for i, gain in enumerate(ramp) if detector.check(gain, num_blocks=16).alert]
+    crossing = next(i for i, gain in enumerate(ramp) if gain > 1.3)
+    assert alerts == [crossing + consecutive - 1]  # once per streak, not on every later check
+
+
+def test_relative_drift_alerts_below_the_absolute_threshold():
+    detector = DriftDetector(window=10, gain_threshold=5.0, drift_threshold=0.10, consecutive=3)
+    gains = [1.0] * 10 + [1.05, 1.12, 1.14, 1.16]  # +12 %, +14 %, +16 % vs the oldest in the window
+    checks = [detector.check(gain, num_blocks=4) for gain in gains]
+    assert [i for i, check in enumerate(checks) if check.alert] == [13]
+    assert checks[-1].drift == pytest.approx(0.16)
+    assert "+16.0 %" in checks[-1].reasons[0].replace("%", " %")
+
+
+def test_default_threshold_scales_with_depth():
+    detector = DriftDetector()
+    assert detector.threshold_for(16) == pytest.approx(1.2)
+    assert detector.threshold_for(36) == pytest.approx(1.3)
+    assert DriftDetector(gain_threshold=1.5).threshold_for(36) == 1.5
+
+
+def test_detector_state_round_trips():
+    first = DriftDetector(window=4, gain_threshold=1.3)
+    for gain in (1.2, 1.35, 1.4):
+        first.check(gain, 8)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second = DriftDetector(window=4, gain_threshold=1.3)
+    second.load_state_dict(torch.load(buffer, weights_only=True))
+    assert list(second.history) == list(first.history) and second.streak == first.streak == 2
+    assert second.check(1.45, 8).alert and first.check(1.45, 8).alert
+
+
+def hooks_left(model):
+    return [name for name, module in model.named_modules()
+            if module._backward_hooks or module._backward_pre_hooks or module._forward_hooks
+            or module._forward_pre_hooks]
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from models import build_model
+    from models.config import ModelConfig
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="test_convnext", pretrained=False, num_experts=3, top_k=3,
+                                   decoder_channels=16))  # top-3: every expert gets a gradient
+
+
+def test_real_backward_gives_a_gain_per_block_and_leaves_no_hook(small_model):
+    blocks = find_blocks(small_model)
+    assert len(blocks) == 4 + 4 + 1 + 3 + 1  # encoder stages, FPN smooth + fuse, experts, head refine
+    assert hooks_left(small_model) == []
+    probe = GainProbe(blocks)
+    images = torch.randn(1, 3, 48, 48, requires_grad=True)  # so the first stage's input has a gradient too
+    small_model(images).logits.square().mean().backward()
+    names, gains = probe.remove()
+    assert names == [name for name, _ in blocks]
+    assert gains.shape == (len(blocks),) and torch.isfinite(gains).all() and (gains > 0).all()
+    assert hooks_left(small_model) == []
+    small_model.zero_grad(set_to_none=True)
+
+
+def test_gain_is_the_input_over_output_gradient_ratio():
+    block = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        block.weight.copy_(torch.diag(torch.tensor([2.0, 2.0, 2.0])))
+    probe = GainProbe([("double", block)])
+    inputs = torch.randn(4, 3, requires_grad=True)
+    block(inputs).sum().backward()  # grad out = 1s, grad in = 2s
+    assert probe.remove()[1].tolist() == pytest.approx([2.0])
+    assert not block._backward_hooks
+
+
+def fake_trainer(model, writer):
+    logging_stub = SimpleNamespace(writer=writer)
+    return SimpleNamespace(unwrapped_model=model, global_step=0, stage=1, data=SimpleNamespace(is_main_process=True),
+                           callbacks=SimpleNamespace(get=lambda name: logging_stub if name == "logging" else None))
+
+
+def toy_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, 1))
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # block "0": its input has no gradient
+def test_monitor_hooks_only_the_measured_update(caplog):
+    """Drive the callbacks as the Trainer does: 6 updates of 2 micro-batches, measuring every 3rd."""
+    model = toy_model()
+    assert [name for name, _ in find_blocks(model)] == ["0", "2", "4"]  # children holding parameters
+    writer = RecordingWriter()
+    monitor = GradientDriftMonitor(interval=3, gain_threshold=1e-3, consecutive=2, grad_clip=1.0)
+    trainer = fake_trainer(model, writer)
+    attached_during = []
+    monitor.on_epoch_start(trainer)
+    with caplog.at_level(logging.WARNING, logger="engine.monitors.gradient_drift"):
+        for step in range(1, 7):
+            for _ in range(2):  # micro-batches of one accumulation window
+                attached_during.append(bool(hooks_left(model)))
+                model(torch.randn(2, 4)).square().mean().backward()
+            grad_norm = torch.tensor(20.0 if step == 2 else 0.5)
+            monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, grad_norm, step, step, 6))
+            model.zero_grad(set_to_none=True)
+    monitor.on_epoch_end(trainer, {})
+    assert attached_during == [False] * 4 + [True] * 2 + [False] * 4 + [True] * 2
+    assert hooks_left(model) == []
+    for tag in ("mean_gain", "mean_gain_ma", "mean_gain_drift", "grad_norm"):
+        assert [step for step, _ in writer.scalars[f"gradient_monitor/{tag}"]] == [3, 6], tag
+    assert all(math.isfinite(value) and value > 0 for _, value in writer.scalars["gradient_monitor/mean_gain"])
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("Exploding gradients: 1 of the last 3 updates" in message for message in messages)
+    drift = [message for message in messages if message.startswith("Gradient drift at step 6")]
+    assert len(drift) == 1 and "LR 0.001" in drift[0] and "halve the LR" in drift[0] and "1 -> 0.7" in drift[0]
+
+
+def test_vanishing_grad_norm_warns(caplog):
+    monitor = GradientDriftMonitor(interval=2)
+    trainer = fake_trainer(torch.nn.Linear(2, 2), None)
+    with caplog.at_level(logging.WARNING, logger="engine.monitors.gradient_drift"):
+        for step in (1, 2):
+            monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, torch.tensor(1e-8), step, step, 9))
+    assert any("Vanishing gradients: 2 of the last 2 updates" in r.getMessage() for r in caplog.records)
+    assert monitor.probe is None

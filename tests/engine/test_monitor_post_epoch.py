@@ -1,0 +1,152 @@
+"""Post-epoch evaluator: the source notes' three scenarios, plateau, LR sanity, auto LR, record and state."""
+import io
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.callbacks import StepOutput
+from engine.monitors.post_epoch import (EpochStats, PostEpochEvaluator, analyse_history, first_epoch_lr_check,
+                                        parse_epoch_selection)
+
+
+def history(val, train=None, iou=None):
+    train = train or [None] * len(val)
+    iou = iou or [None] * len(val)
+    return [EpochStats(epoch, v, t, i) for epoch, (v, t, i) in enumerate(zip(val, train, iou), start=1)]
+
+
+def test_scenario_slow_improvement_at_the_last_epoch():
+    epochs = history([3.5, 2.8, 2.7, 2.68])
+    grades = [analyse_history(epochs[:n])["improvement"] for n in (2, 3, 4)]
+    assert grades == ["good", "acceptable", "poor"]
+    health = analyse_history(epochs)
+    assert health["improvement_rate"] == pytest.approx(100 * 0.02 / 2.7, abs=1e-3)  # 0.74 %
+    assert any(issue.startswith("slow improvement") for issue in health["issues"])
+    assert not health["plateau"] and "train_val_gap" not in health
+
+
+def test_scenario_severe_overfitting_gap():
+    health = analyse_history(history([3.6, 2.8, 2.6, 2.7], train=[3.5, 2.1, 1.2, 0.8]))
+    assert health["train_val_gap"] == pytest.approx(237.5)
+    assert health["gap"] == "severe"
+    assert any("severe overfitting" in issue and "237.5 %" in issue for issue in health["issues"])
+    assert any("weight decay" in suggestion for suggestion in health["suggestions"])
+
+
+def test_scenario_small_gap_slow_steady_progress_suggests_capacity():
+    health = analyse_history(history([4.6, 4.4, 4.2, 4.1], train=[4.5, 4.2, 4.0, 3.9]))
+    assert health["gap"] == "healthy" and health["train_val_gap"] == pytest.approx(100 * 0.2 / 3.9, abs=1e-3)
+    assert health["improvement"] == "acceptable"
+    assert any(issue.startswith("underfitting") for issue in health["issues"])
+    assert any("capacity" in suggestion for suggestion in health["suggestions"])
+    assert json.loads(json.dumps(health)) == health  # goes into metrics.jsonl as is
+
+
+@pytest.mark.parametrize("gap_train, grade", [(1.0, "healthy"), (0.85, "mild"), (0.7, "severe")])
+def test_gap_grades(gap_train, grade):
+    assert analyse_history(history([1.2, 1.0], train=[1.2, gap_train]))["gap"] == grade
+
+
+def test_plateau_needs_loss_and_iou_to_stall():
+    val = [1.0, 0.8, 0.7, 0.699, 0.698, 0.6975]
+    assert analyse_history(history(val))["plateau"]
+    assert analyse_history(history(val, iou=[0.5, 0.6, 0.7, 0.7, 0.7, 0.7]))["plateau"]
+    assert not analyse_history(history(val, iou=[0.5, 0.6, 0.7, 0.72, 0.74, 0.76]))["plateau"]
+    assert not analyse_history(history(val[:3]))["plateau"]  # too short to judge
+
+
+@pytest.mark.parametrize("start, end, peak, verdict", [
+    (1.0, 0.995, 1.0, "too_low"), (1.0, 1.2, 1.3, "too_high"), (1.0, 0.9, 2.0, "too_high"),
+    (1.0, 0.8, 1.05, "ok"), (1.0, float("nan"), 1.0, "too_high"),
+])
+def test_first_epoch_lr_sanity(start, end, peak, verdict):
+    assert first_epoch_lr_check(start, end, peak)["verdict"] == verdict
+
+
+def test_epoch_selection():
+    default = parse_epoch_selection("2+")
+    assert [default(e) for e in (1, 2, 9)] == [False, True, True]
+    listed = parse_epoch_selection("1,5,8-9")
+    assert [e for e in range(1, 11) if listed(e)] == [1, 5, 8, 9]
+    assert not parse_epoch_selection("none")(3)
+    with pytest.raises(ValueError, match="--eval-epochs"):
+        parse_epoch_selection("every other")
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.tags = []
+
+    def add_scalar(self, tag, value, step):
+        self.tags.append(tag)
+
+
+def fake_trainer(writer=None, lr=1e-3):
+    logging_stub = SimpleNamespace(writer=writer)
+    return SimpleNamespace(epoch=0, stage=1, current_lr=lr, data=SimpleNamespace(is_main_process=True),
+                           callbacks=SimpleNamespace(get=lambda name: logging_stub if name == "logging" else None))
+
+
+def run_epochs(evaluator, trainer, val_losses, train_losses=None):
+    records = []
+    for index, val in enumerate(val_losses):
+        trainer.epoch = index
+        evaluator.on_epoch_start(trainer)
+        record = {"epoch": index + 1, "global_step": 10 * (index + 1), "val_loss": val, "val_iou": None,
+                  "train_loss": (train_losses or val_losses)[index]}
+        evaluator.on_epoch_end(trainer, record)
+        records.append(record)
+    return records
+
+
+def test_first_epoch_lr_check_from_the_steps():
+    evaluator, trainer = PostEpochEvaluator(), fake_trainer()
+    for step in range(1, 21):
+        loss = torch.tensor(2.0 - 0.0005 * step)  # barely moves
+        evaluator.on_optimizer_step(trainer, StepOutput(loss, 1e-3, None, step, step, 20))
+    record = run_epochs(evaluator, trainer, [1.99])[0]
+    assert record["health"]["lr_sanity"]["verdict"] == "too_low"
+    assert "too low" in record["health"]["issues"][0]
+
+
+def test_records_health_and_writes_tensorboard_from_epoch_two():
+    writer = RecordingWriter()
+    records = run_epochs(PostEpochEvaluator("2+"), fake_trainer(writer), [3.6, 2.8, 2.6, 2.7], [3.5, 2.1, 1.2, 0.8])
+    assert "health" not in records[0]
+    assert records[3]["health"]["gap"] == "severe"
+    assert {"evaluation/improvement_rate", "evaluation/train_val_gap", "evaluation/plateau_detected"} <= set(
+        writer.tags)
+    assert writer.tags.count("evaluation/plateau_detected") == 3
+
+
+def test_auto_adjust_halves_lr_on_plateau_never_below_min_lr():
+    evaluator = PostEpochEvaluator("2+", auto_adjust_lr=True, min_lr=1e-4, plateau_epochs=3)
+    trainer = fake_trainer(lr=1e-3)
+    flat = [1.0, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
+    records = run_epochs(evaluator, trainer, flat)
+    halvings = [r["epoch"] for r in records if "halved" in r.get("health", {}).get("lr_adjustment", "")]
+    assert halvings == [6, 9]  # plateau first seen at epoch 6, then a 3-epoch cooldown
+    assert evaluator.lr_multiplier == 0.25
+    assert evaluator.adjust_lr(1e-3) == pytest.approx(2.5e-4)
+    assert evaluator.adjust_lr(2e-4) == pytest.approx(1e-4)  # clamped at min LR
+    assert evaluator.adjust_lr(5e-5) == pytest.approx(5e-5)  # already below (warmup): left alone
+    trainer.current_lr = 1.5e-4  # halving would cross min LR: refused
+    assert "not halved" in run_epochs(evaluator, trainer, flat + [0.7, 0.7, 0.7])[-1]["health"]["lr_adjustment"]
+    assert PostEpochEvaluator().adjust_lr(1e-3) == 1e-3  # off by default
+
+
+def test_state_round_trips_and_multiplier_resets_at_stage_two():
+    evaluator = PostEpochEvaluator(auto_adjust_lr=True)
+    trainer = fake_trainer()
+    run_epochs(evaluator, trainer, [1.0, 0.8, 0.7, 0.7, 0.7, 0.7])
+    buffer = io.BytesIO()
+    torch.save(evaluator.state_dict(), buffer)
+    buffer.seek(0)
+    restored = PostEpochEvaluator(auto_adjust_lr=True)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.history == evaluator.history and restored.lr_multiplier == 0.5
+    trainer.stage = 2
+    restored.on_epoch_start(trainer)
+    assert restored.lr_multiplier == 1.0
