@@ -1,0 +1,77 @@
+"""Image/mask dataset whose augmentation is a pure function of (seed, epoch, index)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import cv2
+import torch
+from torch.utils.data import Dataset
+
+from data.image_io import read_image, read_mask
+from data.layouts import SamplePair
+from data.transforms import augmentation_seed, to_sample
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentationDataset(Dataset):
+    """Samples read from :class:`SamplePair` files and passed through a seeded transform.
+
+    Determinism: item ``index`` in epoch ``e`` is augmented with a seed derived from
+    ``(seed, e, index)``, so the same sample comes out bit-identical whichever worker loads it,
+    in whatever order, and after a resume. Call :meth:`set_epoch` before each epoch (the
+    DataLoader must not use persistent workers, or they keep the old epoch).
+    """
+
+    def __init__(self, pairs: Sequence[SamplePair], transform=None, seed: int = 0) -> None:
+        """Args:
+        pairs: samples, e.g. from :func:`data.layouts.find_pairs`.
+        transform: pipeline from :mod:`data.transforms`, or None for [0, 1] tensors at full size.
+        seed: augmentation seed (>= 0).
+        """
+        self.pairs = list(pairs)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        # Masks whose size differed from their image and were resized (counted in this process
+        # only: DataLoader workers keep their own counts).
+        self.resized_masks = 0
+        self._resized_names: set[str] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation draws :meth:`__getitem__` reproduces."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load_arrays(self, index: int):
+        """Read one sample without augmentation.
+
+        Returns:
+            image: (H, W, 3) uint8 RGB.
+            mask: (H, W) uint8 in {0, 1}, resized (nearest) to the image if its size differed.
+        """
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        mask = read_mask(pair.mask)
+        height, width = image.shape[:2]
+        if mask.shape != (height, width):
+            if pair.name not in self._resized_names:
+                self._resized_names.add(pair.name)
+                self.resized_masks += 1
+                logger.warning(
+                    "Mask %s is %dx%d but its image is %dx%d; resized the mask (nearest neighbour)",
+                    pair.mask, mask.shape[1], mask.shape[0], width, height,
+                )
+            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
+        """Returns {"image": (3, H, W) float32, "mask": (1, H, W) float32 in {0, 1}, "name", "index"}."""
+        image, mask = self.load_arrays(index)
+        sample_seed = augmentation_seed(self.seed, self.epoch, index)
+        image_tensor, mask_tensor = to_sample(self.transform, image, mask, sample_seed)
+        return {"image": image_tensor, "mask": mask_tensor, "name": self.pairs[index].name, "index": index}

@@ -1,0 +1,207 @@
+"""Find image/mask pairs in COD10K-v3 roots and test-pack folders (CAMO, CHAMELEON, NC4K)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# Folder names, in order of preference; matched case-insensitively.
+IMAGE_DIR_NAMES = ("Image", "Imgs", "Images")
+MASK_DIR_NAMES = ("GT_Object", "GT_Obj", "GT", "Mask", "Masks")
+SPLIT_DIR_NAMES = {"train": ("Train", "TrainDataset"), "test": ("Test", "TestDataset")}
+NONCAM_PREFIX = "COD10K-NonCAM-"
+LAYOUT_COD10K = "cod10k-v3"
+LAYOUT_PACK = "test-pack"
+_EXPECTED = (
+    "a COD10K-v3 root (Train/Image + Train/GT_Object, Test/Image + Test/GT_Object) "
+    "or a test-pack folder (Imgs + GT, or Image + Mask)"
+)
+
+
+class DatasetError(ValueError):
+    """A problem with the user's dataset; ``str()`` is one line naming the problem and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+@dataclass(frozen=True)
+class SamplePair:
+    """One training or test sample on disk."""
+
+    image: Path
+    mask: Path
+    name: str
+
+
+def _printable(name: str) -> str:
+    """File names quoted on one line, whatever characters they contain."""
+    return name.encode("unicode_escape").decode("ascii")
+
+
+def _examples(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(_printable(name) for name in names[:limit])
+    return shown + (", ..." if len(names) > limit else "")
+
+
+def _find_child_dir(parent: Path, names: tuple[str, ...]) -> Path | None:
+    """The first sub-folder of ``parent`` whose name matches one of ``names`` (case-insensitive)."""
+    by_lower = {}
+    for child in parent.iterdir():
+        if child.is_dir() and not child.name.startswith("."):
+            by_lower.setdefault(child.name.lower(), child)
+    for name in names:
+        if name.lower() in by_lower:
+            return by_lower[name.lower()]
+    return None
+
+
+def _image_dirs(folder: Path) -> tuple[Path | None, Path | None]:
+    return _find_child_dir(folder, IMAGE_DIR_NAMES), _find_child_dir(folder, MASK_DIR_NAMES)
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DatasetError(f"Dataset folder not found: {root}. Fix --dataset-path: it must point at {_EXPECTED}.")
+    if not root.is_dir():
+        raise DatasetError(f"Dataset path is not a folder: {root}. Fix --dataset-path: it must point at {_EXPECTED}.")
+
+
+def resolve_split_dirs(root: str | Path, split: str = "train") -> tuple[Path, Path, str]:
+    """Locate the image and mask folders of one split.
+
+    Args:
+        root: COD10K-v3 root or test-pack folder.
+        split: "train" or "test" (ignored for test packs, which hold one set).
+
+    Returns:
+        (image_dir, mask_dir, layout name).
+
+    Raises:
+        DatasetError: the folder is missing or has neither layout.
+    """
+    if split not in SPLIT_DIR_NAMES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    _check_root(root)
+    image_dir, mask_dir = _image_dirs(root)
+    layout = LAYOUT_PACK
+    if image_dir is None and mask_dir is None:
+        split_dir = _find_child_dir(root, SPLIT_DIR_NAMES[split])
+        if split_dir is None:
+            wanted = "/".join(SPLIT_DIR_NAMES[split])
+            raise DatasetError(
+                f"No {wanted} folder and no image/mask folders in {root}. "
+                f"Fix --dataset-path: it must point at {_EXPECTED}."
+            )
+        image_dir, mask_dir = _image_dirs(split_dir)
+        root, layout = split_dir, LAYOUT_COD10K
+    if image_dir is None:
+        looked = ", ".join(IMAGE_DIR_NAMES)
+        raise DatasetError(f"Missing image folder in {root} (looked for {looked}). Add it or fix --dataset-path.")
+    if mask_dir is None:
+        looked = ", ".join(MASK_DIR_NAMES)
+        raise DatasetError(f"Missing mask folder in {root} (looked for {looked}). Add it or fix --dataset-path.")
+    return image_dir, mask_dir, layout
+
+
+def describe_layout(root: str | Path) -> str:
+    """Name the layout of ``root``: "cod10k-v3" or "test-pack" (raises DatasetError otherwise)."""
+    for split in ("train", "test"):
+        try:
+            return resolve_split_dirs(root, split)[2]
+        except DatasetError:
+            continue
+    return resolve_split_dirs(root, "train")[2]  # re-raise with the train split's message
+
+
+def _files_by_stem(folder: Path, kind: str) -> dict[str, Path]:
+    """Visible image files in ``folder`` keyed by stem; duplicate stems are an error."""
+    found: dict[str, Path] = {}
+    duplicates = []
+    for path in folder.iterdir():
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if path.stem in found:
+            duplicates.append(path.stem)
+        found[path.stem] = path
+    if duplicates:
+        raise DatasetError(
+            f"{len(duplicates)} {kind} stem(s) in {folder} appear with two extensions "
+            f"(e.g. {_examples(sorted(duplicates))}); keep one file per stem."
+        )
+    if not found:
+        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise DatasetError(
+            f"No {kind} files in {folder} (expected {extensions}). Fix --dataset-path or re-download the dataset."
+        )
+    return found
+
+
+def _check_paired(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path) -> None:
+    lonely_images = sorted(images.keys() - masks.keys())
+    lonely_masks = sorted(masks.keys() - images.keys())
+    if lonely_images:
+        raise DatasetError(
+            f"{len(lonely_images)} of {len(images)} images in {image_dir} have no mask in {mask_dir} "
+            f"(e.g. {_examples(lonely_images)}); add the masks or remove those images."
+        )
+    if lonely_masks:
+        raise DatasetError(
+            f"{len(lonely_masks)} of {len(masks)} masks in {mask_dir} have no image in {image_dir} "
+            f"(e.g. {_examples(lonely_masks)}); add the images or remove those masks."
+        )
+
+
+def find_pairs(root: str | Path, split: str = "train", include_noncam: bool = False) -> list[SamplePair]:
+    """List the image/mask pairs of one split, paired by file stem and sorted by name.
+
+    COD10K's non-camouflaged images (``COD10K-NonCAM-*``) are left out unless
+    ``include_noncam``; the standard protocol trains and tests on camouflaged images only.
+    Hidden files (such as macOS ``._name.jpg``) and non-image files are ignored.
+
+    Args:
+        root: COD10K-v3 root (``Train/Image`` + ``Train/GT_Object``; ``GT_Obj``/``GT`` also
+            accepted, as are ``TrainDataset``/``TestDataset``) or a test-pack folder
+            (``Imgs`` + ``GT`` or ``Image`` + ``Mask``).
+        split: "train" or "test"; ignored for test packs.
+        include_noncam: keep ``COD10K-NonCAM-*`` samples.
+
+    Returns:
+        Pairs sorted by name (the shared file stem).
+
+    Raises:
+        DatasetError: missing or empty folders, images without masks or masks without images.
+    """
+    image_dir, mask_dir, layout = resolve_split_dirs(root, split)
+    images = _files_by_stem(image_dir, "image")
+    masks = _files_by_stem(mask_dir, "mask")
+    skipped = 0
+    if not include_noncam:
+        skipped = sum(stem.startswith(NONCAM_PREFIX) for stem in images)
+        images = {stem: path for stem, path in images.items() if not stem.startswith(NONCAM_PREFIX)}
+        masks = {stem: path for stem, path in masks.items() if not stem.startswith(NONCAM_PREFIX)}
+        if not images:
+            raise DatasetError(
+                f"All {skipped} images in {image_dir} are COD10K-NonCAM; "
+                "pass --include-noncam to use them or fix --dataset-path."
+            )
+    _check_paired(images, masks, image_dir, mask_dir)
+    pairs = [SamplePair(image=images[stem], mask=masks[stem], name=stem) for stem in sorted(images)]
+    noncam = sum(pair.name.startswith(NONCAM_PREFIX) for pair in pairs)
+    if skipped:
+        logger.info(
+            "Found %d CAM images in %s (%d NonCAM skipped; pass --include-noncam to use them)",
+            len(pairs),
+            image_dir,
+            skipped,
+        )
+    elif noncam:
+        logger.info("Found %d images in %s (%d CAM + %d NonCAM)", len(pairs), image_dir, len(pairs) - noncam, noncam)
+    else:
+        logger.info("Found %d image/mask pairs in %s (%s layout)", len(pairs), image_dir, layout)
+    return pairs

@@ -1,0 +1,154 @@
+"""DataLoaders whose sample order is a pure function of (seed, epoch), resumable mid-epoch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sized
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+logger = logging.getLogger(__name__)
+
+_SHUFFLE_TAG = 0x5EED  # keeps shuffle seeds apart from augmentation seeds built from the same numbers
+
+
+class SeededEpochSampler(Sampler[int]):
+    """Yields a permutation that depends only on ``(seed, epoch)``, optionally from an offset.
+
+    Mid-epoch resume: after ``b`` finished batches of size ``B`` call
+    ``set_epoch(epoch, start_index=b * B)``; the sampler then yields exactly the samples the
+    interrupted epoch had not reached. The next ``set_epoch`` call resets the offset to 0.
+
+    With ``num_replicas > 1`` (DDP), each rank takes every ``num_replicas``-th index of the
+    shared permutation, padded by wrapping so all ranks see the same count.
+    """
+
+    def __init__(
+        self,
+        data_source: Sized | int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        """Args:
+        data_source: the dataset (or its length).
+        shuffle: permute each epoch; otherwise yield 0..n-1.
+        seed: shuffle seed (>= 0).
+        num_replicas: number of distributed processes.
+        rank: this process's rank in ``[0, num_replicas)``.
+        """
+        self.num_samples_total = data_source if isinstance(data_source, int) else len(data_source)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start_index = 0
+
+    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
+        """Select the epoch and how many of this rank's samples to skip (mid-epoch resume)."""
+        per_rank = self._per_rank()
+        if not 0 <= start_index <= per_rank:
+            raise ValueError(f"start_index must be in [0, {per_rank}], got {start_index}")
+        self.epoch = int(epoch)
+        self.start_index = int(start_index)
+
+    def _per_rank(self) -> int:
+        return -(-self.num_samples_total // self.num_replicas)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's full order for ``epoch`` (ignoring ``start_index``)."""
+        total = self.num_samples_total
+        if self.shuffle:
+            shuffle_seed = int(np.random.SeedSequence([self.seed, epoch, _SHUFFLE_TAG]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(shuffle_seed)
+            order = torch.randperm(total, generator=generator).tolist()
+        else:
+            order = list(range(total))
+        padded_length = self._per_rank() * self.num_replicas
+        if total and padded_length > total:
+            order = order + order[: padded_length - total]
+        return order[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order(self.epoch)[self.start_index :])
+
+    def __len__(self) -> int:
+        return self._per_rank() - self.start_index
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker is one process; letting OpenCV and torch spawn a thread pool in every worker
+    # oversubscribes Kaggle's few cores. Randomness needs no seeding here: datasets seed per sample.
+    # Warning: 0 (run serially), not 1: resizing OpenCV's pool inherited through fork() to one
+    # thread deadlocks the worker.
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)
+
+
+def create_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    epoch_sampler: SeededEpochSampler | None = None,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Build a DataLoader with a reproducible order (see :class:`SeededEpochSampler`).
+
+    Workers are not persistent, so a ``dataset.set_epoch`` call made before iterating reaches
+    them. Use :func:`set_loader_epoch` at the start of every epoch.
+
+    Args:
+        dataset: map-style dataset returning dicts of tensors.
+        batch_size: samples per batch.
+        shuffle: permute per epoch (ignored when ``epoch_sampler`` is given).
+        num_workers: worker processes (0 loads in the main process).
+        seed: shuffle seed; also seeds the loader's own generator.
+        epoch_sampler: custom sampler, e.g. with ``num_replicas``/``rank`` for DDP.
+        drop_last: drop the last incomplete batch.
+        pin_memory: pin host memory for faster GPU copies.
+
+    Returns:
+        DataLoader yielding {"image": (B, 3, H, W), "mask": (B, 1, H, W), "name": list[str],
+        "index": (B,)}.
+    """
+    sampler = epoch_sampler if epoch_sampler is not None else SeededEpochSampler(dataset, shuffle=shuffle, seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, start_index: int = 0) -> None:
+    """Point a loader's dataset and sampler at ``epoch``, skipping ``start_index`` samples.
+
+    Args:
+        loader: from :func:`create_loader`.
+        epoch: epoch about to start.
+        start_index: samples of this epoch already consumed (batches done x batch size).
+    """
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    if hasattr(loader.sampler, "set_epoch"):
+        if isinstance(loader.sampler, SeededEpochSampler):
+            loader.sampler.set_epoch(epoch, start_index)
+        else:
+            if start_index:
+                raise ValueError("start_index needs a SeededEpochSampler")
+            loader.sampler.set_epoch(epoch)
