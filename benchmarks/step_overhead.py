@@ -1,0 +1,109 @@
+"""Benchmark: time per optimizer step of the Trainer, monitors off vs all on, vs a bare loop.
+
+Same model, same in-memory data, same AdamW and accumulation, same process. Prints one JSON line:
+``monitors_ratio`` = all monitors + weight EMA on / all off (goal <= 1.03, issue 4) and
+``trainer_ratio`` = Trainer with everything on / bare PyTorch loop (goal <= 1.05, issue 7).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from engine.build import build_trainer  # noqa: E402
+from engine.config import build_config  # noqa: E402
+
+SETTINGS = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, decoder_channels=32, img_size=128,
+                synthetic_train_size=64, synthetic_val_size=8, batch_size=8, accumulation_steps=2, epochs=100,
+                stage1_epochs=0, num_workers=0, log_interval=20, keep_checkpoints=0)
+MONITORS_OFF = dict(loss_ema=False, grad_monitor_interval=0, expert_monitor=False, eval_epochs="none", use_ema=False)
+MONITORS_ON = dict(loss_ema=True, grad_monitor_interval=50, expert_monitor=True, eval_epochs="2+", use_ema=True)
+
+
+class InMemory(Dataset):
+    """Pre-rendered samples, so data loading does not enter the timing."""
+
+    def __init__(self, source: Dataset):
+        self.samples = [source[index] for index in range(len(source))]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def trainer_seconds_per_step(overrides: dict, folder: str, epochs: int) -> list:
+    trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **overrides)))
+    trainer.data.train_dataset = InMemory(trainer.data.train_dataset)
+    trainer.callbacks.call("on_train_start", trainer)
+    timings = []
+    for _ in range(epochs):
+        start, steps = time.perf_counter(), trainer.global_step
+        trainer._train_epoch()
+        timings.append((time.perf_counter() - start) / (trainer.global_step - steps))
+        trainer.epoch += 1
+        trainer.batch_in_epoch = 0
+    return timings
+
+
+def bare_seconds_per_step(folder: str, epochs: int) -> list:
+    trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **MONITORS_OFF)))
+    model, criterion, optimizer = trainer.model, trainer.criterion, trainer.optimizer
+    data = InMemory(trainer.data.train_dataset)
+    model.train()
+    timings = []
+    for epoch in range(epochs):
+        loader = trainer.data.loader(data, SETTINGS["batch_size"], epoch, shuffle=True, start_sample=0)
+        start, updates = time.perf_counter(), 0
+        for index, batch in enumerate(loader):
+            loss = criterion(model(batch["image"]), batch["mask"])["loss"] / SETTINGS["accumulation_steps"]
+            loss.backward()
+            if (index + 1) % SETTINGS["accumulation_steps"] == 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                updates += 1
+        timings.append((time.perf_counter() - start) / updates)
+    return timings
+
+
+def main(epochs: int = 4) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        medians = {}
+        # Interleave the variants twice so slow drift of the machine hits each alike.
+        runs = {"bare": [], "off": [], "on": []}
+        for _ in range(2):
+            runs["bare"] += bare_seconds_per_step(folder + "/bare", epochs)[1:]
+            runs["off"] += trainer_seconds_per_step(MONITORS_OFF, folder + "/off", epochs)[1:]
+            runs["on"] += trainer_seconds_per_step(MONITORS_ON, folder + "/on", epochs)[1:]
+        medians = {name: statistics.median(values) for name, values in runs.items()}
+    result = {
+        "benchmark": "step_overhead", "device": "cpu", "threads": torch.get_num_threads(),
+        "model": f"{SETTINGS['backbone']} + MoE, {SETTINGS['img_size']}px, batch {SETTINGS['batch_size']} "
+                 f"x accumulation {SETTINGS['accumulation_steps']}",
+        "bare_loop_ms": round(medians["bare"] * 1e3, 1), "trainer_monitors_off_ms": round(medians["off"] * 1e3, 1),
+        "trainer_all_on_ms": round(medians["on"] * 1e3, 1),
+        "monitors_ratio": round(medians["on"] / medians["off"], 3),
+        "trainer_ratio": round(medians["on"] / medians["bare"], 3),
+        "goals": "monitors_ratio <= 1.03, trainer_ratio <= 1.05",
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
