@@ -25,6 +25,7 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("dataset-path", str, "COD10K-v3 root (Train/Image + Train/GT_Object) or a folder with Imgs+GT / "
                               "Image+Mask; omitted: the built-in synthetic camouflage set"),
         ("include-noncam", BOOL, "also train on COD10K NonCAM images (empty masks); standard protocol is CAM-only"),
+        ("skip-bad-samples", BOOL, "skip unreadable or truncated images/masks (reported) instead of stopping"),
         ("val-fraction", float, "fraction of the training images held out (seeded) for validation; "
                                 "0 validates on the Test split instead"),
         ("img-size", int, "training/validation image side in pixels"),
@@ -92,7 +93,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
                                  "collapse warnings"),
     ],
     "runtime": [
-        ("seed", int, "random seed (data order, augmentation, init)"),
+        ("seed", int, "random seed (data order, augmentation, init); CPU runs are bitwise repeatable"),
+        ("deterministic", BOOL, "ask cuDNN/PyTorch for deterministic kernels on GPU (slower)"),
         ("device", str, f"{' | '.join(DEVICES)}"),
         ("amp", str, f"mixed precision: {' | '.join(AMP_MODES)} (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
         ("log-interval", int, "optimizer steps between console log lines"),
@@ -131,6 +133,69 @@ def _add_synth_parser(subparsers) -> None:
     parser.add_argument("--difficulty", type=float, default=0.15, help="texture shift, smaller is harder (default: 0.15)")
 
 
+INFERENCE_CHOICES = {"tta": ("none", "flip", "flip-scale"), "device": ("auto", "cpu", "cuda")}
+
+
+def _add_inference_flags(group) -> None:
+    """Flags shared by ``eval`` and ``predict``."""
+    group.add_argument("--tta", choices=INFERENCE_CHOICES["tta"], default="none",
+                       help="test-time augmentation: average over a horizontal flip (flip) and also 0.75x/1.25x "
+                            "sides (flip-scale) (default: none)")
+    group.add_argument("--img-size", type=int, default=None,
+                       help="inference side in pixels (default: the checkpoint's training --img-size)")
+    group.add_argument("--device", choices=INFERENCE_CHOICES["device"], default="auto",
+                       help="where the model runs (default: auto, a GPU when visible)")
+
+
+def _add_eval_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="score a checkpoint on test sets: S-measure, E-measure, weighted F, MAE, IoU, Dice",
+        description="Score base and/or EMA weights on one or more test sets with the standard COD metrics "
+                    "(pysodmetrics), each prediction resized to its ground truth's original size. Images with an "
+                    "empty ground truth (COD10K NonCAM, only with --include-noncam): IoU and Dice are 1 when "
+                    "nothing is predicted, else 0; weighted F is 0 (pysodmetrics' convention).")
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--checkpoint", required=True, help="a .pth written by train (e.g. best_model.pth)")
+    inputs.add_argument("--dataset-path", nargs="+", required=True, metavar="DIR",
+                        help="test sets: COD10K-v3 roots (their Test/ split), test packs (Imgs+GT, Image+Mask) "
+                             "or folders written by synth")
+    inputs.add_argument("--include-noncam", action="store_true",
+                        help="also score COD10K NonCAM images (empty masks) (default: off, CAM only)")
+    inference = parser.add_argument_group("inference")
+    inference.add_argument("--weights", choices=("base", "ema", "both"), default=None,
+                           help="weights to score (default: both when the checkpoint holds EMA weights, else base)")
+    _add_inference_flags(inference)
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", default=None, metavar="FILE.json",
+                        help="write the scores as JSON, and as CSV next to it (default: only print the table)")
+
+
+def _add_predict_parser(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="write mask PNGs for an image or a folder, at the original size")
+    inputs = parser.add_argument_group("inputs and outputs")
+    inputs.add_argument("--checkpoint", required=True, help="a .pth written by train (e.g. best_model.pth)")
+    inputs.add_argument("--input", required=True, metavar="IMAGE_OR_DIR",
+                        help="an image or a folder of images (JPEG/PNG/BMP/WebP/TIFF; gray, RGBA, 16-bit)")
+    inputs.add_argument("--output", required=True, metavar="DIR", help="folder for <name>.png masks")
+    inputs.add_argument("--binary", action="store_true",
+                        help="write 0/255 masks thresholded at 0.5 (default: probability as 0-255)")
+    inputs.add_argument("--overlay", action="store_true",
+                        help="also write overlays of the prediction on the image to DIR/overlay (default: off)")
+    inference = parser.add_argument_group("inference")
+    inference.add_argument("--weights", choices=("base", "ema"), default=None,
+                           help="weights to use (default: the ones that scored best in training, base without EMA)")
+    _add_inference_flags(inference)
+
+
+def _add_report_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="draw PNG curves of a run (loss + loss EMA, val IoU base vs EMA, LR, gradient gain, experts)",
+        description="Figures from metrics.jsonl and the TensorBoard scalars of a run, written to "
+                    "<checkpoint-dir>/report/; figures whose data is missing are skipped with a note. "
+                    "train runs this automatically at its end.")
+    parser.add_argument("--checkpoint-dir", required=True, help="the run's --checkpoint-dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full CLI parser (tests parse the commands of the README and guides with it)."""
     parser = argparse.ArgumentParser(
@@ -140,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="<command>")
     _add_train_parser(subparsers)
     _add_synth_parser(subparsers)
+    _add_eval_parser(subparsers)
+    _add_predict_parser(subparsers)
+    _add_report_parser(subparsers)
     return parser
 
 
@@ -153,6 +221,7 @@ def run_train(args: argparse.Namespace) -> int:
     import yaml
 
     from engine.build import build_trainer, describe_run
+    from engine.report import report_after_training
     from engine.config import build_config, load_yaml
 
     config = build_config(load_yaml(args.config) if args.config else {}, flag_values(args))
@@ -163,8 +232,20 @@ def run_train(args: argparse.Namespace) -> int:
     for line in describe_run(trainer):
         log.info(line)
     trainer.fit()
+    signals = trainer.callbacks.get("signals")
+    if signals is not None and signals.received is not None:
+        print(f"stopped by {signal_name(signals.received)}: last.pth saved at epoch {trainer.epoch + 1}, "
+              f"step {trainer.global_step}; resume with --resume-from auto", file=sys.stderr)
+        return 128 + signals.received
+    report_after_training(trainer)  # PNG curves in <checkpoint-dir>/report; a failure only logs a warning
     log.info("Done: %s", trainer.stop_reason or f"{trainer.epoch}/{config.epochs} epochs complete")
     return 0
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def dry_run(config) -> int:
@@ -203,6 +284,46 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_setup(args: argparse.Namespace):
+    from engine.build import select_device
+    from engine.config import ConfigError
+
+    if args.img_size is not None and args.img_size < 32:
+        raise ConfigError(f"--img-size must be at least 32 (got {args.img_size})")
+    return select_device(args.device)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from engine.evaluation import evaluate, format_table, write_results
+    from engine.inference import load_predictors
+
+    device = _inference_setup(args)
+    predictors = load_predictors(args.checkpoint, args.weights or "auto", device, args.tta, args.img_size)
+    results = evaluate(predictors, args.dataset_path, args.include_noncam)
+    print(format_table(results))
+    if args.output:
+        csv_path = write_results(results, args.output)
+        logging.getLogger("train_ultimate").info("Wrote %s and %s", args.output, csv_path)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from engine.evaluation import predict_images
+    from engine.inference import load_predictors
+
+    device = _inference_setup(args)
+    predictors = load_predictors(args.checkpoint, args.weights or "best", device, args.tta, args.img_size)
+    predict_images(next(iter(predictors.values())), args.input, args.output, args.binary, args.overlay)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from engine.report import build_report
+
+    build_report(args.checkpoint_dir)
+    return 0
+
+
 class _TqdmHandler(logging.StreamHandler):
     """Log lines printed through tqdm so they do not break progress bars."""
 
@@ -236,7 +357,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
-    commands = {"train": run_train, "synth": run_synth}
+    commands = {"train": run_train, "synth": run_synth, "eval": run_eval, "predict": run_predict,
+                "report": run_report}
     try:
         return commands[args.command](args)
     except user_errors() as error:

@@ -16,8 +16,10 @@ from engine.config import ConfigError, TrainConfig
 from engine.data_module import build_data
 from engine.logging_callback import LoggingCallback
 from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
+from engine.preview_callback import PreviewCallback
 from engine.losses import SegmentationCriterion
 from engine.resume import restore_trainer
+from engine.signals import SignalStopCallback
 from engine.stopping import StopAfterEpochsCallback, TimeLimitCallback
 from engine.trainer import Trainer
 from engine.weight_ema import WeightEMACallback
@@ -51,6 +53,7 @@ def build_callbacks(config: TrainConfig) -> List[Optional[Callback]]:
     """Optional features as callbacks; the checkpoint callback stays last (see its docstring)."""
     folder = Path(config.checkpoint_dir)
     return [
+        SignalStopCallback(),
         WeightEMACallback(config.ema_decay, config.ema_warmup) if config.use_ema else None,
         TimeLimitCallback(config.time_limit_seconds) if config.time_limit else None,
         StopAfterEpochsCallback(config.stop_after_epochs) if config.stop_after_epochs else None,
@@ -62,6 +65,7 @@ def build_callbacks(config: TrainConfig) -> List[Optional[Callback]]:
         ExpertUsageMonitor(config.log_interval) if config.expert_monitor else None,
         PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr)
         if config.eval_epochs.strip().lower() not in ("none", "off") else None,
+        PreviewCallback(),  # val/preview image grid each epoch; needs the logging callback's writer
         LoggingCallback(folder, config.log_interval),
         CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes),
     ]
@@ -85,6 +89,11 @@ def build_trainer(config: TrainConfig) -> Trainer:
     """Everything a run needs, resumed from ``--resume-from`` when given."""
     torch.manual_seed(config.seed)
     device = select_device(config.device)
+    if config.deterministic:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     resume_path = resolve_resume_path(config)
     payload = load_checkpoint(resume_path) if resume_path else None
     synthetic = config.dataset_path is None

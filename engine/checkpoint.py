@@ -82,7 +82,8 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
                 "only load files you trust, re-saved as plain state_dicts") from None
         raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint; "
                               "use another file or --resume-from auto") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError,
+            TypeError, AttributeError) as error:  # what torch.load raises on arbitrary bytes varies
         raise CheckpointError(
             f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_first_line(error)}); "
             "use another file or --resume-from auto") from None

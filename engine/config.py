@@ -33,6 +33,7 @@ class TrainConfig:
     # Data
     dataset_path: Optional[str] = None
     include_noncam: bool = False
+    skip_bad_samples: bool = False
     val_fraction: float = 0.1
     img_size: int = 384
     num_workers: int = 4
@@ -91,6 +92,7 @@ class TrainConfig:
     loss_normalization: str = "none"  # none | ema
     # Runtime
     seed: int = 42
+    deterministic: bool = False
     device: str = "auto"
     amp: str = "auto"
     keep_checkpoints: int = 3
@@ -258,6 +260,12 @@ def validate(config: TrainConfig) -> None:
     if config.time_limit is not None:
         _require(parse_duration(config.time_limit) > 0, f"--time-limit must be positive (got {config.time_limit})")
     _validate_monitors(config)
+    from models.encoder import check_backbone_name
+
+    try:
+        check_backbone_name(config.backbone)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.pretrained_path is not None:
         _require(Path(config.pretrained_path).is_file(),
                  f"--pretrained-path {config.pretrained_path} is not a file; download the weights and point to them")

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.dataset import SegmentationDataset
+from data.image_io import find_unreadable
 from data.layouts import DatasetError, find_pairs
 from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch
 from data.synthetic import SyntheticCamouflageDataset
@@ -67,6 +68,20 @@ def split_train_val(pairs: Sequence, fraction: float, seed: int) -> Tuple[list, 
     return train, val
 
 
+def drop_unreadable(pairs: list, skip: bool) -> list:
+    """Check every file's ends before training (cheap); stop on the first bad one unless ``skip``."""
+    bad = find_unreadable(pairs)
+    if bad and not skip:
+        raise DatasetError(f"unreadable or truncated file {bad[0][1]} ({len(bad)} bad sample(s) in all); "
+                           "replace it or pass --skip-bad-samples")
+    if bad:
+        logger.warning("Skipping %d unreadable sample(s) (--skip-bad-samples): %s", len(bad),
+                       "; ".join(problem for _, problem in bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        dropped = {id(pair) for pair, _ in bad}
+        pairs = [pair for pair in pairs if id(pair) not in dropped]
+    return pairs
+
+
 def count_training_samples(config: TrainConfig) -> int:
     """Training images per epoch (for ``--dry-run`` plans) without building the datasets."""
     if config.dataset_path is None:
@@ -97,6 +112,8 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         else:
             train_pairs, val_pairs = pairs, find_pairs(config.dataset_path, "test", config.include_noncam)
             source = "the Test split"
+        train_pairs = drop_unreadable(train_pairs, config.skip_bad_samples)
+        val_pairs = drop_unreadable(val_pairs, config.skip_bad_samples)
         if not train_pairs:
             raise DatasetError(f"no training images left in {config.dataset_path} after the validation split; "
                                "lower --val-fraction")

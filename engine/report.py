@@ -1,0 +1,281 @@
+"""Run report: PNG figures (matplotlib, Agg) from ``metrics.jsonl`` and the TensorBoard scalars of a
+checkpoint folder, written to ``<checkpoint-dir>/report/``. A figure whose data is missing is
+skipped with a logged note; the others are still drawn.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from engine.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Series = Tuple[np.ndarray, np.ndarray]  # (steps, values)
+EXPERT_TAG = re.compile(r"^moe/expert_(\d+)$")
+
+
+def read_scalars(runs_dir: Path) -> Dict[str, Series]:
+    """Every scalar series under a TensorBoard log folder (all event files of all sessions)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir() or not any(runs_dir.glob("events.out.tfevents.*")):
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every event file it reads at INFO
+    accumulator = EventAccumulator(str(runs_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    accumulator.Reload()
+    series = {}
+    for tag in accumulator.Tags().get("scalars", []):
+        events = accumulator.Scalars(tag)
+        series[tag] = (np.array([event.step for event in events]), np.array([event.value for event in events]))
+    return series
+
+
+def read_metrics(path: Path) -> List[dict]:
+    """The epoch records of ``metrics.jsonl`` (lines that are not JSON objects are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.info("Report: %s line %d is not JSON (an interrupted write?); skipped", path, number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def _axes(title: str, xlabel: str, ylabel: str, size=(7.0, 3.6)):
+    figure = Figure(figsize=size)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def plot_loss(scalars: Dict[str, Series], folder: Path) -> Optional[Path]:
+    """Raw step loss with the bias-corrected loss EMA on top."""
+    if "train/step_loss" not in scalars:
+        return None
+    figure, axes = _axes("Training loss", "optimizer step", "loss")
+    axes.plot(*scalars["train/step_loss"], color="tab:blue", alpha=0.35, linewidth=0.8, label="step loss")
+    if "train/loss_ema" in scalars:
+        axes.plot(*scalars["train/loss_ema"], color="tab:blue", linewidth=1.8, label="loss EMA")
+    axes.legend()
+    return _save(figure, folder / "loss.png")
+
+
+def plot_val_iou(records: List[dict], folder: Path) -> Optional[Path]:
+    """Validation IoU per epoch, base weights and (when kept) weight EMA."""
+    rows = [record for record in records if _finite(record.get("val_iou")) and "epoch" in record]
+    if not rows:
+        return None
+    figure, axes = _axes("Validation IoU", "epoch", "mean IoU per image")
+    axes.plot([r["epoch"] for r in rows], [r["val_iou"] for r in rows], marker="o", markersize=3, label="base")
+    ema = [(r["epoch"], r["val_iou_ema"]) for r in rows if _finite(r.get("val_iou_ema"))]
+    if ema:
+        axes.plot(*zip(*ema), marker="o", markersize=3, label="weight EMA")
+    axes.legend()
+    return _save(figure, folder / "val_iou.png")
+
+
+def plot_lr(scalars: Dict[str, Series], folder: Path) -> Optional[Path]:
+    """Decoder learning rate per optimizer step."""
+    if "train/lr" not in scalars:
+        return None
+    figure, axes = _axes("Learning rate (decoder)", "optimizer step", "LR")
+    axes.plot(*scalars["train/lr"], color="tab:green")
+    axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    return _save(figure, folder / "lr.png")
+
+
+def gain_alerts(gains: Series, drifts: Optional[Series], gain_threshold: Optional[float], drift_threshold: float,
+                consecutive: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Replay the drift rule on logged checks: ``(flagged, alerts)`` boolean masks over ``gains``.
+
+    A check is flagged when its mean gain exceeds ``gain_threshold`` (if known) or its logged drift
+    exceeds ``drift_threshold``; an alert fires when ``consecutive`` flagged checks are in a row.
+    """
+    steps, values = gains
+    drift_at = dict(zip(drifts[0].tolist(), drifts[1].tolist())) if drifts is not None else {}
+    flagged = np.zeros(len(steps), dtype=bool)
+    alerts = np.zeros(len(steps), dtype=bool)
+    streak = 0
+    for index, (step, gain) in enumerate(zip(steps.tolist(), values.tolist())):
+        over = gain_threshold is not None and gain > gain_threshold
+        flagged[index] = over or drift_at.get(step, 0.0) > drift_threshold
+        streak = streak + 1 if flagged[index] else 0
+        alerts[index] = streak == consecutive
+    return flagged, alerts
+
+
+def plot_gradient_gain(scalars: Dict[str, Series], folder: Path, thresholds: dict) -> Optional[Path]:
+    """Mean gradient gain with its moving average, the absolute threshold and alert markers."""
+    if "gradient_monitor/mean_gain" not in scalars:
+        return None
+    gains = scalars["gradient_monitor/mean_gain"]
+    figure, axes = _axes("Gradient flow: mean block gain", "optimizer step", "||grad in|| / ||grad out||")
+    axes.plot(*gains, color="tab:purple", alpha=0.6, marker=".", label="mean gain")
+    if "gradient_monitor/mean_gain_ma" in scalars:
+        axes.plot(*scalars["gradient_monitor/mean_gain_ma"], color="tab:purple", linewidth=1.8, label="moving average")
+    gain_threshold = thresholds.get("gain_threshold")
+    if gain_threshold is not None:
+        label = f"threshold {gain_threshold:.3g}" + ("" if thresholds["explicit"] else " (all blocks measured)")
+        axes.axhline(gain_threshold, color="tab:red", linestyle="--", linewidth=1, label=label)
+    flagged, alerts = gain_alerts(gains, scalars.get("gradient_monitor/mean_gain_drift"), gain_threshold,
+                                  thresholds["drift_threshold"], thresholds["drift_consecutive"])
+    if flagged.any():
+        axes.scatter(gains[0][flagged], gains[1][flagged], color="tab:orange", s=18, zorder=3, label="flagged check")
+    if alerts.any():
+        axes.scatter(gains[0][alerts], gains[1][alerts], color="tab:red", marker="^", s=70, zorder=4,
+                     label="drift warning")
+    axes.legend(fontsize=8)
+    return _save(figure, folder / "gradient_gain.png")
+
+
+def plot_expert_usage(scalars: Dict[str, Series], records: List[dict], folder: Path) -> Optional[Path]:
+    """Routing share of each expert (TensorBoard ``moe/expert_<i>``; else per epoch from metrics.jsonl)."""
+    tags = sorted((int(match.group(1)), tag) for tag in scalars if (match := EXPERT_TAG.match(tag)))
+    if tags:
+        figure, axes = _axes("Expert usage (routing share)", "optimizer step", "share")
+        for index, tag in tags:
+            axes.plot(*scalars[tag], label=f"expert {index}")
+    else:
+        rows = [(r["epoch"], r["expert_usage"]) for r in records if isinstance(r.get("expert_usage"), list)
+                and r["expert_usage"] and "epoch" in r]
+        if not rows:
+            return None
+        rows = [row for row in rows if len(row[1]) == len(rows[-1][1])]  # a resume may change the expert count
+        figure, axes = _axes("Expert usage (routing share, epoch mean)", "epoch", "share")
+        shares = np.array([row[1] for row in rows], dtype=float)
+        for index in range(shares.shape[1]):
+            axes.plot([row[0] for row in rows], shares[:, index], marker="o", markersize=3, label=f"expert {index}")
+    axes.set_ylim(bottom=0)
+    axes.legend(fontsize=8, ncol=2)
+    return _save(figure, folder / "expert_usage.png")
+
+
+def drift_thresholds(checkpoint_dir: Path, num_blocks: Optional[int]) -> dict:
+    """The drift monitor's settings from ``config.yaml`` (defaults when missing).
+
+    Without an explicit ``--gain-threshold`` the monitor uses ``1 + 0.05 * sqrt(blocks)`` over the
+    blocks with a finite gain; the report takes every block of the model (``num_blocks``, else counted
+    on a model built from the config), i.e. stage 2's value: while the encoder is frozen fewer blocks
+    are measured and the monitor's threshold is a little lower, so markers are approximate there.
+    """
+    config = {}
+    config_path = Path(checkpoint_dir) / "config.yaml"
+    if config_path.is_file():
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError:
+            logger.info("Report: %s is not valid YAML; using the default drift settings", config_path)
+    gain_threshold = config.get("gain_threshold")
+    explicit = gain_threshold is not None
+    if not explicit:
+        blocks = num_blocks if num_blocks is not None else count_gain_blocks(config)
+        gain_threshold = 1.0 + 0.05 * math.sqrt(blocks) if blocks else None
+    return {"gain_threshold": gain_threshold, "explicit": explicit, "drift_threshold": float(config.get("drift_threshold", 0.10)),
+            "drift_consecutive": int(config.get("drift_consecutive", 3))}
+
+
+def count_gain_blocks(config: dict) -> Optional[int]:
+    """Blocks the drift monitor measures for the run's model (built without pretrained weights)."""
+    try:
+        from engine.config import FIELD_NAMES, TrainConfig
+        from engine.monitors.gradient_drift import find_blocks
+        from models import build_model
+
+        model_config = TrainConfig(**{k: v for k, v in config.items() if k in FIELD_NAMES}).model_config(True)
+        model_config.pretrained, model_config.pretrained_path = False, None
+        return len(find_blocks(build_model(model_config)))
+    except Exception as error:  # noqa: BLE001 - the threshold line is optional
+        logger.info("Report: could not rebuild the model to get the default gain threshold (%s)", error)
+        return None
+
+
+def build_report(checkpoint_dir: Path, num_blocks: Optional[int] = None) -> List[Path]:
+    """Draw every figure whose data exists into ``checkpoint_dir/report``.
+
+    Args:
+        checkpoint_dir: a run's ``--checkpoint-dir`` (``metrics.jsonl``, ``runs/``, ``config.yaml``).
+        num_blocks: blocks measured by the drift monitor, for the default gain threshold.
+
+    Returns:
+        The PNG files written, in drawing order.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise ConfigError(f"--checkpoint-dir {checkpoint_dir} is not a folder; pass the folder of a training run")
+    scalars = read_scalars(checkpoint_dir / "runs")
+    records = read_metrics(checkpoint_dir / "metrics.jsonl")
+    if not scalars:
+        logger.info("Report: no TensorBoard scalars in %s", checkpoint_dir / "runs")
+    if not records:
+        logger.info("Report: no epoch records in %s", checkpoint_dir / "metrics.jsonl")
+    folder = checkpoint_dir / "report"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create {folder} ({error.strerror}); copy the run folder somewhere writable") from None
+    figures = [
+        ("loss.png", "train/step_loss (TensorBoard)", lambda: plot_loss(scalars, folder)),
+        ("val_iou.png", "val_iou (metrics.jsonl)", lambda: plot_val_iou(records, folder)),
+        ("lr.png", "train/lr (TensorBoard)", lambda: plot_lr(scalars, folder)),
+        ("gradient_gain.png", "gradient_monitor/mean_gain (TensorBoard; drift monitor off or no check yet?)",
+         lambda: plot_gradient_gain(scalars, folder, drift_thresholds(checkpoint_dir, num_blocks))),
+        ("expert_usage.png", "moe/expert_<i> (TensorBoard) or expert_usage (metrics.jsonl)",
+         lambda: plot_expert_usage(scalars, records, folder)),
+    ]
+    written = []
+    for name, source, draw in figures:
+        path = draw()
+        if path is None:
+            logger.info("Report: skipped %s: no %s", name, source)
+        else:
+            written.append(path)
+    logger.info("Report: wrote %d figure(s) to %s", len(written), folder)
+    return written
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def report_after_training(trainer) -> List[Path]:
+    """The end-of-``train`` report (rank 0 only); a failure is a warning, never a failed run."""
+    if not getattr(trainer.data, "is_main_process", True):
+        return []
+    folder = Path(trainer.config.checkpoint_dir)
+    try:
+        from engine.monitors.gradient_drift import find_blocks
+
+        return build_report(folder, num_blocks=len(find_blocks(trainer.unwrapped_model)))
+    except Exception as error:  # noqa: BLE001 - the checkpoints are already safe on disk
+        logger.warning("Run report failed (%s: %s); training results are unaffected. Retry with: "
+                       "python train_ultimate.py report --checkpoint-dir %s", type(error).__name__, error, folder)
+        return []

@@ -1,0 +1,135 @@
+"""Every user error: exit code 2, one line naming the problem, no traceback, nothing on disk changed."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
+        "--img-size", "48", "--batch-size", "4", "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1"]
+
+
+def run_train(*args):
+    return subprocess.run([sys.executable, str(ROOT / "train_ultimate.py"), "train", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_pair(folder: Path, stem: str, image=True, mask=True, size=(40, 30)):
+    (folder / "Train" / "Image").mkdir(parents=True, exist_ok=True)
+    (folder / "Train" / "GT_Object").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(stem))
+    if image:
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / "Train" / "Image" / f"{stem}.jpg")
+    if mask:
+        Image.fromarray((rng.random(size) > 0.5).astype(np.uint8) * 255).save(folder / "Train" / "GT_Object" / f"{stem}.png")
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    """A checkpoint folder from a real tiny run, whose bytes must survive every failed command."""
+    from engine.build import build_trainer
+    from engine.config import build_config
+    from tests.conftest import TINY_SETTINGS
+
+    folder = tmp_path_factory.mktemp("existing")
+    build_trainer(build_config({}, dict(TINY_SETTINGS, epochs=1, checkpoint_dir=str(folder)))).fit()
+    return folder
+
+
+def dataset_with(tmp_path, kind):
+    root = tmp_path / "COD10K-v3"
+    if kind == "missing":
+        return root
+    root.mkdir()
+    if kind == "empty":
+        (root / "Train" / "Image").mkdir(parents=True)
+        (root / "Train" / "GT_Object").mkdir(parents=True)
+        return root
+    for index in range(6):
+        write_pair(root, f"COD10K-CAM-1-Aquatic-1-BatFish-{index}")
+    if kind == "unpaired":
+        write_pair(root, "COD10K-CAM-2-Terrestrial-9-Cat-1", mask=False)
+    if kind == "truncated":
+        image = root / "Train" / "Image" / "COD10K-CAM-1-Aquatic-1-BatFish-3.jpg"
+        image.write_bytes(image.read_bytes()[:200])
+    return root
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("missing", "not found"), ("empty", "no image files"), ("unpaired", "COD10K-CAM-2-Terrestrial-9-Cat-1"),
+    ("truncated", "BatFish-3.jpg"),
+])
+def test_dataset_problems(kind, words, tmp_path, checkpoint_dir):
+    before = snapshot(checkpoint_dir)
+    result = run_train(*TINY, "--dataset-path", str(dataset_with(tmp_path, kind)),
+                       "--checkpoint-dir", str(checkpoint_dir), "--resume-from", "auto")
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr and words.lower() in result.stderr.lower()
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert snapshot(checkpoint_dir) == before
+
+
+def test_truncated_image_hint_mentions_skip_flag(tmp_path, checkpoint_dir):
+    result = run_train(*TINY, "--dataset-path", str(dataset_with(tmp_path, "truncated")),
+                       "--checkpoint-dir", str(checkpoint_dir))
+    assert "--skip-bad-samples" in result.stderr
+
+
+def damaged_checkpoint(tmp_path, checkpoint_dir, kind):
+    target = tmp_path / f"{kind}.pth"
+    data = (checkpoint_dir / "last.pth").read_bytes()
+    if kind == "truncated":
+        target.write_bytes(data[: len(data) // 3])
+    elif kind == "text":
+        target.write_text("hello")
+    return target
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--resume-from", "{truncated}"], "truncated"),
+    (["--resume-from", "{text}"], "not a PyTorch checkpoint"),
+    (["--resume-from", "{last}", "--num-experts", "4"], "--num-experts 3"),
+    (["--resume-from", "{last}", "--backbone", "test_efficientnet"], "--backbone test_convnext"),
+    (["--backbone", "edgenext_bse"], "edgenext_base"),
+    (["--ema-decay", "-0.1"], "--ema-decay"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "-3"], "--epochs"),
+])
+def test_checkpoint_and_flag_problems(flags, words, tmp_path, checkpoint_dir):
+    paths = {"truncated": damaged_checkpoint(tmp_path, checkpoint_dir, "truncated"),
+             "text": damaged_checkpoint(tmp_path, checkpoint_dir, "text"), "last": checkpoint_dir / "last.pth"}
+    flags = [flag.format(**paths) for flag in flags]
+    before = snapshot(checkpoint_dir)
+    result = run_train(*TINY, *flags, "--checkpoint-dir", str(checkpoint_dir))
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr and words in result.stderr, result.stderr[-600:]
+    assert snapshot(checkpoint_dir) == before
+
+
+def test_checkpoint_dir_that_is_a_file(tmp_path):
+    target = tmp_path / "not_a_folder"
+    target.write_text("keep me")
+    result = run_train(*TINY, "--synthetic-train-size", "8", "--checkpoint-dir", str(target))
+    assert result.returncode == 2 and "--checkpoint-dir" in result.stderr and "Traceback" not in result.stderr
+    assert target.read_text() == "keep me"
+
+
+def test_skip_bad_samples_drops_and_reports(tmp_path, caplog):
+    from engine.config import build_config
+    from engine.data_module import build_data
+
+    root = dataset_with(tmp_path, "truncated")
+    config = build_config({}, {"dataset_path": str(root), "skip_bad_samples": True, "val_fraction": 0.2,
+                               "backbone": "test_convnext", "checkpoint_dir": str(tmp_path / "c")})
+    data = build_data(config, ((0.5,) * 3, (0.5,) * 3))
+    assert len(data.train_dataset) + len(data.val_dataset) == 5
+    assert "BatFish-3.jpg" in caplog.text
