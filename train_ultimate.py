@@ -231,7 +231,12 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = build_trainer(config)
     for line in describe_run(trainer):
         log.info(line)
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        from engine.distributed import shutdown
+
+        shutdown(trainer.distributed)
     signals = trainer.callbacks.get("signals")
     if signals is not None and signals.received is not None:
         print(f"stopped by {signal_name(signals.received)}: last.pth saved at epoch {trainer.epoch + 1}, "

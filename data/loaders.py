@@ -33,6 +33,7 @@ class SeededEpochSampler(Sampler[int]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        pad: bool = True,
     ) -> None:
         """Args:
         data_source: the dataset (or its length).
@@ -40,6 +41,8 @@ class SeededEpochSampler(Sampler[int]):
         seed: shuffle seed (>= 0).
         num_replicas: number of distributed processes.
         rank: this process's rank in ``[0, num_replicas)``.
+        pad: wrap the permutation so every rank gets the same count (training); without it each
+            sample is seen exactly once across ranks (exact sharded validation).
         """
         self.num_samples_total = data_source if isinstance(data_source, int) else len(data_source)
         if not 0 <= rank < num_replicas:
@@ -48,6 +51,7 @@ class SeededEpochSampler(Sampler[int]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
+        self.pad = pad
         self.epoch = 0
         self.start_index = 0
 
@@ -60,6 +64,8 @@ class SeededEpochSampler(Sampler[int]):
         self.start_index = int(start_index)
 
     def _per_rank(self) -> int:
+        if not self.pad:
+            return len(range(self.rank, self.num_samples_total, self.num_replicas))
         return -(-self.num_samples_total // self.num_replicas)
 
     def epoch_order(self, epoch: int) -> list[int]:
@@ -71,8 +77,8 @@ class SeededEpochSampler(Sampler[int]):
             order = torch.randperm(total, generator=generator).tolist()
         else:
             order = list(range(total))
-        padded_length = self._per_rank() * self.num_replicas
-        if total and padded_length > total:
+        padded_length = -(-total // self.num_replicas) * self.num_replicas
+        if self.pad and total and padded_length > total:
             order = order + order[: padded_length - total]
         return order[self.rank :: self.num_replicas]
 

@@ -14,6 +14,7 @@ from engine.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from engine.checkpointing import CheckpointCallback
 from engine.config import ConfigError, TrainConfig
 from engine.data_module import build_data
+from engine.distributed import init_distributed
 from engine.logging_callback import LoggingCallback
 from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
 from engine.preview_callback import PreviewCallback
@@ -49,8 +50,11 @@ def check_writable(folder: Path) -> None:
                           "pass a writable folder such as /kaggle/working/checkpoints") from None
 
 
-def build_callbacks(config: TrainConfig) -> List[Optional[Callback]]:
-    """Optional features as callbacks; the checkpoint callback stays last (see its docstring)."""
+def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[Callback]]:
+    """Optional features as callbacks; the checkpoint callback stays last (see its docstring).
+
+    Under DDP only rank 0 logs and saves; the other ranks keep the callbacks that change training.
+    """
     folder = Path(config.checkpoint_dir)
     return [
         SignalStopCallback(),
@@ -66,8 +70,8 @@ def build_callbacks(config: TrainConfig) -> List[Optional[Callback]]:
         PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr)
         if config.eval_epochs.strip().lower() not in ("none", "off") else None,
         PreviewCallback(),  # val/preview image grid each epoch; needs the logging callback's writer
-        LoggingCallback(folder, config.log_interval),
-        CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes),
+        LoggingCallback(folder, config.log_interval) if is_main else None,
+        CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes) if is_main else None,
     ]
 
 
@@ -88,7 +92,12 @@ def resolve_resume_path(config: TrainConfig) -> Optional[Path]:
 def build_trainer(config: TrainConfig) -> Trainer:
     """Everything a run needs, resumed from ``--resume-from`` when given."""
     torch.manual_seed(config.seed)
+    distributed = init_distributed(config.device)
+    if not distributed.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # user-facing output from rank 0 only
     device = select_device(config.device)
+    if device.type == "cuda" and distributed.enabled:
+        device = torch.device("cuda", distributed.local_rank)
     if config.deterministic:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -101,11 +110,13 @@ def build_trainer(config: TrainConfig) -> Trainer:
     if payload is not None:
         model_config.pretrained, model_config.pretrained_path = False, None  # weights come from the checkpoint
     model = build_model(model_config).to(device)
-    data = build_data(config, model.encoder.normalization)
-    check_writable(Path(config.checkpoint_dir))
+    data = build_data(config, model.encoder.normalization, distributed.rank, distributed.world_size)
+    if distributed.is_main:
+        check_writable(Path(config.checkpoint_dir))
     criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
                                       config.loss_normalization).to(device)
-    trainer = Trainer(config, model, criterion, data, build_callbacks(config), device)
+    trainer = Trainer(config, model, criterion, data, build_callbacks(config, distributed.is_main), device,
+                      distributed)
     if payload is not None:
         restore_trainer(trainer, payload, str(resume_path))
     ema_callback = trainer.callbacks.get("weight_ema")
@@ -120,7 +131,8 @@ def describe_run(trainer: Trainer) -> List[str]:
     parameters = sum(p.numel() for p in trainer.model.parameters())
     lines = [
         f"device {trainer.device}, precision {trainer.precision.dtype or 'fp32'}, "
-        f"{torch.get_num_threads()} CPU threads, pid {os.getpid()}",
+        f"{torch.get_num_threads()} CPU threads, pid {os.getpid()}"
+        + (f", DDP world size {trainer.distributed.world_size}" if trainer.distributed.enabled else ""),
         f"data: {trainer.data.description}",
         f"model: {config.backbone} + MoE decoder ({config.num_experts} experts, top-{config.top_k}), "
         f"{parameters / 1e6:.2f} M parameters",

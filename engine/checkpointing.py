@@ -39,6 +39,7 @@ def build_payload(trainer) -> Dict[str, Any]:
         "criterion": trainer.criterion.state_dict(),
         "rng": capture_rng_state(),
         "config": config.to_dict(),
+        "world_size": trainer.distributed.world_size,
         "model_signature": {"backbone": config.backbone, "num_experts": config.num_experts,
                             "top_k": config.top_k, "decoder_channels": config.decoder_channels},
     }

@@ -44,12 +44,19 @@ class DataModule:
         return self.rank == 0
 
     def loader(self, dataset: Dataset, batch_size: int, epoch: int, shuffle: bool, start_sample: int) -> DataLoader:
+        # Training pads so every rank makes the same number of steps; validation does not, so
+        # all-reduced sums count each image exactly once.
         sampler = SeededEpochSampler(dataset, shuffle=shuffle, seed=self.seed, num_replicas=self.world_size,
-                                     rank=self.rank)
+                                     rank=self.rank, pad=shuffle)
         loader = create_loader(dataset, batch_size, shuffle, self.num_workers, self.seed, epoch_sampler=sampler,
                                pin_memory=self.pin_memory)
         set_loader_epoch(loader, epoch, start_sample)
         return loader
+
+    @property
+    def samples_per_rank(self) -> int:
+        """Training samples this process sees per epoch (padded shard of the permutation)."""
+        return -(-len(self.train_dataset) // self.world_size)
 
     def all_reduce(self, totals: torch.Tensor) -> torch.Tensor:
         """Sum ``totals`` over processes (identity in a single process)."""
@@ -92,7 +99,8 @@ def count_training_samples(config: TrainConfig) -> int:
     return len(pairs)
 
 
-def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequence[float]]) -> DataModule:
+def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequence[float]], rank: int = 0,
+               world_size: int = 1) -> DataModule:
     """Datasets with albumentations pipelines normalised like the backbone's pretrained config."""
     mean, std = normalization
     train_transform = build_train_transform(config.img_size, mean, std)
@@ -121,4 +129,4 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         val = SegmentationDataset(val_pairs, val_transform, seed=config.seed)
         description = f"{config.dataset_path}: {len(train)} training, {len(val)} validation images ({source})"
     return DataModule(train, val, config.num_workers, config.seed, description,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), rank=rank, world_size=world_size)

@@ -197,7 +197,7 @@ def drift_thresholds(checkpoint_dir: Path, num_blocks: Optional[int]) -> dict:
     gain_threshold = config.get("gain_threshold")
     explicit = gain_threshold is not None
     if not explicit:
-        blocks = num_blocks if num_blocks is not None else count_gain_blocks(config)
+        blocks = num_blocks if num_blocks is not None else count_gain_blocks(config) if config else None
         gain_threshold = 1.0 + 0.05 * math.sqrt(blocks) if blocks else None
     return {"gain_threshold": gain_threshold, "explicit": explicit, "drift_threshold": float(config.get("drift_threshold", 0.10)),
             "drift_consecutive": int(config.get("drift_consecutive", 3))}
@@ -247,7 +247,8 @@ def build_report(checkpoint_dir: Path, num_blocks: Optional[int] = None) -> List
         ("val_iou.png", "val_iou (metrics.jsonl)", lambda: plot_val_iou(records, folder)),
         ("lr.png", "train/lr (TensorBoard)", lambda: plot_lr(scalars, folder)),
         ("gradient_gain.png", "gradient_monitor/mean_gain (TensorBoard; drift monitor off or no check yet?)",
-         lambda: plot_gradient_gain(scalars, folder, drift_thresholds(checkpoint_dir, num_blocks))),
+         lambda: plot_gradient_gain(scalars, folder, drift_thresholds(checkpoint_dir, num_blocks))
+         if "gradient_monitor/mean_gain" in scalars else None),
         ("expert_usage.png", "moe/expert_<i> (TensorBoard) or expert_usage (metrics.jsonl)",
          lambda: plot_expert_usage(scalars, records, folder)),
     ]

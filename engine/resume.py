@@ -61,6 +61,12 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     if ema_callback is not None:
         ema_callback.load_weights(payload.get("ema"))
     changes = schedule_changes(payload.get("config") or {}, config)
+    saved_world = int(payload.get("world_size", 1))
+    if saved_world != trainer.distributed.world_size:
+        logger.warning("Checkpoint %s was written by %d process(es), this run has %d: the data order and "
+                       "steps per epoch change, so the run cannot continue bitwise; re-planning the schedule",
+                       source, saved_world, trainer.distributed.world_size)
+        changes.append(f"world size: {saved_world} -> {trainer.distributed.world_size}")
     old_plan = PlanState.from_state_dict(payload["plan"]) if "plan" in payload else PlanState.fresh(config)
     if not changes:
         trainer.plan.state = old_plan

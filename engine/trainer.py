@@ -1,6 +1,7 @@
 """The Trainer: owns the two-stage loop; every optional feature is a callback (see ``callbacks``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from engine.callbacks import CallbackList, StepOutput
 from engine.config import TrainConfig
+from engine.distributed import DistributedContext, any_rank, sync_buffers, wrap_model
 from engine.losses import structure_loss
 from engine.metrics import MetricAccumulator, per_image_scores
 from engine.nonfinite import NonFiniteGuard
@@ -36,12 +38,14 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, model: nn.Module, criterion: nn.Module, data,
-                 callbacks: Iterable, device: torch.device):
+                 callbacks: Iterable, device: torch.device, distributed: DistributedContext = DistributedContext()):
         self.config, self.model, self.criterion, self.data = config, model, criterion, data
-        self.unwrapped_model = model
+        self.unwrapped_model = model  # self.model becomes the DDP wrapper under torchrun
         self.device = device
+        self.distributed = distributed
         self.callbacks = CallbackList(callbacks)
-        self.plan = StagePlan(config, len(data.train_dataset), PlanState.fresh(config))
+        self.plan = StagePlan(config, data.samples_per_rank, PlanState.fresh(config))
+        self._wrapped_for: Optional[tuple] = None
         self.optimizer = build_optimizer(model, config)
         self.precision = Precision.create(config.amp, device)
         self.guard = NonFiniteGuard(config.max_bad_steps)
@@ -70,13 +74,14 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         stage = self.stage
-        trainable = apply_unfreezing(self.model, self.plan, self.epoch)
+        trainable = apply_unfreezing(self.unwrapped_model, self.plan, self.epoch)
+        self._wrap_for_trainable()
         self.callbacks.call("on_epoch_start", self)
         batch_size = self.plan.batch_size(stage)
         loader = self.data.loader(self.data.train_dataset, batch_size, self.epoch, shuffle=True,
                                   start_sample=self.batch_in_epoch * batch_size)
-        num_batches = math.ceil(len(self.data.train_dataset) / batch_size)
-        windows = WindowPlan(len(self.data.train_dataset), batch_size, self.config.accumulation_steps)
+        num_batches = math.ceil(self.data.samples_per_rank / batch_size)
+        windows = WindowPlan(self.data.samples_per_rank, batch_size, self.config.accumulation_steps)
         self.epoch_started = time.monotonic() if self.batch_in_epoch == 0 else self.epoch_started
         self.progress = tqdm(total=num_batches, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
                              desc=f"Epoch {self.epoch + 1}/{self.config.epochs} [stage {stage}]",
@@ -87,16 +92,19 @@ class Trainer:
             index = self.batch_in_epoch
             images = batch["image"].to(self.device, non_blocking=True)
             masks = batch["mask"].to(self.device, non_blocking=True)
-            with self.precision.autocast():
-                losses = self.criterion(self.model(images), masks)
             share = images.shape[0] / windows.samples_in_window(index)  # real size of this window
-            self.precision.backward(losses.get("objective", losses["loss"]) * share)
+            with self._gradient_sync(windows.is_window_end(index)):  # DDP all-reduces on the window's last only
+                with self.precision.autocast():
+                    losses = self.criterion(self.model(images), masks)
+                self.precision.backward(losses.get("objective", losses["loss"]) * share)
             window_loss += losses["loss"].detach().float() * share
             self.batch_in_epoch += 1
             self.progress.update(1)
             if windows.is_window_end(index):
                 self._optimizer_step(window_loss, windows.window_of(index), windows.num_windows)
                 window_loss = torch.zeros((), device=self.device)
+                if self.distributed.enabled:  # every rank must stop at the same step
+                    self.should_stop = any_rank(self.should_stop, self.distributed, self.device)
                 if self.should_stop:
                     self._save_mid_epoch()
                     break
@@ -116,12 +124,27 @@ class Trainer:
         self.guard.record(finite, self.global_step + 1, lr, self.precision.scaler is not None)
         if not finite:
             return
+        sync_buffers(self.unwrapped_model, self.distributed)
         self.global_step += 1
         self.epoch_loss_sum += window_loss
         self.epoch_updates += 1
         step = StepOutput(loss=window_loss, lr=lr, grad_norm=grad_norm, step=self.global_step,
                           step_in_epoch=window_index + 1, steps_in_epoch=num_windows)
         self.callbacks.call("on_optimizer_step", self, step)
+
+    def _gradient_sync(self, sync: bool):
+        if sync or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _wrap_for_trainable(self) -> None:
+        """(Re-)wrap in DDP when the trainable parameter set changed: DDP binds it at construction."""
+        if not self.distributed.enabled:
+            return
+        key = tuple(p.requires_grad for p in self.unwrapped_model.parameters())
+        if key != self._wrapped_for:
+            self.model = wrap_model(self.unwrapped_model, self.distributed, self.device)
+            self._wrapped_for = key
 
     def _set_lr(self, lr: float) -> None:
         self.current_lr = lr
@@ -174,6 +197,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self, module: nn.Module) -> Dict[str, float]:
         """Mean per-image IoU / Dice / MAE and structure loss of ``module`` on the validation set."""
+        module = self.unwrapped_model if module is self.model else module  # no DDP hooks in eval
         was_training = module.training
         module.eval()
         accumulator = MetricAccumulator(self.device)

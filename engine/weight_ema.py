@@ -98,7 +98,7 @@ class WeightEMACallback(Callback):
             self._pending_state = None
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
-        self.ema.update(trainer.model, step.step)
+        self.ema.update(trainer.unwrapped_model, step.step)
 
     def on_validation(self, trainer, metrics: Dict[str, Any]) -> None:
         ema_metrics = trainer.validate(self.ema.shadow)

@@ -1,0 +1,26 @@
+"""Run under torchrun by tests/engine/test_ddp.py: train, then dump this rank's final state."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from engine.build import build_trainer  # noqa: E402
+from engine.config import build_config  # noqa: E402
+from engine.distributed import shutdown  # noqa: E402
+
+
+def main(settings_json: str, output: str) -> None:
+    trainer = build_trainer(build_config({}, json.loads(settings_json)))
+    trainer.fit()
+    ema = trainer.callbacks.get("weight_ema")
+    torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.ema.state_dict() if ema else None},
+               f"{output}/rank{trainer.distributed.rank}.pt")
+    shutdown(trainer.distributed)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
