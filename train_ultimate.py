@@ -30,6 +30,10 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
                                 "0 validates on the Test split instead"),
         ("img-size", int, "training/validation image side in pixels"),
         ("num-workers", int, "DataLoader worker processes"),
+        ("cache", str, "resize cache for training images: none | memory | disk (decoded and shrunk once to "
+                       "4/3 x --img-size; memory needs ~1 MB RAM per image; disk is reused across runs and "
+                       "rebuilt when a file changes)"),
+        ("cache-dir", str, "folder of the disk cache (default: <checkpoint-dir>/resize-cache)"),
         ("synthetic-train-size", int, "synthetic scenes per training epoch (fresh scenes every epoch)"),
         ("synthetic-val-size", int, "fixed synthetic validation scenes"),
         ("synthetic-difficulty", float, "how close object and background textures are (smaller = harder)"),

@@ -37,6 +37,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     img_size: int = 384
     num_workers: int = 4
+    cache: str = "none"  # none | memory | disk (data/cache.py)
+    cache_dir: Optional[str] = None  # None: <checkpoint_dir>/resize-cache
     synthetic_train_size: int = 400
     synthetic_val_size: int = 100
     synthetic_difficulty: float = 0.15
@@ -250,6 +252,9 @@ def validate(config: TrainConfig) -> None:
              f"--synthetic-difficulty must be in (0, 1] (got {config.synthetic_difficulty})")
     _require(config.scheduler in SCHEDULERS,
              f"--scheduler {config.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
+    from data.cache import CACHE_MODES
+
+    _require(config.cache in CACHE_MODES, f"--cache {config.cache!r} is unknown; choose one of {', '.join(CACHE_MODES)}")
     _require(config.amp in AMP_MODES, f"--amp {config.amp!r} is unknown; choose one of {', '.join(AMP_MODES)}")
     _require(config.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0 (got {config.keep_checkpoints})")
     _require(config.device in DEVICES, f"--device {config.device!r} is unknown; choose one of {', '.join(DEVICES)}")

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.cache import CachedSegmentationDataset, base_size_for, build_cache
 from data.dataset import SegmentationDataset
 from data.image_io import find_unreadable
 from data.layouts import DatasetError, find_pairs
@@ -125,7 +127,11 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         if not train_pairs:
             raise DatasetError(f"no training images left in {config.dataset_path} after the validation split; "
                                "lower --val-fraction")
-        train = SegmentationDataset(train_pairs, train_transform, seed=config.seed)
+        cache_dir = config.cache_dir or str(Path(config.checkpoint_dir) / "resize-cache")
+        cache = build_cache(config.cache, base_size_for(config.img_size), cache_dir if config.cache == "disk" else None)
+        train = CachedSegmentationDataset(train_pairs, train_transform, seed=config.seed, cache=cache)
+        if config.cache == "memory":
+            train.warm(threads=max(1, config.num_workers))  # before workers fork, so they share it
         val = SegmentationDataset(val_pairs, val_transform, seed=config.seed)
         description = f"{config.dataset_path}: {len(train)} training, {len(val)} validation images ({source})"
     return DataModule(train, val, config.num_workers, config.seed, description,

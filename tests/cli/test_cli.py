@@ -84,7 +84,7 @@ def test_synth_then_train_on_it_end_to_end(tmp_path):
     assert len(list((data / "Train" / "Image").iterdir())) == 12
     assert len(list((data / "Test" / "GT_Object").iterdir())) == 4
     result = run_cli("train", *TINY_FLAGS, "--dataset-path", str(data), "--val-fraction", "0.25",
-                     "--checkpoint-dir", str(tmp_path / "ckpt"), "--use-ema")
+                     "--checkpoint-dir", str(tmp_path / "ckpt"), "--use-ema", "--cache", "disk")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2] and [row["stage"] for row in rows] == [1, 2]
@@ -93,6 +93,7 @@ def test_synth_then_train_on_it_end_to_end(tmp_path):
         assert key in rows[-1], key
     assert rows[0]["trainable_params"] < rows[1]["trainable_params"]  # the encoder unfroze in stage 2
     assert (tmp_path / "ckpt" / "config.yaml").exists()
+    assert len(list((tmp_path / "ckpt" / "resize-cache").glob("*.npz"))) == 9  # 12 images, 25 % held out
     assert list((tmp_path / "ckpt" / "runs").glob("events.out.tfevents.*"))
     assert "Epoch 2: Loss" in result.stderr and "EMA IoU" in result.stderr
 

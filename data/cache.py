@@ -1,0 +1,256 @@
+"""Resize cache: decode each image/mask pair once, shrink it to a base size, keep it in RAM or on disk.
+
+Every training sample goes through :meth:`ResizeCache.prepare` (decode, fit the mask to the image, shrink
+so the shorter side equals ``base_size``) before the random augmentation. ``--cache none`` runs
+that step every time; ``memory`` and ``disk`` memoise its output, so all three modes give
+bit-identical tensors and differ only in speed.
+
+Choosing the base size: ``RandomResizedCrop(scale=(0.75, 1))`` keeps crops whose shorter side is
+at least about 3/4 of the image's, so a base shorter side of ``4/3 * img_size`` keeps crops at or
+above the training size (they are shrunk to it, as they would be from the full-size JPEG).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from data.dataset import SegmentationDataset
+from data.layouts import SamplePair
+
+logger = logging.getLogger(__name__)
+
+CACHE_MODES = ("none", "memory", "disk")
+# Bump when the stored arrays change meaning (e.g. a new interpolation), so old entries miss.
+CACHE_FORMAT_VERSION = 1
+
+Arrays = tuple[np.ndarray, np.ndarray]
+# Decodes one pair and fits its mask to the image: the work a cache hit saves.
+Reader = Callable[[], Arrays]
+
+
+def base_size_for(img_size: int) -> int:
+    """Shorter side of cached images for training at ``img_size``: 4/3 of it, rounded up to 32."""
+    return int(math.ceil(img_size * 4 / 3 / 32) * 32)
+
+
+def shrink_to_base(image: np.ndarray, mask: np.ndarray, base_size: Optional[int]) -> Arrays:
+    """Shrink so the shorter side is ``base_size`` (never enlarge; None keeps the full size).
+
+    Args:
+        image: (H, W, 3) uint8.
+        mask: (H, W) uint8 in {0, 1}.
+        base_size: target shorter side in pixels, or None.
+
+    Returns:
+        image (H', W', 3) uint8 and mask (H', W') uint8 with the same aspect ratio.
+    """
+    height, width = image.shape[:2]
+    if base_size is None or min(height, width) <= base_size:
+        return image, mask
+    scale = base_size / min(height, width)
+    size = (max(base_size, round(width * scale)), max(base_size, round(height * scale)))  # (W, H) for cv2
+    # INTER_AREA averages the pixels it drops (no aliasing); masks stay binary with nearest.
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+def source_signature(pair: SamplePair) -> np.ndarray:
+    """(size, mtime_ns) of the image and mask files; a different value marks an entry stale."""
+    image_stat, mask_stat = os.stat(pair.image), os.stat(pair.mask)
+    return np.array([image_stat.st_size, image_stat.st_mtime_ns, mask_stat.st_size, mask_stat.st_mtime_ns],
+                    dtype=np.int64)
+
+
+class ResizeCache:
+    """``--cache none``: prepare every pair on each call, store nothing.
+
+    Subclasses memoise :meth:`load`. The reader (decode + mask fix) comes from the dataset, which
+    keeps its own warnings about mismatched masks.
+    """
+
+    mode = "none"
+
+    def __init__(self, base_size: Optional[int]) -> None:
+        self.base_size = base_size
+        self.hits = 0
+        self.misses = 0
+
+    def prepare(self, read: Reader) -> Arrays:
+        """Decode and shrink one pair: the work that caching saves."""
+        image, mask = read()
+        return shrink_to_base(image, mask, self.base_size)
+
+    def load(self, pair: SamplePair, read: Reader) -> Arrays:
+        """The prepared arrays of ``pair``; ``read()`` decodes it when they are not cached.
+
+        Returns:
+            image (H, W, 3) uint8 and mask (H, W) uint8 in {0, 1}, shrunk to the base size.
+        """
+        self.misses += 1
+        return self.prepare(read)
+
+    def warm(self, items: Iterable[tuple[SamplePair, Reader]], threads: int = 1) -> None:
+        """Fill the cache ahead of training from (pair, reader) items (a no-op without a cache)."""
+
+
+class MemoryResizeCache(ResizeCache):
+    """Arrays kept in a dict of this process.
+
+    DataLoader workers are forked afresh each epoch (they are not persistent), so entries a
+    worker adds die with it. Call :meth:`warm` in the main process before the first loader:
+    workers then share the filled dict copy-on-write and never decode again.
+    """
+
+    mode = "memory"
+
+    def __init__(self, base_size: Optional[int]) -> None:
+        super().__init__(base_size)
+        self.entries: dict[str, Arrays] = {}
+
+    def load(self, pair: SamplePair, read: Reader) -> Arrays:
+        key = str(pair.image)
+        entry = self.entries.get(key)
+        if entry is None:
+            self.misses += 1
+            entry = self.entries[key] = self.prepare(read)
+        else:
+            self.hits += 1
+        return entry
+
+    def warm(self, items: Iterable[tuple[SamplePair, Reader]], threads: int = 1) -> None:
+        missing = [(pair, read) for pair, read in items if str(pair.image) not in self.entries]
+        # cv2 decodes and resizes without the GIL, so threads overlap the work.
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for (pair, _), entry in zip(missing, pool.map(lambda item: self.prepare(item[1]), missing)):
+                self.entries[str(pair.image)] = entry
+        total_bytes = sum(image.nbytes + mask.nbytes for image, mask in self.entries.values())
+        logger.info("Memory resize cache holds %d samples (%.2f GB)", len(self.entries), total_bytes / 1e9)
+
+
+class DiskResizeCache(ResizeCache):
+    """One uncompressed ``.npz`` per pair in ``folder``, shared by workers, ranks and later runs.
+
+    The file name hashes the source paths and the base size; the file stores the sources'
+    (size, mtime_ns), and an entry whose sources changed is rebuilt in place. Entries are
+    written to a temporary file and renamed, so a killed run or two workers writing the same
+    entry never leave a partial file; an unreadable entry is rebuilt rather than raised.
+    """
+
+    mode = "disk"
+
+    def __init__(self, base_size: Optional[int], folder: str | Path) -> None:
+        super().__init__(base_size)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def entry_path(self, pair: SamplePair) -> Path:
+        key = f"{CACHE_FORMAT_VERSION}|{self.base_size}|{Path(pair.image).resolve()}|{Path(pair.mask).resolve()}"
+        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.npz"
+
+    def load(self, pair: SamplePair, read: Reader) -> Arrays:
+        path, signature = self.entry_path(pair), source_signature(pair)
+        entry = self._read_entry(path, signature)
+        if entry is not None:
+            self.hits += 1
+            return entry
+        self.misses += 1
+        image, mask = self.prepare(read)
+        self._write_entry(path, image, mask, signature)
+        return image, mask
+
+    def warm(self, items: Iterable[tuple[SamplePair, Reader]], threads: int = 1) -> None:
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(lambda item: self.load(*item), items))
+
+    def _read_entry(self, path: Path, signature: np.ndarray) -> Optional[Arrays]:
+        """The stored arrays, or None when missing, stale or unreadable."""
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                if not np.array_equal(stored["signature"], signature):
+                    return None  # the source changed since the entry was written
+                image, mask = stored["image"], stored["mask"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            logger.warning("Rebuilding unreadable resize-cache entry %s (%s)", path, error)
+            return None
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+            logger.warning("Rebuilding resize-cache entry %s with unexpected arrays", path)
+            return None
+        return image, mask
+
+    def _write_entry(self, path: Path, image: np.ndarray, mask: np.ndarray, signature: np.ndarray) -> None:
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=path.stem, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, image=image, mask=mask, signature=signature)
+            os.replace(temporary, path)  # atomic: readers see the old entry or the whole new one
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def build_cache(mode: str, base_size: Optional[int], folder: str | Path | None = None) -> ResizeCache:
+    """Create the resize cache for ``--cache``.
+
+    Args:
+        mode: ``none``, ``memory`` or ``disk``.
+        base_size: shorter side of prepared images (see :func:`base_size_for`); None keeps full size.
+        folder: where disk entries live (required for ``disk``, ignored otherwise).
+
+    Returns:
+        A :class:`ResizeCache`.
+    """
+    if mode == "none":
+        return ResizeCache(base_size)
+    if mode == "memory":
+        return MemoryResizeCache(base_size)
+    if mode == "disk":
+        if folder is None:
+            raise ValueError("the disk resize cache needs a folder")
+        return DiskResizeCache(base_size, folder)
+    raise ValueError(f"cache mode {mode!r} is unknown; choose one of {', '.join(CACHE_MODES)}")
+
+
+class CachedSegmentationDataset(SegmentationDataset):
+    """A :class:`SegmentationDataset` whose decoded, shrunk arrays come through a :class:`ResizeCache`.
+
+    Augmentation is unchanged and seeded as in the parent, so the output depends only on
+    (seed, epoch, index, base size), never on the cache mode.
+    """
+
+    def __init__(self, pairs, transform=None, seed: int = 0, cache: Optional[ResizeCache] = None) -> None:
+        """Args:
+        pairs, transform, seed: as for :class:`SegmentationDataset`.
+        cache: from :func:`build_cache`; None behaves like ``build_cache("none", None)``.
+        """
+        super().__init__(pairs, transform, seed)
+        self.cache = cache if cache is not None else ResizeCache(None)
+
+    def _reader(self, index: int) -> Reader:
+        return lambda: SegmentationDataset.load_arrays(self, index)
+
+    def load_arrays(self, index: int) -> Arrays:
+        """Returns image (H, W, 3) uint8 and mask (H, W) uint8 in {0, 1} at the base size."""
+        return self.cache.load(self.pairs[index], self._reader(index))
+
+    def warm(self, threads: int = 1) -> None:
+        """Fill the cache from this process; call before DataLoader workers start.
+
+        Args:
+            threads: decoding threads (e.g. ``--num-workers``).
+        """
+        self.cache.warm([(pair, self._reader(index)) for index, pair in enumerate(self.pairs)], threads)
