@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Command-line entry point: ``python train_ultimate.py <train|synth> [--config FILE.yaml] [flags]``.
+"""Command-line entry point: ``python train_ultimate.py <train|synth|eval|predict|report> [flags]``.
 
 The only place that parses arguments. Flags override the YAML file, which overrides the defaults
 of ``engine.config.TrainConfig``; every user error ends with one line on stderr and exit code 2.
@@ -225,8 +225,8 @@ def run_train(args: argparse.Namespace) -> int:
     import yaml
 
     from engine.build import build_trainer, describe_run
-    from engine.report import report_after_training
     from engine.config import build_config, load_yaml
+    from engine.report import report_after_training
 
     config = build_config(load_yaml(args.config) if args.config else {}, flag_values(args))
     log = logging.getLogger("train_ultimate")

@@ -199,7 +199,8 @@ def drift_thresholds(checkpoint_dir: Path, num_blocks: Optional[int]) -> dict:
     if not explicit:
         blocks = num_blocks if num_blocks is not None else count_gain_blocks(config) if config else None
         gain_threshold = 1.0 + 0.05 * math.sqrt(blocks) if blocks else None
-    return {"gain_threshold": gain_threshold, "explicit": explicit, "drift_threshold": float(config.get("drift_threshold", 0.10)),
+    return {"gain_threshold": gain_threshold, "explicit": explicit,
+            "drift_threshold": float(config.get("drift_threshold", 0.10)),
             "drift_consecutive": int(config.get("drift_consecutive", 3))}
 
 
@@ -241,7 +242,8 @@ def build_report(checkpoint_dir: Path, num_blocks: Optional[int] = None) -> List
     try:
         folder.mkdir(exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"cannot create {folder} ({error.strerror}); copy the run folder somewhere writable") from None
+        raise ConfigError(f"cannot create {folder} ({error.strerror}); "
+                          "copy the run folder somewhere writable") from None
     figures = [
         ("loss.png", "train/step_loss (TensorBoard)", lambda: plot_loss(scalars, folder)),
         ("val_iou.png", "val_iou (metrics.jsonl)", lambda: plot_val_iou(records, folder)),
