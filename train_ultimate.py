@@ -101,6 +101,9 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("deterministic", BOOL, "ask cuDNN/PyTorch for deterministic kernels on GPU (slower)"),
         ("device", str, f"{' | '.join(DEVICES)}"),
         ("amp", str, f"mixed precision: {' | '.join(AMP_MODES)} (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
+        ("channels-last", BOOL, "channels-last memory format for model and inputs (faster convs with AMP on GPUs)"),
+        ("grad-checkpointing", BOOL, "recompute encoder stages and experts in backward: less memory (384 px on "
+                                     "16 GB cards), about a third more compute, same gradients"),
         ("log-interval", int, "optimizer steps between console log lines"),
     ],
 }

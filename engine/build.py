@@ -110,6 +110,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
     if payload is not None:
         model_config.pretrained, model_config.pretrained_path = False, None  # weights come from the checkpoint
     model = build_model(model_config).to(device)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     data = build_data(config, model.encoder.normalization, distributed.rank, distributed.world_size)
     if distributed.is_main:
         check_writable(Path(config.checkpoint_dir))

@@ -97,6 +97,8 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     amp: str = "auto"
+    channels_last: bool = False
+    grad_checkpointing: bool = False
     keep_checkpoints: int = 3
     log_interval: int = 20
 

@@ -49,6 +49,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, config)
         self.precision = Precision.create(config.amp, device)
         self.guard = NonFiniteGuard(config.max_bad_steps)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
         self.batch_in_epoch = 0  # micro-batches of the current epoch already trained (mid-epoch resume)
@@ -90,7 +91,7 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)
         for batch in loader:
             index = self.batch_in_epoch
-            images = batch["image"].to(self.device, non_blocking=True)
+            images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = batch["mask"].to(self.device, non_blocking=True)
             share = images.shape[0] / windows.samples_in_window(index)  # real size of this window
             with self._gradient_sync(windows.is_window_end(index)):  # DDP all-reduces on the window's last only
@@ -203,7 +204,7 @@ class Trainer:
         accumulator = MetricAccumulator(self.device)
         loader = self.data.loader(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
         for batch in tqdm(loader, desc="validate", leave=False, disable=not self.data.is_main_process):
-            images = batch["image"].to(self.device, non_blocking=True)
+            images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = batch["mask"].to(self.device, non_blocking=True)
             with self.precision.autocast():
                 logits = module(images).logits.float()

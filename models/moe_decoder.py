@@ -5,6 +5,7 @@ from typing import List, NamedTuple, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.experts import build_experts
 from models.fpn import FeaturePyramidFusion
@@ -62,6 +63,7 @@ class MoEDecoder(nn.Module):
         self.router = TopKRouter(channels, num_experts, top_k, router_noise, balance_momentum)
         self.experts = build_experts(num_experts, channels)
         self.expert_head = nn.Conv2d(channels, 1, kernel_size=1) if deep_supervision else None
+        self.grad_checkpointing = False
 
     def forward(self, features: List[torch.Tensor]) -> DecoderOutput:
         """Decode.
@@ -74,12 +76,18 @@ class MoEDecoder(nn.Module):
         """
         fused = self.fusion(features)
         routing = self.router(fused)
-        expert_outputs = torch.stack([expert(fused) for expert in self.experts], dim=1)  # (B, E, D, h, w)
+        expert_outputs = torch.stack([self._run_expert(expert, fused) for expert in self.experts], dim=1)  # (B,E,D,h,w)
         mixture = torch.einsum("be,bedhw->bdhw", routing.weights.to(expert_outputs.dtype), expert_outputs)
         return DecoderOutput(
             mixture, routing.balance_loss, routing.weights, routing.expert_fractions,
             self._expert_logits(expert_outputs),
         )
+
+    def _run_expert(self, expert: nn.Module, fused: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            # Recompute the expert in backward instead of storing its activations (E of them).
+            return checkpoint(expert, fused, use_reentrant=False)
+        return expert(fused)
 
     def _expert_logits(self, expert_outputs: torch.Tensor) -> List[torch.Tensor]:
         """Per-expert logits ``E x (B, 1, h, w)`` from ``(B, E, D, h, w)`` (empty without deep supervision)."""

@@ -25,6 +25,12 @@ class CamoSegmenter(nn.Module):
         self.decoder = decoder
         self.head = head
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory: timm's checkpointing in the encoder, per-expert in the decoder."""
+        if hasattr(self.encoder.model, "set_grad_checkpointing"):
+            self.encoder.model.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
     def forward(self, images: Tensor) -> SegmentationOutput:
         """Segment.
 
