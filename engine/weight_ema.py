@@ -17,6 +17,16 @@ from engine.callbacks import Callback, StepOutput
 logger = logging.getLogger(__name__)
 
 
+def averaging_window(decay: float) -> float:
+    """Updates that carry most of an EMA's weight: ``1 / (1 - decay)`` (0.999 -> 1000)."""
+    return 1.0 / (1.0 - decay)
+
+
+def lag_in_epochs(decay: float, updates_per_epoch: int) -> float:
+    """How many epochs the EMA trails the live weights: window / optimizer updates per epoch."""
+    return averaging_window(decay) / updates_per_epoch
+
+
 class WeightEMA:
     """An exponential moving average of a model's floating state (parameters and buffers).
 
