@@ -103,7 +103,7 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("amp", str, f"mixed precision: {' | '.join(AMP_MODES)} (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
         ("channels-last", BOOL, "channels-last memory format for model and inputs (faster convs with AMP on GPUs)"),
         ("grad-checkpointing", BOOL, "recompute encoder stages and experts in backward: less memory (384 px on "
-                                     "16 GB cards), about a third more compute, same gradients"),
+                                     "16 GB cards) for extra compute, same gradients"),
         ("log-interval", int, "optimizer steps between console log lines"),
     ],
 }
@@ -117,6 +117,7 @@ def _default_text(flag: str) -> str:
 def _add_train_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train the MoE camouflage segmenter (two stages, EMA, resume)",
+        usage="%(prog)s [--config FILE.yaml] [--dry-run] [options]",
         description="Train on COD10K-style data, or on the synthetic set when --dataset-path is omitted.")
     parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the config and plan, then exit")
