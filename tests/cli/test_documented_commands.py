@@ -39,3 +39,11 @@ def test_command_parses(document, argv):
         value = getattr(args, name, None)
         if value:
             assert (ROOT / value).exists(), f"{document} references missing {value}"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=[d.name for d in DOCUMENTS])
+def test_linked_files_and_images_exist(document):
+    for target in re.findall(r"\]\(([^)#\s]+)\)", document.read_text()):
+        if "://" in target:
+            continue
+        assert (document.parent / target).exists(), f"{document.name} links to missing {target}"
