@@ -1,7 +1,8 @@
 """Regenerate the figures of the guides from this repo's own code (``make figures``).
 
-Today: the LR schedules of ``engine.schedule`` / ``engine.stages`` for the seed recipe on COD10K.
-Everything here runs on the CPU in seconds.
+LR schedules come from ``engine.stages``; the EMA figures from ``engine.monitors.loss_ema``; the
+loss, EMA-IoU and drift figures from two short real training runs on the synthetic set (CPU, about
+two minutes in all), written to a temporary folder.
 """
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import json  # noqa: E402
+import tempfile  # noqa: E402
+
+import torch  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from engine.build import build_trainer  # noqa: E402
 from engine.config import SCHEDULERS, build_config  # noqa: E402
+from engine.monitors.gradient_drift import DriftDetector  # noqa: E402
+from engine.monitors.loss_ema import LossEMA  # noqa: E402
 from engine.resume import replan  # noqa: E402
 from engine.stages import PlanState, StagePlan  # noqa: E402
 
@@ -66,6 +76,83 @@ def replan_figure() -> Path:
     return save(figure, "lr_replan.png")
 
 
+DEMO_RUN = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, decoder_channels=32, img_size=96,
+                synthetic_train_size=240, synthetic_val_size=60, batch_size=8, epochs=8, stage1_epochs=1, lr=2e-3,
+                stage2_lr=2e-3, backbone_lr_scale=1.0, min_lr=1e-4, warmup_epochs=0.5, num_workers=0,
+                keep_checkpoints=0, log_interval=10, use_ema=True, ema_decay=0.99)
+
+
+def train(folder: Path, **overrides) -> Path:
+    torch.manual_seed(0)
+    build_trainer(build_config({}, dict(DEMO_RUN, checkpoint_dir=str(folder), **overrides))).fit()
+    return folder
+
+
+def scalars(folder: Path, tag: str):
+    events = EventAccumulator(str(folder / "runs"))
+    events.Reload()
+    values = events.Scalars(tag) if tag in events.Tags()["scalars"] else []
+    return [value.step for value in values], [value.value for value in values]
+
+
+def loss_ema_figure(run: Path) -> Path:
+    steps, losses = scalars(run, "train/step_loss")
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    axis.plot(steps, losses, color="0.75", linewidth=0.8, label="step loss")
+    for beta in (0.9, 0.99, 0.999):
+        ema = LossEMA(beta)
+        axis.plot(steps, [float(ema.update(torch.tensor(loss))) for loss in losses], label=f"loss EMA, beta {beta}")
+    axis.set(title="One synthetic-set run: step loss and its bias-corrected EMA", xlabel="optimizer step",
+             ylabel="loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return save(figure, "loss_ema_betas.png")
+
+
+def ema_lag_figure() -> Path:
+    """EMA of a signal that steps from 1 to 0 at step 200: the lag is about 1 / (1 - beta) steps."""
+    signal = [1.0] * 200 + [0.0] * 800
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    axis.plot(signal, color="0.5", label="signal")
+    for beta in (0.9, 0.99, 0.995):
+        ema = LossEMA(beta)
+        axis.plot([float(ema.update(torch.tensor(value))) for value in signal], label=f"beta {beta}: window {1 / (1 - beta):.0f}")
+    axis.set(title="EMA lag after a step change", xlabel="step", ylabel="value")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return save(figure, "ema_lag.png")
+
+
+def base_vs_ema_figure(run: Path) -> Path:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    epochs = [row["epoch"] for row in rows]
+    axis.plot(epochs, [row["val_iou"] for row in rows], marker="o", label="base weights")
+    axis.plot(epochs, [row["val_iou_ema"] for row in rows], marker="o", label="EMA weights (decay 0.99)")
+    axis.set(title="Validation IoU, base vs EMA (synthetic set)", xlabel="epoch", ylabel="IoU")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return save(figure, "base_vs_ema_iou.png")
+
+
+def drift_figure(run: Path) -> Path:
+    """A run at a far too high LR: mean gain per check, the threshold, and where alerts fired."""
+    steps, gains = scalars(run, "gradient_monitor/mean_gain")
+    detector = DriftDetector(window=10, gain_threshold=None, drift_threshold=0.10, consecutive=3)
+    checks = [detector.check(gain, 14) for gain in gains]  # 14 measured blocks in edgenext_xx_small + 4 experts
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    axis.plot(steps, gains, marker=".", label="mean gain")
+    axis.plot(steps, [check.moving_average for check in checks], label="moving average")
+    alerts = [(step, gain) for step, gain, check in zip(steps, gains, checks) if check.alert]
+    if alerts:
+        axis.scatter(*zip(*alerts), color="red", zorder=3, label="drift alert")
+    axis.set(title="LR 0.05 (25x the demo's): gradient gain and drift alerts", xlabel="optimizer step",
+             ylabel="mean block gain")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return save(figure, "drift_high_lr.png")
+
+
 def save(figure, name: str) -> Path:
     FIGURES.mkdir(parents=True, exist_ok=True)
     path = FIGURES / name
@@ -79,3 +166,11 @@ def save(figure, name: str) -> Path:
 if __name__ == "__main__":
     schedules_figure()
     replan_figure()
+    ema_lag_figure()
+    with tempfile.TemporaryDirectory() as scratch:
+        healthy = train(Path(scratch) / "healthy")
+        loss_ema_figure(healthy)
+        base_vs_ema_figure(healthy)
+        unstable = train(Path(scratch) / "high_lr", epochs=3, lr=0.05, stage2_lr=0.05, use_ema=False,
+                         grad_monitor_interval=3)
+        drift_figure(unstable)
