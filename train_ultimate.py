@@ -274,7 +274,12 @@ def dry_run(config) -> int:
     print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
     resume_path = resolve_resume_path(config)
     payload = load_checkpoint(resume_path) if resume_path else None
-    state, epoch, notes = planned_state(payload, config)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    state, epoch, changes = planned_state(payload, config, world_size)
+    notes = []
+    if payload is not None:
+        notes = ([f"changed: {change}" for change in changes] + [f"re-planned from epoch {epoch + 1}"] if changes
+                 else ["same schedule settings as the checkpoint: continuing its plan"])
     plan = StagePlan(config, count_training_samples(config), state)
     print(f"plan (starting at epoch {epoch + 1}" + (f", resuming {resume_path}" if resume_path else "") + "):")
     for line in notes + plan.describe():

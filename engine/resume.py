@@ -8,7 +8,7 @@ segment restarts at the resume epoch with the new settings; the changes are logg
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -60,16 +60,13 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     ema_callback = trainer.callbacks.get("weight_ema")
     if ema_callback is not None:
         ema_callback.load_weights(payload.get("ema"))
-    changes = schedule_changes(payload.get("config") or {}, config)
-    saved_world = int(payload.get("world_size", 1))
-    if saved_world != trainer.distributed.world_size:
+    world_size = trainer.distributed.world_size
+    if int(payload.get("world_size", 1)) != world_size:
         logger.warning("Checkpoint %s was written by %d process(es), this run has %d: the data order and "
                        "steps per epoch change, so the run cannot continue bitwise; re-planning the schedule",
-                       source, saved_world, trainer.distributed.world_size)
-        changes.append(f"world size: {saved_world} -> {trainer.distributed.world_size}")
-    old_plan = PlanState.from_state_dict(payload["plan"]) if "plan" in payload else PlanState.fresh(config)
+                       source, int(payload.get("world_size", 1)), world_size)
+    trainer.plan.state, _, changes = planned_state(payload, config, world_size)
     if not changes:
-        trainer.plan.state = old_plan
         trainer.batch_in_epoch = int(payload.get("batch_in_epoch", 0))
         trainer.epoch_loss_sum = payload.get("epoch_loss_sum", torch.zeros(())).to(trainer.device)
         trainer.epoch_updates = int(payload.get("epoch_updates", 0))
@@ -79,7 +76,6 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
         logger.info("Resumed from %s (step %d); continuing at %s with the same schedule", source,
                     trainer.global_step, where)
         return
-    trainer.plan.state = replan(old_plan, epoch, config)
     trainer.batch_in_epoch = 0  # a partial epoch under the old plan restarts under the new one
     logger.info("Resumed from %s at epoch %d with changed schedule settings: %s", source, epoch, "; ".join(changes))
     logger.info("Re-planned the rest of the run from epoch %d:", epoch + 1)
@@ -87,17 +83,21 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
         logger.info("  %s", line)
 
 
-def planned_state(payload, config: TrainConfig):
-    """(plan state, completed epochs, notes) a resume from ``payload`` would use (``None``: fresh)."""
+def planned_state(payload: Optional[Dict[str, Any]], config: TrainConfig, world_size: int = 1):
+    """(plan state, completed epochs, changes) of a resume from ``payload`` (``None``: a fresh run).
+
+    ``changes`` lists the schedule-shaping differences (settings, number of processes); empty means
+    the checkpoint's plan continues unchanged, otherwise the rest of the run is re-planned.
+    """
     if payload is None:
         return PlanState.fresh(config), 0, []
     epoch = int(payload.get("epoch", 0))
-    old_plan = PlanState.from_state_dict(payload["plan"]) if "plan" in payload else PlanState.fresh(config)
+    saved = PlanState.from_state_dict(payload["plan"]) if "plan" in payload else PlanState.fresh(config)
     changes = schedule_changes(payload.get("config") or {}, config)
-    if not changes:
-        return old_plan, epoch, ["same schedule settings as the checkpoint: continuing its plan"]
-    return replan(old_plan, epoch, config), epoch, [f"changed: {change}" for change in changes] + [
-        f"re-planned from epoch {epoch + 1}"]
+    saved_world = int(payload.get("world_size", 1))
+    if saved_world != world_size:
+        changes.append(f"world size: {saved_world} -> {world_size}")
+    return (replan(saved, epoch, config) if changes else saved), epoch, changes
 
 
 def replan(old: PlanState, epoch: int, config: TrainConfig) -> PlanState:
