@@ -56,7 +56,7 @@ class LoggingCallback(Callback):
             self.writer.add_scalar("train/lr", pending.lr, pending.step)
         last = self._pending[-1]
         self._pending = []
-        extra = trainer.console_extras() if hasattr(trainer, "console_extras") else {}
+        extra = trainer.console_extras()
         line = f"Epoch {trainer.epoch + 1} | Step {last.step_in_epoch}/{last.steps_in_epoch} | Loss: {losses[-1]:.4f}"
         line += "".join(f" | {key}: {value}" for key, value in extra.items())
         line += f" | LR: {last.lr:.3g}"
