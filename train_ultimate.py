@@ -30,6 +30,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
                                 "0 validates on the Test split instead"),
         ("img-size", int, "training/validation image side in pixels"),
         ("num-workers", int, "DataLoader worker processes"),
+        ("persistent-workers", BOOL, "keep workers alive between epochs (no start-up cost per epoch; each "
+                                     "keeps its own copy of the dataset)"),
         ("cache", str, "resize cache for training images: none | memory | disk (decoded and shrunk once to "
                        "4/3 x --img-size; memory needs ~1 MB RAM per image; disk is reused across runs and "
                        "rebuilt when a file changes)"),

@@ -109,9 +109,10 @@ class ResizeCache:
 class MemoryResizeCache(ResizeCache):
     """Arrays kept in a dict of this process.
 
-    DataLoader workers are forked afresh each epoch (they are not persistent), so entries a
-    worker adds die with it. Call :meth:`warm` in the main process before the first loader:
-    workers then share the filled dict copy-on-write and never decode again.
+    Each DataLoader worker holds its own copy, so entries a worker adds are not seen by the
+    others (and die with a non-persistent worker at the end of the epoch). Call :meth:`warm` in
+    the main process before the first loader: workers then share the filled dict copy-on-write
+    and never decode again.
     """
 
     mode = "memory"

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from data.image_io import read_image, read_mask
 from data.layouts import SamplePair
+from data.loaders import EpochIndex, split_epoch_index
 from data.transforms import augmentation_seed, to_sample
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,8 @@ class SegmentationDataset(Dataset):
 
     Determinism: item ``index`` in epoch ``e`` is augmented with a seed derived from
     ``(seed, e, index)``, so the same sample comes out bit-identical whichever worker loads it,
-    in whatever order, and after a resume. Call :meth:`set_epoch` before each epoch (the
-    DataLoader must not use persistent workers, or they keep the old epoch).
+    in whatever order, and after a resume. The epoch comes with the index when it is an
+    :class:`~data.loaders.EpochIndex` (persistent workers), else from :meth:`set_epoch`.
     """
 
     def __init__(self, pairs: Sequence[SamplePair], transform=None, seed: int = 0) -> None:
@@ -69,9 +70,10 @@ class SegmentationDataset(Dataset):
             mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
         return image, mask
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
+    def __getitem__(self, item: int | EpochIndex) -> dict[str, torch.Tensor | str | int]:
         """Returns {"image": (3, H, W) float32, "mask": (1, H, W) float32 in {0, 1}, "name", "index"}."""
+        epoch, index = split_epoch_index(item, self.epoch)
         image, mask = self.load_arrays(index)
-        sample_seed = augmentation_seed(self.seed, self.epoch, index)
+        sample_seed = augmentation_seed(self.seed, epoch, index)
         image_tensor, mask_tensor = to_sample(self.transform, image, mask, sample_seed)
         return {"image": image_tensor, "mask": mask_tensor, "name": self.pairs[index].name, "index": index}

@@ -1,9 +1,16 @@
-"""DataLoaders whose sample order is a pure function of (seed, epoch), resumable mid-epoch."""
+"""DataLoaders whose sample order is a pure function of (seed, epoch), resumable mid-epoch.
+
+Persistent workers keep the dataset copy they were started with, so a ``dataset.set_epoch``
+call in the main process never reaches them. The sampler therefore tags every index with its
+epoch (:class:`EpochIndex`); datasets read the epoch from the index they are given
+(:func:`split_epoch_index`), which works with fresh and persistent workers alike.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sized
+from typing import NamedTuple, Union
 
 import cv2
 import numpy as np
@@ -15,7 +22,21 @@ logger = logging.getLogger(__name__)
 _SHUFFLE_TAG = 0x5EED  # keeps shuffle seeds apart from augmentation seeds built from the same numbers
 
 
-class SeededEpochSampler(Sampler[int]):
+class EpochIndex(NamedTuple):
+    """A dataset index together with the epoch it is drawn for (what tagged samplers yield)."""
+
+    epoch: int
+    index: int
+
+
+def split_epoch_index(item: Union[int, EpochIndex], default_epoch: int) -> tuple[int, int]:
+    """``(epoch, index)`` of a dataset key: an :class:`EpochIndex`, or a plain int in ``default_epoch``."""
+    if isinstance(item, tuple):
+        return int(item[0]), int(item[1])
+    return default_epoch, int(item)
+
+
+class SeededEpochSampler(Sampler):
     """Yields a permutation that depends only on ``(seed, epoch)``, optionally from an offset.
 
     Mid-epoch resume: after ``b`` finished batches of size ``B`` call
@@ -24,6 +45,9 @@ class SeededEpochSampler(Sampler[int]):
 
     With ``num_replicas > 1`` (DDP), each rank takes every ``num_replicas``-th index of the
     shared permutation, padded by wrapping so all ranks see the same count.
+
+    With ``tag_epoch`` it yields :class:`EpochIndex` items instead of ints, so the epoch reaches
+    datasets inside persistent workers.
     """
 
     def __init__(
@@ -34,6 +58,7 @@ class SeededEpochSampler(Sampler[int]):
         num_replicas: int = 1,
         rank: int = 0,
         pad: bool = True,
+        tag_epoch: bool = False,
     ) -> None:
         """Args:
         data_source: the dataset (or its length).
@@ -43,6 +68,7 @@ class SeededEpochSampler(Sampler[int]):
         rank: this process's rank in ``[0, num_replicas)``.
         pad: wrap the permutation so every rank gets the same count (training); without it each
             sample is seen exactly once across ranks (exact sharded validation).
+        tag_epoch: yield ``EpochIndex(epoch, index)`` (needed with persistent workers).
         """
         self.num_samples_total = data_source if isinstance(data_source, int) else len(data_source)
         if not 0 <= rank < num_replicas:
@@ -52,6 +78,7 @@ class SeededEpochSampler(Sampler[int]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.pad = pad
+        self.tag_epoch = tag_epoch
         self.epoch = 0
         self.start_index = 0
 
@@ -82,8 +109,11 @@ class SeededEpochSampler(Sampler[int]):
             order = order + order[: padded_length - total]
         return order[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_order(self.epoch)[self.start_index :])
+    def __iter__(self) -> Iterator[Union[int, EpochIndex]]:
+        order = self.epoch_order(self.epoch)[self.start_index :]
+        if self.tag_epoch:
+            return iter([EpochIndex(self.epoch, index) for index in order])
+        return iter(order)
 
     def __len__(self) -> int:
         return self._per_rank() - self.start_index
@@ -107,11 +137,13 @@ def create_loader(
     epoch_sampler: SeededEpochSampler | None = None,
     drop_last: bool = False,
     pin_memory: bool = False,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """Build a DataLoader with a reproducible order (see :class:`SeededEpochSampler`).
 
-    Workers are not persistent, so a ``dataset.set_epoch`` call made before iterating reaches
-    them. Use :func:`set_loader_epoch` at the start of every epoch.
+    Call :func:`set_loader_epoch` at the start of every epoch. With ``persistent_workers`` the
+    same loader is meant to be iterated epoch after epoch: workers start once, and the epoch
+    reaches them inside each index (the sampler must have ``tag_epoch=True``).
 
     Args:
         dataset: map-style dataset returning dicts of tensors.
@@ -122,22 +154,29 @@ def create_loader(
         epoch_sampler: custom sampler, e.g. with ``num_replicas``/``rank`` for DDP.
         drop_last: drop the last incomplete batch.
         pin_memory: pin host memory for faster GPU copies.
+        persistent_workers: keep worker processes (and what they cached) alive between epochs;
+            ignored without workers.
 
     Returns:
         DataLoader yielding {"image": (B, 3, H, W), "mask": (B, 1, H, W), "name": list[str],
         "index": (B,)}.
     """
-    sampler = epoch_sampler if epoch_sampler is not None else SeededEpochSampler(dataset, shuffle=shuffle, seed=seed)
+    persistent_workers = persistent_workers and num_workers > 0
+    if epoch_sampler is None:
+        epoch_sampler = SeededEpochSampler(dataset, shuffle=shuffle, seed=seed, tag_epoch=persistent_workers)
+    if persistent_workers and not getattr(epoch_sampler, "tag_epoch", False):
+        # Without epoch tags the workers would augment every epoch like the first one.
+        raise ValueError("persistent workers need a SeededEpochSampler with tag_epoch=True")
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=epoch_sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
         worker_init_fn=_worker_init if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
-        persistent_workers=False,
+        persistent_workers=persistent_workers,
     )
 
 

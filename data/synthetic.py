@@ -12,12 +12,14 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.loaders import EpochIndex, split_epoch_index
 from data.synthetic_masks import random_object_mask
 from data.transforms import augmentation_seed, to_sample
 
@@ -163,18 +165,23 @@ class SyntheticCamouflageDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def scene_index(self, index: int) -> int:
-        """Scene index rendered for dataset item ``index`` in the current epoch."""
-        epoch_base = self.epoch * self.num_samples if self.fresh_each_epoch else 0
+    def scene_index(self, index: int, epoch: Optional[int] = None) -> int:
+        """Scene rendered for item ``index`` in ``epoch`` (default: the epoch of :meth:`set_epoch`)."""
+        epoch = self.epoch if epoch is None else epoch
+        epoch_base = epoch * self.num_samples if self.fresh_each_epoch else 0
         return self.index_offset + epoch_base + index
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str | int]:
-        """Returns {"image": (3, H, W) float32, "mask": (1, H, W) float32 in {0, 1}, "name", "index"}."""
+    def __getitem__(self, item: int | EpochIndex) -> dict[str, torch.Tensor | str | int]:
+        """Returns {"image": (3, H, W) float32, "mask": (1, H, W) float32 in {0, 1}, "name", "index"}.
+
+        ``item`` is an int (epoch from :meth:`set_epoch`) or an :class:`~data.loaders.EpochIndex`.
+        """
+        epoch, index = split_epoch_index(item, self.epoch)
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        scene = self.scene_index(index)
+        scene = self.scene_index(index, epoch)
         image, mask = render_scene(self.seed, scene, self.size, self.difficulty)
-        aug_seed = augmentation_seed(self.seed, self.epoch, index)
+        aug_seed = augmentation_seed(self.seed, epoch, index)
         image_tensor, mask_tensor = to_sample(self.transform, image, mask // 255, aug_seed)
         return {"image": image_tensor, "mask": mask_tensor, "name": f"{SYNTHETIC_PREFIX}{scene}", "index": index}
 

@@ -37,6 +37,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     img_size: int = 384
     num_workers: int = 4
+    persistent_workers: bool = True  # workers live across epochs (the epoch travels with each index)
     cache: str = "none"  # none | memory | disk (data/cache.py)
     cache_dir: Optional[str] = None  # None: <checkpoint_dir>/resize-cache
     synthetic_train_size: int = 400

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -28,8 +28,10 @@ VAL_SEED_OFFSET = 1_000_003  # validation scenes come from a different stream th
 class DataModule:
     """Train/val datasets plus loader construction for the Trainer.
 
-    ``loader(dataset, batch_size, epoch, shuffle, start_sample)`` builds a loader whose order
-    is a pure function of (seed, epoch), starting ``start_sample`` samples into the epoch.
+    ``loader(dataset, batch_size, epoch, shuffle, start_sample)`` returns a loader whose order
+    is a pure function of (seed, epoch), starting ``start_sample`` samples into the epoch. With
+    ``persistent_workers`` one loader per dataset is kept and re-pointed every epoch, so its
+    workers start once per batch size instead of once per epoch; :meth:`close` stops them.
     """
 
     train_dataset: Dataset
@@ -40,20 +42,30 @@ class DataModule:
     pin_memory: bool = False
     rank: int = 0
     world_size: int = 1
+    persistent_workers: bool = False
+    _loaders: dict = field(default_factory=dict, repr=False)  # id(dataset) -> DataLoader
 
     @property
     def is_main_process(self) -> bool:
         return self.rank == 0
 
     def loader(self, dataset: Dataset, batch_size: int, epoch: int, shuffle: bool, start_sample: int) -> DataLoader:
-        # Training pads so every rank makes the same number of steps; validation does not, so
-        # all-reduced sums count each image exactly once.
-        sampler = SeededEpochSampler(dataset, shuffle=shuffle, seed=self.seed, num_replicas=self.world_size,
-                                     rank=self.rank, pad=shuffle)
-        loader = create_loader(dataset, batch_size, shuffle, self.num_workers, self.seed, epoch_sampler=sampler,
-                               pin_memory=self.pin_memory)
+        loader = self._loaders.get(id(dataset))
+        if loader is None or loader.batch_size != batch_size or loader.sampler.shuffle != shuffle:
+            # Training pads so every rank makes the same number of steps; validation does not, so
+            # all-reduced sums count each image exactly once. Epoch tags carry the epoch into workers.
+            sampler = SeededEpochSampler(dataset, shuffle=shuffle, seed=self.seed, num_replicas=self.world_size,
+                                         rank=self.rank, pad=shuffle, tag_epoch=True)
+            loader = create_loader(dataset, batch_size, shuffle, self.num_workers, self.seed, epoch_sampler=sampler,
+                                   pin_memory=self.pin_memory, persistent_workers=self.persistent_workers)
+            if self.persistent_workers:
+                self._loaders[id(dataset)] = loader  # replaces (and so stops) the previous batch size's workers
         set_loader_epoch(loader, epoch, start_sample)
         return loader
+
+    def close(self) -> None:
+        """Stop persistent workers (they also stop when this object is garbage-collected)."""
+        self._loaders.clear()
 
     @property
     def samples_per_rank(self) -> int:
@@ -135,4 +147,5 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         val = SegmentationDataset(val_pairs, val_transform, seed=config.seed)
         description = f"{config.dataset_path}: {len(train)} training, {len(val)} validation images ({source})"
     return DataModule(train, val, config.num_workers, config.seed, description,
-                      pin_memory=torch.cuda.is_available(), rank=rank, world_size=world_size)
+                      pin_memory=torch.cuda.is_available(), rank=rank, world_size=world_size,
+                      persistent_workers=config.persistent_workers)

@@ -31,8 +31,8 @@ class Trainer:
         config: resolved settings of the run.
         model: ``CamoSegmenter`` (encoder -> decoder -> head) returning ``SegmentationOutput``.
         criterion: maps ``(output, masks)`` to a dict with the scalar ``loss``.
-        data: provides ``train_dataset``, ``val_dataset`` and ``loader(dataset, batch_size,
-            epoch, shuffle, start_sample)``.
+        data: provides ``train_dataset``, ``val_dataset``, ``loader(dataset, batch_size,
+            epoch, shuffle, start_sample)`` and ``close()`` (stops persistent workers).
         callbacks: optional features, ``None`` entries dropped.
         device: where the model trains.
     """
@@ -64,14 +64,17 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the loop
     def fit(self) -> None:
-        self.callbacks.call("on_train_start", self)
-        while self.epoch < self.config.epochs and not self.should_stop:
-            self._train_epoch()
-            if self.should_stop and self.batch_in_epoch > 0:
-                break  # stopped mid-epoch: last.pth already holds the position
-            record = self._end_epoch()
-            self.callbacks.call("on_epoch_end", self, record)
-        self.callbacks.call("on_train_end", self)
+        try:
+            self.callbacks.call("on_train_start", self)
+            while self.epoch < self.config.epochs and not self.should_stop:
+                self._train_epoch()
+                if self.should_stop and self.batch_in_epoch > 0:
+                    break  # stopped mid-epoch: last.pth already holds the position
+                record = self._end_epoch()
+                self.callbacks.call("on_epoch_end", self, record)
+            self.callbacks.call("on_train_end", self)
+        finally:
+            self.data.close()  # persistent workers stop here, also when training failed
 
     def _train_epoch(self) -> None:
         stage = self.stage

@@ -121,3 +121,14 @@ def test_dry_run_shows_the_replanned_schedule(tiny_config, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "starting at epoch 3" in out and "changed: epochs: 4 -> 5" not in out
     assert "changed: epochs: 2 -> 5" in out and "stage 2: epochs 3-5" in out
+
+
+def test_persistent_workers_train_like_the_main_process(tiny_config, tmp_path, straight_run):
+    """Two persistent workers, stopped mid-epoch and resumed: the same weights as num_workers=0."""
+    settings = dict(COMMON, num_workers=2, persistent_workers=True)
+    trainer = build_trainer(tiny_config(**settings))
+    trainer.callbacks.callbacks.insert(0, StopAtStep(5))
+    trainer.fit()
+    assert trainer.data._loaders == {}, "fit() must stop the persistent workers"
+    build_trainer(tiny_config(resume_from="auto", **settings)).fit()
+    compare_to_straight(straight_run, final_state(tmp_path / "ckpt"))
