@@ -82,7 +82,7 @@ def test_disk_entries_are_reused_by_a_new_dataset(pairs, tmp_path, read_counter)
     first = make_dataset(pairs, "disk", tmp_path / "cache")
     expected = samples(first, 0)
     assert read_counter["count"] == len(pairs)
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == len(pairs)
+    assert len(list((tmp_path / "cache").glob("*.rc"))) == len(pairs)
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
     second = make_dataset(pairs, "disk", tmp_path / "cache")
@@ -103,20 +103,22 @@ def test_a_changed_source_file_invalidates_its_entry(pairs, tmp_path):
     cached = make_dataset(pairs, "disk", tmp_path / "cache")
     assert_same_samples(samples(make_dataset(pairs, "none"), 0), samples(cached, 0))
     assert (cached.cache.hits, cached.cache.misses) == (len(pairs) - 1, 1)
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == len(pairs)  # rebuilt in place
+    assert len(list((tmp_path / "cache").glob("*.rc"))) == len(pairs)  # rebuilt in place
 
 
 def test_a_corrupt_or_partial_entry_is_rebuilt(pairs, tmp_path):
     folder = tmp_path / "cache"
     writer = make_dataset(pairs, "disk", folder)
     writer.warm()
-    truncated, garbage = writer.cache.entry_path(pairs[0]), writer.cache.entry_path(pairs[1])
+    truncated, garbage, overlong, foreign = (writer.cache.entry_path(pair) for pair in pairs[:4])
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    garbage.write_bytes(b"not a numpy archive")
+    garbage.write_bytes(b"shorter than a header")
+    overlong.write_bytes(overlong.read_bytes() + b"\0")
+    foreign.write_bytes(b"X" * foreign.stat().st_size)
 
     cached = make_dataset(pairs, "disk", folder)
     assert_same_samples(samples(make_dataset(pairs, "none"), 1), samples(cached, 1))
-    assert cached.cache.misses == 2
+    assert cached.cache.misses == 4
     healed = make_dataset(pairs, "disk", folder)
     samples(healed, 0)
     assert (healed.cache.hits, healed.cache.misses) == (len(pairs), 0)
