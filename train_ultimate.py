@@ -106,6 +106,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("channels-last", BOOL, "channels-last memory format for model and inputs (faster convs with AMP on GPUs)"),
         ("grad-checkpointing", BOOL, "recompute encoder stages and experts in backward: less memory (384 px on "
                                      "16 GB cards) for extra compute, same gradients"),
+        ("compile", BOOL, "torch.compile the model (torch >= 2.6; the first steps of each stage compile, then run "
+                          "faster; gradient-monitor steps run eagerly so its hooks see every block)"),
         ("log-interval", int, "optimizer steps between console log lines"),
     ],
 }

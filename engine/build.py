@@ -12,6 +12,7 @@ import torch
 from engine.callbacks import Callback
 from engine.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from engine.checkpointing import CheckpointCallback
+from engine.compile import compile_model
 from engine.config import ConfigError, TrainConfig
 from engine.data_module import build_data
 from engine.distributed import init_distributed
@@ -126,6 +127,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
     ema_callback = trainer.callbacks.get("weight_ema")
     if ema_callback is not None:
         ema_callback.attach(model)  # after loading: a shadow without saved state starts from these weights
+    if config.compile:
+        compile_model(model)  # last: the EMA shadow above is a plain eager copy
     return trainer
 
 

@@ -100,6 +100,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool = False
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model (engine/compile.py)
     keep_checkpoints: int = 3
     log_interval: int = 20
 
@@ -259,6 +260,11 @@ def validate(config: TrainConfig) -> None:
 
     _require(config.cache in CACHE_MODES, f"--cache {config.cache!r} is unknown; choose one of {', '.join(CACHE_MODES)}")
     _require(config.amp in AMP_MODES, f"--amp {config.amp!r} is unknown; choose one of {', '.join(AMP_MODES)}")
+    if config.compile:
+        from engine.compile import compile_unsupported_reason
+
+        reason = compile_unsupported_reason()
+        _require(reason is None, f"--compile: {reason}")
     _require(config.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0 (got {config.keep_checkpoints})")
     _require(config.device in DEVICES, f"--device {config.device!r} is unknown; choose one of {', '.join(DEVICES)}")
     _require(config.stop_after_epochs is None or config.stop_after_epochs > 0,

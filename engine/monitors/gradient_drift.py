@@ -6,6 +6,7 @@ micro-batches) and removed right after. ``DriftDetector`` holds the alert rule (
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from engine.callbacks import Callback, StepOutput
+from engine.compile import eager_while_measuring
 from engine.monitors import is_main_process, summary_writer
 
 logger = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ class GradientDriftMonitor(Callback):
         self.exploding, self.vanishing = exploding, vanishing
         self.detector = DriftDetector(window, gain_threshold, drift_threshold, consecutive)
         self.probe: Optional[GainProbe] = None
+        self._eager = contextlib.ExitStack()  # holds the eager stance while hooks are attached
         self._norms: List[torch.Tensor] = []  # grad norms since the last measurement (device)
         self._norm_stats: Optional[torch.Tensor] = None  # folded [count > exploding, count < vanishing, max]
         self._updates = 0  # optimizer steps since the last measurement
@@ -189,10 +192,13 @@ class GradientDriftMonitor(Callback):
         """Hook ``model``'s blocks (before the forward of the measured update's first micro-batch)."""
         self.detach()
         self.probe = GainProbe(find_blocks(model))
+        # Compiled graphs skip module hooks added after compilation: measure this update eagerly.
+        self._eager.enter_context(eager_while_measuring())
 
     def detach(self) -> Tuple[List[str], Optional[torch.Tensor]]:
         """Remove the hooks (idempotent); return measured block names and gains ``(K,)`` or ``None``."""
         probe, self.probe = self.probe, None
+        self._eager.close()  # back to compiled graphs (no-op when not measuring)
         return probe.remove() if probe is not None else ([], None)
 
     # ------------------------------------------------------------------ callbacks

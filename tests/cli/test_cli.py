@@ -93,7 +93,7 @@ def test_synth_then_train_on_it_end_to_end(tmp_path):
         assert key in rows[-1], key
     assert rows[0]["trainable_params"] < rows[1]["trainable_params"]  # the encoder unfroze in stage 2
     assert (tmp_path / "ckpt" / "config.yaml").exists()
-    assert len(list((tmp_path / "ckpt" / "resize-cache").glob("*.npz"))) == 9  # 12 images, 25 % held out
+    assert len(list((tmp_path / "ckpt" / "resize-cache").glob("*.rc"))) == 9  # 12 images, 25 % held out
     assert list((tmp_path / "ckpt" / "runs").glob("events.out.tfevents.*"))
     assert "Epoch 2: Loss" in result.stderr and "EMA IoU" in result.stderr
 
