@@ -20,6 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from data.loaders import split_epoch_index  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.config import build_config  # noqa: E402
 
@@ -39,62 +40,77 @@ class InMemory(Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, index):
-        return self.samples[index]
+    def __getitem__(self, item):
+        return self.samples[split_epoch_index(item, 0)[1]]  # loaders tag indices with their epoch
 
     def set_epoch(self, epoch):
         pass
 
 
-def trainer_seconds_per_step(overrides: dict, folder: str, epochs: int) -> list:
-    trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **overrides)))
-    trainer.data.train_dataset = InMemory(trainer.data.train_dataset)
-    trainer.callbacks.call("on_train_start", trainer)
-    timings = []
-    for _ in range(epochs):
+class TrainerEpochs:
+    """The real Trainer, one epoch per call (no validation: only the training step is compared)."""
+
+    def __init__(self, overrides: dict, folder: str):
+        self.trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **overrides)))
+        self.trainer.data.train_dataset = InMemory(self.trainer.data.train_dataset)
+        self.trainer.callbacks.call("on_train_start", self.trainer)
+
+    def seconds_per_step(self) -> float:
+        trainer = self.trainer
         start, steps = time.perf_counter(), trainer.global_step
         trainer._train_epoch()
-        timings.append((time.perf_counter() - start) / (trainer.global_step - steps))
+        seconds = (time.perf_counter() - start) / (trainer.global_step - steps)
         trainer.epoch += 1
         trainer.batch_in_epoch = 0
-    return timings
+        return seconds
 
 
-def bare_seconds_per_step(folder: str, epochs: int) -> list:
-    trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **MONITORS_OFF)))
-    model, criterion, optimizer = trainer.model, trainer.criterion, trainer.optimizer
-    data = InMemory(trainer.data.train_dataset)
-    model.train()
-    timings = []
-    for epoch in range(epochs):
-        loader = trainer.data.loader(data, SETTINGS["batch_size"], epoch, shuffle=True, start_sample=0)
+class BareEpochs:
+    """A plain PyTorch loop over the same model, data, optimizer, accumulation and clipping."""
+
+    def __init__(self, folder: str):
+        trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **MONITORS_OFF)))
+        self.model, self.criterion, self.optimizer = trainer.model, trainer.criterion, trainer.optimizer
+        self.data, self.dataset = trainer.data, InMemory(trainer.data.train_dataset)
+        self.model.train()
+        self.epoch = 0
+
+    def seconds_per_step(self) -> float:
+        loader = self.data.loader(self.dataset, SETTINGS["batch_size"], self.epoch, shuffle=True, start_sample=0)
         start, updates = time.perf_counter(), 0
         for index, batch in enumerate(loader):
-            loss = criterion(model(batch["image"]), batch["mask"])["loss"] / SETTINGS["accumulation_steps"]
+            loss = self.criterion(self.model(batch["image"]), batch["mask"])["loss"] / SETTINGS["accumulation_steps"]
             loss.backward()
             if (index + 1) % SETTINGS["accumulation_steps"] == 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
                 updates += 1
-        timings.append((time.perf_counter() - start) / updates)
-    return timings
+        self.epoch += 1
+        return (time.perf_counter() - start) / updates
 
 
-def main(epochs: int = 4) -> dict:
+def main(rounds: int = 10) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        medians = {}
-        # Interleave the variants twice so slow drift of the machine hits each alike.
-        runs = {"bare": [], "off": [], "on": []}
-        for _ in range(2):
-            runs["bare"] += bare_seconds_per_step(folder + "/bare", epochs)[1:]
-            runs["off"] += trainer_seconds_per_step(MONITORS_OFF, folder + "/off", epochs)[1:]
-            runs["on"] += trainer_seconds_per_step(MONITORS_ON, folder + "/on", epochs)[1:]
-        medians = {name: statistics.median(values) for name, values in runs.items()}
+        runners = {"bare": BareEpochs(folder + "/bare"), "off": TrainerEpochs(MONITORS_OFF, folder + "/off"),
+                   "on": TrainerEpochs(MONITORS_ON, folder + "/on")}
+        for runner in runners.values():
+            runner.seconds_per_step()  # warm-up epoch, not timed
+        # One epoch of each variant per round, in a rotating order: this machine's speed drifts by
+        # several per cent over a minute, and interleaving lets the drift hit every variant alike.
+        timings = {name: [] for name in runners}
+        names = list(runners)
+        for round_index in range(rounds):
+            for name in names[round_index % 3:] + names[: round_index % 3]:
+                timings[name].append(runners[name].seconds_per_step())
+        runners["off"].trainer.data.close()
+        runners["on"].trainer.data.close()
+    medians = {name: statistics.median(values) for name, values in timings.items()}
     result = {
         "benchmark": "step_overhead", "device": "cpu", "threads": torch.get_num_threads(),
         "model": f"{SETTINGS['backbone']} + MoE, {SETTINGS['img_size']}px, batch {SETTINGS['batch_size']} "
                  f"x accumulation {SETTINGS['accumulation_steps']}",
+        "rounds": rounds,
         "bare_loop_ms": round(medians["bare"] * 1e3, 1), "trainer_monitors_off_ms": round(medians["off"] * 1e3, 1),
         "trainer_all_on_ms": round(medians["on"] * 1e3, 1),
         "monitors_ratio": round(medians["on"] / medians["off"], 3),
