@@ -66,13 +66,16 @@ def remove_stale_temp_files(folder: Path) -> int:
     return removed
 
 
-def load_checkpoint(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint safely; raise ``CheckpointError`` naming what is wrong."""
+def load_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -> Dict[str, Any]:
+    """Load a checkpoint safely; raise ``CheckpointError`` naming what is wrong.
+
+    With ``mmap`` the tensors are memory-mapped and read only when touched (cheap metadata reads).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check --resume-from")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         # A refused class/function reference ("Unsupported global") means the file carries code;
         # anything else from the unpickler (e.g. "Unsupported operand") means it is not a checkpoint.
@@ -100,7 +103,10 @@ def _first_line(error: BaseException) -> str:
 def find_resumable(folder: Path) -> Optional[Path]:
     """The checkpoint in ``folder`` that loads and is furthest along (global step, then mtime).
 
-    Damaged files are skipped with a warning naming them.
+    Damaged files are skipped with a warning naming them. Files are memory-mapped, so ranking
+    reads each one's small metadata, not its tensors (a folder of 70 MB edgenext_base
+    checkpoints is scanned in milliseconds). The zip structure and the pickle are still fully
+    checked; torch checks no CRCs, so damaged tensor bytes go unnoticed with or without mmap.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -110,7 +116,7 @@ def find_resumable(folder: Path) -> Optional[Path]:
         if candidate.name.startswith(TEMP_PREFIX):
             continue
         try:
-            payload = load_checkpoint(candidate)
+            payload = load_checkpoint(candidate, mmap=True)
         except CheckpointError as error:
             logger.warning("Skipping unusable checkpoint: %s", error)
             continue
