@@ -14,7 +14,7 @@ from engine.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from engine.checkpointing import CheckpointCallback
 from engine.compile import compile_model
 from engine.config import ConfigError, TrainConfig
-from engine.data_module import build_data
+from engine.data_module import build_data, scan_data
 from engine.distributed import init_distributed
 from engine.logging_callback import LoggingCallback
 from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
@@ -106,6 +106,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     resume_path = resolve_resume_path(config)
     payload = load_checkpoint(resume_path) if resume_path else None
+    sources = scan_data(config)  # before the model (and any weights download): bad paths fail fast
     synthetic = config.dataset_path is None
     model_config = config.model_config(synthetic)
     if payload is not None:
@@ -115,7 +116,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         model.set_grad_checkpointing(True)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = build_data(config, model.encoder.normalization, distributed.rank, distributed.world_size)
+    data = build_data(config, model.encoder.normalization, distributed.rank, distributed.world_size, sources)
     if distributed.is_main:
         check_writable(Path(config.checkpoint_dir))
     criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,

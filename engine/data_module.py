@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -113,13 +113,56 @@ def count_training_samples(config: TrainConfig) -> int:
     return len(pairs)
 
 
+@dataclass
+class DataSources:
+    """The image/mask pairs of a run, found and checked before the model is built.
+
+    ``train_pairs`` is None for the built-in synthetic set.
+    """
+
+    train_pairs: Optional[list] = None
+    val_pairs: Optional[list] = None
+    val_source: str = ""
+
+
+def scan_data(config: TrainConfig) -> DataSources:
+    """Find, split and check the dataset's files; a wrong ``--dataset-path`` fails here, fast.
+
+    Raises:
+        DatasetError: no usable pairs, or an unreadable file without ``--skip-bad-samples``.
+    """
+    if config.dataset_path is None:
+        return DataSources()
+    pairs = find_pairs(config.dataset_path, "train", config.include_noncam)
+    if config.val_fraction > 0:
+        train_pairs, val_pairs = split_train_val(pairs, config.val_fraction, config.seed)
+        source = f"{config.val_fraction:.0%} of Train held out"
+    else:
+        train_pairs, val_pairs = pairs, find_pairs(config.dataset_path, "test", config.include_noncam)
+        source = "the Test split"
+    train_pairs = drop_unreadable(train_pairs, config.skip_bad_samples)
+    val_pairs = drop_unreadable(val_pairs, config.skip_bad_samples)
+    if not train_pairs:
+        raise DatasetError(f"no training images left in {config.dataset_path} after the validation split; "
+                           "lower --val-fraction")
+    return DataSources(train_pairs, val_pairs, source)
+
+
 def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequence[float]], rank: int = 0,
-               world_size: int = 1) -> DataModule:
-    """Datasets with albumentations pipelines normalised like the backbone's pretrained config."""
+               world_size: int = 1, sources: Optional[DataSources] = None) -> DataModule:
+    """Datasets with albumentations pipelines normalised like the backbone's pretrained config.
+
+    Args:
+        config: the run's settings.
+        normalization: ``(mean, std)`` of the encoder's input normalisation.
+        rank, world_size: this process's place under DDP.
+        sources: from :func:`scan_data` (scanned here when None).
+    """
+    sources = sources if sources is not None else scan_data(config)
     mean, std = normalization
     train_transform = build_train_transform(config.img_size, mean, std)
     val_transform = build_val_transform(config.img_size, mean, std)
-    if config.dataset_path is None:
+    if sources.train_pairs is None:
         train = SyntheticCamouflageDataset(config.synthetic_train_size, config.img_size, config.seed,
                                            config.synthetic_difficulty, train_transform, fresh_each_epoch=True)
         val = SyntheticCamouflageDataset(config.synthetic_val_size, config.img_size, config.seed + VAL_SEED_OFFSET,
@@ -127,25 +170,14 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         description = (f"synthetic camouflage scenes at {config.img_size}px: {len(train)} fresh per epoch, "
                        f"{len(val)} fixed for validation")
     else:
-        pairs = find_pairs(config.dataset_path, "train", config.include_noncam)
-        if config.val_fraction > 0:
-            train_pairs, val_pairs = split_train_val(pairs, config.val_fraction, config.seed)
-            source = f"{config.val_fraction:.0%} of Train held out"
-        else:
-            train_pairs, val_pairs = pairs, find_pairs(config.dataset_path, "test", config.include_noncam)
-            source = "the Test split"
-        train_pairs = drop_unreadable(train_pairs, config.skip_bad_samples)
-        val_pairs = drop_unreadable(val_pairs, config.skip_bad_samples)
-        if not train_pairs:
-            raise DatasetError(f"no training images left in {config.dataset_path} after the validation split; "
-                               "lower --val-fraction")
         cache_dir = config.cache_dir or str(Path(config.checkpoint_dir) / "resize-cache")
         cache = build_cache(config.cache, base_size_for(config.img_size), cache_dir if config.cache == "disk" else None)
-        train = CachedSegmentationDataset(train_pairs, train_transform, seed=config.seed, cache=cache)
+        train = CachedSegmentationDataset(sources.train_pairs, train_transform, seed=config.seed, cache=cache)
         if config.cache == "memory":
             train.warm(threads=max(1, config.num_workers))  # before workers fork, so they share it
-        val = SegmentationDataset(val_pairs, val_transform, seed=config.seed)
-        description = f"{config.dataset_path}: {len(train)} training, {len(val)} validation images ({source})"
+        val = SegmentationDataset(sources.val_pairs, val_transform, seed=config.seed)
+        description = (f"{config.dataset_path}: {len(train)} training, {len(val)} validation images "
+                       f"({sources.val_source})")
     return DataModule(train, val, config.num_workers, config.seed, description,
                       pin_memory=torch.cuda.is_available(), rank=rank, world_size=world_size,
                       persistent_workers=config.persistent_workers)

@@ -44,6 +44,7 @@ class Trainer:
         self.device = device
         self.distributed = distributed
         self.callbacks = CallbackList(callbacks)
+        self.lr_adjuster = self.callbacks.get("post_epoch")  # --auto-adjust-lr halves the LR on a plateau
         self.plan = StagePlan(config, data.samples_per_rank, PlanState.fresh(config))
         self._wrapped_for: Optional[tuple] = None
         self.optimizer = build_optimizer(model, config)
@@ -116,9 +117,8 @@ class Trainer:
 
     def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int) -> None:
         lr = self.plan.lr_at(self.epoch, window_index)
-        evaluator = self.callbacks.get("post_epoch")
-        if evaluator is not None:
-            lr = evaluator.adjust_lr(lr)  # --auto-adjust-lr: halved on a detected plateau
+        if self.lr_adjuster is not None:
+            lr = self.lr_adjuster.adjust_lr(lr)
         self._set_lr(lr)
         grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
         finite = self.guard.is_finite(window_loss, grad_norm)

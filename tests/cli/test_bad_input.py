@@ -133,3 +133,15 @@ def test_skip_bad_samples_drops_and_reports(tmp_path, caplog):
     data = build_data(config, ((0.5,) * 3, (0.5,) * 3))
     assert len(data.train_dataset) + len(data.val_dataset) == 5
     assert "BatFish-3.jpg" in caplog.text
+
+
+def test_wrong_dataset_path_fails_before_the_model_is_built(tiny_config, tmp_path, monkeypatch):
+    import engine.build
+    from data.layouts import DatasetError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the dataset was checked")
+
+    monkeypatch.setattr(engine.build, "build_model", no_model)
+    with pytest.raises(DatasetError, match="nowhere"):
+        engine.build.build_trainer(tiny_config(dataset_path=str(tmp_path / "nowhere")))
