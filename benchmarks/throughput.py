@@ -28,8 +28,11 @@ import torch  # noqa: E402
 IMG_SIZE = 384
 BACKBONE = "edgenext_base"
 # (batch, warm-up steps, timed steps): a 2-core CPU needs seconds per step at 384 px.
-CPU_RUN = (2, 1, 3)
+CPU_RUN = (2, 2, 4)
 GPU_RUN = (16, 5, 20)
+# Every variant runs this many times, in turn, and keeps its best rate: this machine's speed
+# drifts over minutes, and a single pass in a fixed order would favour whichever ran last.
+ROUNDS = 2
 VARIANTS = {  # name -> (amp, channels_last, grad_checkpointing)
     "fp32": (False, False, False),
     "amp": (True, False, False),
@@ -102,9 +105,12 @@ def measure(variant: str) -> dict:
 def main() -> dict:
     context = multiprocessing.get_context("spawn")  # a fresh process per variant: peaks do not mix
     results = {}
-    for variant in VARIANTS:
-        with context.Pool(1) as pool:
-            results[variant] = pool.apply(measure, (variant,))
+    for _ in range(ROUNDS):
+        for variant in VARIANTS:
+            with context.Pool(1) as pool:
+                result = pool.apply(measure, (variant,))
+            if variant not in results or result["images_per_s"] > results[variant]["images_per_s"]:
+                results[variant] = result
     cuda = torch.cuda.is_available()
     batch_size, _, timed = GPU_RUN if cuda else CPU_RUN
     baseline = results["fp32"]["images_per_s"]
@@ -113,7 +119,8 @@ def main() -> dict:
     output = {
         "benchmark": "throughput",
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
-        "model": f"{BACKBONE} + MoE decoder, {IMG_SIZE}px, batch {batch_size}, {timed} timed steps",
+        "model": f"{BACKBONE} + MoE decoder, {IMG_SIZE}px, batch {batch_size}, {timed} timed steps, "
+                 f"best of {ROUNDS} runs",
         "variants": results,
     }
     print(json.dumps(output))
