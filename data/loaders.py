@@ -9,6 +9,7 @@ epoch (:class:`EpochIndex`); datasets read the epoch from the index they are giv
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Sized
 from typing import NamedTuple, Union
 
@@ -126,6 +127,12 @@ def _worker_init(worker_id: int) -> None:
     # thread deadlocks the worker.
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+    # The main process decides how a run stops (finish the optimizer step, save last.pth). Kaggle,
+    # `docker stop`, SLURM and a terminal's Ctrl-C signal the whole process group, and a worker
+    # killed first would make the main process die in the DataLoader with a traceback instead.
+    # Workers still exit with the main process: they watch their parent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def create_loader(

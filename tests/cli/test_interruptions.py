@@ -48,6 +48,23 @@ def test_sigterm_mid_epoch_saves_and_resumes(tmp_path):
     assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == saved["epoch"] + 1
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_process_group_with_workers_saves_cleanly(tmp_path, signum):
+    """Kaggle, docker stop and Ctrl-C signal every process of the group, DataLoader workers included."""
+    folder = tmp_path / "ckpt"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train_ultimate.py"), *TINY, "--checkpoint-dir", str(folder), "--epochs", "50",
+         "--save-every-minutes", "0.001", "--num-workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_training(process, folder)
+    time.sleep(0.5)
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr
+    torch.load(folder / "last.pth", weights_only=True)
+
+
 def all_checkpoints_load(folder: Path):
     for path in folder.glob("*.pth"):
         if path.name.startswith(".tmp-ckpt-"):
