@@ -283,9 +283,15 @@ class GradientDriftMonitor(Callback):
     def _warn_norms(self, trainer, step: StepOutput, exploding: int, vanishing: int, peak: float,
                     updates: int) -> None:
         if exploding:
+            if self.grad_clip > 0:
+                # Clipped updates stay bounded: a from-scratch model often runs here while learning well.
+                advice = (f"--grad-clip {self.grad_clip:g} scaled these updates down, which is harmless while the "
+                          f"loss EMA falls; if it rises or val IoU drops, {self._advice(trainer, step.lr)}")
+            else:
+                advice = f"Actions: {self._advice(trainer, step.lr)}"
             logger.warning("Exploding gradients: %d of the last %d updates had a total grad norm > %g (max %.3g) "
-                           "up to step %d (LR %.3g). Actions: %s.", exploding, updates, self.exploding, peak,
-                           step.step, step.lr, self._advice(trainer, step.lr))
+                           "up to step %d (LR %.3g). %s.", exploding, updates, self.exploding, peak,
+                           step.step, step.lr, advice)
         if vanishing:
             logger.warning("Vanishing gradients: %d of the last %d updates had a total grad norm < %g up to step "
                            "%d (LR %.3g): check that the trained layers are not frozen and the loss is not "

@@ -143,7 +143,8 @@ def test_monitor_hooks_only_the_measured_update(caplog):
         assert [step for step, _ in writer.scalars[f"gradient_monitor/{tag}"]] == [3, 6], tag
     assert all(math.isfinite(value) and value > 0 for _, value in writer.scalars["gradient_monitor/mean_gain"])
     messages = [record.getMessage() for record in caplog.records]
-    assert any("Exploding gradients: 1 of the last 3 updates" in message for message in messages)
+    exploding = [message for message in messages if message.startswith("Exploding gradients: 1 of the last 3 updates")]
+    assert len(exploding) == 1 and "--grad-clip 1 scaled these updates down" in exploding[0]
     drift = [message for message in messages if message.startswith("Gradient drift at step 6")]
     assert len(drift) == 1 and "LR 0.001" in drift[0] and "halve the LR" in drift[0] and "1 -> 0.7" in drift[0]
 
@@ -156,3 +157,19 @@ def test_vanishing_grad_norm_warns(caplog):
             monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, torch.tensor(1e-8), step, step, 9))
     assert any("Vanishing gradients: 2 of the last 2 updates" in r.getMessage() for r in caplog.records)
     assert monitor.probe is None
+
+
+@pytest.mark.parametrize("grad_clip, advice", [
+    (1.0, "--grad-clip 1 scaled these updates down, which is harmless while the loss EMA falls; if it rises or "
+          "val IoU drops, halve the LR (--lr 0.002 -> 0.001); tighten gradient clipping (--grad-clip 1 -> 0.7)."),
+    (0.0, "Actions: halve the LR (--lr 0.002 -> 0.001); enable gradient clipping (--grad-clip 1.0)."),
+])
+def test_exploding_norm_advice_depends_on_clipping(caplog, grad_clip, advice):
+    monitor = GradientDriftMonitor(interval=100, grad_clip=grad_clip)
+    trainer = fake_trainer(toy_model(), RecordingWriter())
+    with caplog.at_level(logging.WARNING, logger="engine.monitors.gradient_drift"):
+        monitor._warn_norms(trainer, StepOutput(torch.tensor(1.0), 2e-3, torch.tensor(30.0), 7, 7, 10),
+                            exploding=2, vanishing=0, peak=30.0, updates=5)
+    assert [record.getMessage() for record in caplog.records] == [
+        "Exploding gradients: 2 of the last 5 updates had a total grad norm > 10 (max 30) up to step 7 (LR 0.002). "
+        + advice]
