@@ -1,6 +1,7 @@
 """Run under torchrun by tests/engine/test_ddp.py: train, then dump this rank's final state."""
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -13,12 +14,30 @@ from engine.config import build_config  # noqa: E402
 from engine.distributed import shutdown  # noqa: E402
 
 
+class CountingBackend:
+    """Dynamo backend running captured graphs as they are (Inductor would take minutes on a CPU)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, graph_module, example_inputs):
+        def run(*args):
+            self.calls += 1
+            return graph_module.forward(*args)
+
+        return run
+
+
 def main(settings_json: str, output: str) -> None:
-    trainer = build_trainer(build_config({}, json.loads(settings_json)))
-    trainer.fit()
+    """Train with ``settings_json``; with ``"compile": true`` graphs go through :class:`CountingBackend`."""
+    settings = json.loads(settings_json)
+    backend = CountingBackend()
+    with torch.compiler.set_stance("default", force_backend=backend) if settings.get("compile") else nullcontext():
+        trainer = build_trainer(build_config({}, settings))
+        trainer.fit()
     ema = trainer.callbacks.get("weight_ema")
-    torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.ema.state_dict() if ema else None},
-               f"{output}/rank{trainer.distributed.rank}.pt")
+    torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.ema.state_dict() if ema else None,
+                "compiled_calls": backend.calls}, f"{output}/rank{trainer.distributed.rank}.pt")
     shutdown(trainer.distributed)
 
 

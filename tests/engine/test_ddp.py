@@ -21,22 +21,44 @@ def torchrun(*args, timeout=300):
 
 
 @pytest.mark.slow
-def test_two_ranks_match_each_other_and_one_process(tmp_path):
-    ddp = dict(SETTINGS, batch_size=2, checkpoint_dir=str(tmp_path / "ddp"))
-    result = torchrun(str(ROOT / "tests/engine/ddp_worker.py"), json.dumps(ddp), str(tmp_path))
+def train_two_ranks(folder: Path, **overrides) -> tuple:
+    """Both ranks' final states of a 2-process gloo run of ``SETTINGS`` (batch 2 per rank)."""
+    folder.mkdir()
+    ddp = dict(SETTINGS, batch_size=2, checkpoint_dir=str(folder / "ckpt"), **overrides)
+    result = torchrun(str(ROOT / "tests/engine/ddp_worker.py"), json.dumps(ddp), str(folder))
     assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    rank0, rank1 = (torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for part in ("model", "ema"):
         for key in rank0[part]:
             assert torch.equal(rank0[part][key], rank1[part][key]), f"{part}.{key}"
+    return rank0, rank1
+
+
+@pytest.fixture(scope="module")
+def eager_ranks(tmp_path_factory):
+    return train_two_ranks(tmp_path_factory.mktemp("ddp") / "eager")
+
+
+def test_two_ranks_match_each_other_and_one_process(tmp_path, eager_ranks):
     from engine.build import build_trainer
     from engine.config import build_config
 
+    rank0 = eager_ranks[0]
     single = build_trainer(build_config({}, dict(SETTINGS, batch_size=4, checkpoint_dir=str(tmp_path / "one"))))
     single.fit()
     for key, value in single.model.state_dict().items():
         if value.is_floating_point() and "dispatch_fraction" not in key:
             assert torch.allclose(value, rank0["model"][key], rtol=1e-3, atol=1e-5), key
+
+
+@pytest.mark.slow
+def test_compiled_model_under_ddp_matches_eager_ddp(tmp_path, eager_ranks):
+    """--compile under DDP: DDP wraps the in-place compiled model and is re-wrapped at stage 2."""
+    rank0, rank1 = train_two_ranks(tmp_path / "compiled", compile=True, grad_monitor_interval=2)
+    assert rank0["compiled_calls"] > 0 and rank1["compiled_calls"] > 0
+    for part in ("model", "ema"):
+        for key, value in eager_ranks[0][part].items():
+            torch.testing.assert_close(rank0[part][key], value, rtol=1e-4, atol=1e-5, msg=f"{part}.{key}")
 
 
 @pytest.mark.slow
