@@ -14,7 +14,11 @@ from engine.build import build_trainer
 from engine.compile import compile_unsupported_reason
 from engine.config import ConfigError
 
-pytestmark = pytest.mark.skipif(compile_unsupported_reason() is not None, reason="torch without set_stance")
+pytestmark = [
+    pytest.mark.skipif(compile_unsupported_reason() is not None, reason="torch without set_stance"),
+    # The first encoder block's input is the image (no grad); the monitor skips it on purpose.
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+]
 
 # Gradient monitor every 2 updates: measured (eager) and compiled updates alternate.
 SETTINGS = dict(epochs=3, stage1_epochs=1, progressive_unfreeze=True, unfreeze_interval=1,
