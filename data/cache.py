@@ -197,8 +197,12 @@ class DiskResizeCache(ResizeCache):
                     return None  # the source changed since the entry was written
                 height, width = int(header["height"][0]), int(header["width"][0])
                 pixels = height * width
-                payload = np.empty(pixels * 4, dtype=np.uint8)
-                complete = 0 < pixels < 2**31 and file.readinto(payload) == payload.nbytes and not file.read(1)
+                # Check the length before allocating: a damaged size field must not ask for terabytes.
+                complete = (height > 0 and width > 0
+                            and os.fstat(file.fileno()).st_size == self.HEADER.itemsize + 4 * pixels)
+                if complete:
+                    payload = np.empty(pixels * 4, dtype=np.uint8)
+                    complete = file.readinto(payload) == payload.nbytes
         except FileNotFoundError:
             return None
         except OSError as error:

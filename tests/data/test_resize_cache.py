@@ -110,15 +110,18 @@ def test_a_corrupt_or_partial_entry_is_rebuilt(pairs, tmp_path):
     folder = tmp_path / "cache"
     writer = make_dataset(pairs, "disk", folder)
     writer.warm()
-    truncated, garbage, overlong, foreign = (writer.cache.entry_path(pair) for pair in pairs[:4])
+    truncated, garbage, overlong, foreign, bad_size = (writer.cache.entry_path(pair) for pair in pairs[:5])
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     garbage.write_bytes(b"shorter than a header")
     overlong.write_bytes(overlong.read_bytes() + b"\0")
     foreign.write_bytes(b"X" * foreign.stat().st_size)
+    header = np.frombuffer(bad_size.read_bytes(), dtype=writer.cache.HEADER, count=1).copy()
+    header["height"] = -(2**40)  # a damaged size field with a valid magic and signature
+    bad_size.write_bytes(header.tobytes() + bad_size.read_bytes()[header.nbytes:])
 
     cached = make_dataset(pairs, "disk", folder)
     assert_same_samples(samples(make_dataset(pairs, "none"), 1), samples(cached, 1))
-    assert cached.cache.misses == 4
+    assert cached.cache.misses == 5
     healed = make_dataset(pairs, "disk", folder)
     samples(healed, 0)
     assert (healed.cache.hits, healed.cache.misses) == (len(pairs), 0)
