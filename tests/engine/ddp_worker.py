@@ -12,20 +12,7 @@ import torch  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.config import build_config  # noqa: E402
 from engine.distributed import shutdown  # noqa: E402
-
-
-class CountingBackend:
-    """Dynamo backend running captured graphs as they are (Inductor would take minutes on a CPU)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, graph_module, example_inputs):
-        def run(*args):
-            self.calls += 1
-            return graph_module.forward(*args)
-
-        return run
+from tests.engine.capture_backend import CountingBackend  # noqa: E402
 
 
 def main(settings_json: str, output: str) -> None:

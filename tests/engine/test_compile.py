@@ -13,6 +13,7 @@ import torch
 from engine.build import build_trainer
 from engine.compile import compile_unsupported_reason
 from engine.config import ConfigError
+from tests.engine.capture_backend import CountingBackend
 
 pytestmark = [
     pytest.mark.skipif(compile_unsupported_reason() is not None, reason="torch without set_stance"),
@@ -23,23 +24,6 @@ pytestmark = [
 # Gradient monitor every 2 updates: measured (eager) and compiled updates alternate.
 SETTINGS = dict(epochs=3, stage1_epochs=1, progressive_unfreeze=True, unfreeze_interval=1,
                 grad_monitor_interval=2, use_ema=True, ema_decay=0.9)
-
-
-class CountingBackend:
-    """A Dynamo backend that runs the captured FX graph as is and counts graphs and calls."""
-
-    def __init__(self):
-        self.graphs = 0
-        self.calls = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs += 1
-
-        def run(*args):
-            self.calls += 1
-            return graph_module.forward(*args)
-
-        return run
 
 
 @pytest.fixture()
