@@ -25,7 +25,10 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("dataset-path", str, "COD10K-v3 root (Train/Image + Train/GT_Object) or a folder with Imgs+GT / "
                               "Image+Mask; omitted: the built-in synthetic camouflage set"),
         ("include-noncam", BOOL, "also train on COD10K NonCAM images (empty masks); standard protocol is CAM-only"),
-        ("skip-bad-samples", BOOL, "skip unreadable or truncated images/masks (reported) instead of stopping"),
+        ("skip-bad-samples", BOOL, "skip unreadable or truncated images/masks and masks with width and height "
+                                   "swapped (reported) instead of stopping"),
+        ("skip-unpaired", BOOL, "use only the complete image/mask pairs (the count left out is reported) instead "
+                                "of stopping at images without masks or masks without images"),
         ("val-fraction", float, "fraction of the training images held out (seeded) for validation; "
                                 "0 validates on the Test split instead"),
         ("img-size", int, "training/validation image side in pixels"),
@@ -173,6 +176,9 @@ def _add_eval_parser(subparsers) -> None:
                              "or folders written by synth")
     inputs.add_argument("--include-noncam", action="store_true",
                         help="also score COD10K NonCAM images (empty masks) (default: off, CAM only)")
+    inputs.add_argument("--skip-unpaired", action="store_true",
+                        help="score only the complete image/mask pairs (the count left out is reported) instead of "
+                             "stopping at images without masks or masks without images (default: off)")
     inference = parser.add_argument_group("inference")
     inference.add_argument("--weights", choices=("base", "ema", "both"), default=None,
                            help="weights to score (default: both when the checkpoint holds EMA weights, else base)")
@@ -321,7 +327,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     device = _inference_setup(args)
     predictors = load_predictors(args.checkpoint, args.weights or "auto", device, args.tta, args.img_size)
-    results = evaluate(predictors, args.dataset_path, args.include_noncam)
+    results = evaluate(predictors, args.dataset_path, args.include_noncam, args.skip_unpaired)
     print(format_table(results))
     if args.output:
         csv_path = write_results(results, args.output)

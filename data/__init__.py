@@ -1,7 +1,7 @@
 """Datasets, layouts, transforms and loaders for camouflaged-object segmentation."""
 
 from data.dataset import SegmentationDataset
-from data.image_io import find_unreadable, read_image, read_mask
+from data.image_io import find_unreadable, masks_all_empty, read_image, read_mask, swapped_sides_problem
 from data.layouts import (
     IMAGE_EXTENSIONS,
     DatasetError,
@@ -43,11 +43,13 @@ __all__ = [
     "describe_layout",
     "find_pairs",
     "find_unreadable",
+    "masks_all_empty",
     "read_image",
     "read_mask",
     "render_scene",
     "resolve_split_dirs",
     "set_loader_epoch",
+    "swapped_sides_problem",
     "to_sample",
     "write_synthetic_dataset",
 ]

@@ -9,8 +9,8 @@ import cv2
 import torch
 from torch.utils.data import Dataset
 
-from data.image_io import read_image, read_mask
-from data.layouts import SamplePair
+from data.image_io import read_image, read_mask, swapped_sides_problem
+from data.layouts import DatasetError, SamplePair
 from data.loaders import EpochIndex, split_epoch_index
 from data.transforms import augmentation_seed, to_sample
 
@@ -54,11 +54,19 @@ class SegmentationDataset(Dataset):
         Returns:
             image: (H, W, 3) uint8 RGB.
             mask: (H, W) uint8 in {0, 1}, resized (nearest) to the image if its size differed.
+
+        Raises:
+            DatasetError: a file is unreadable, or the mask's width and height are swapped
+                relative to its image (stretching it would train on a wrong mask).
         """
         pair = self.pairs[index]
         image = read_image(pair.image)
         mask = read_mask(pair.mask)
         height, width = image.shape[:2]
+        swapped = swapped_sides_problem(image.shape, mask.shape)
+        if swapped:
+            raise DatasetError(f"Bad sample {pair.mask}: {swapped}. Rotate or re-export the mask, "
+                               "or pass --skip-bad-samples to skip such samples.")
         if mask.shape != (height, width):
             if pair.name not in self._resized_names:
                 self._resized_names.add(pair.name)

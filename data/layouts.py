@@ -142,22 +142,43 @@ def _files_by_stem(folder: Path, kind: str) -> dict[str, Path]:
     return found
 
 
-def _check_paired(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path) -> None:
+def _keep_paired(
+    images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path, skip_unpaired: bool
+) -> list[str]:
+    """Stems with both an image and a mask; unpaired files are an error unless ``skip_unpaired``."""
     lonely_images = sorted(images.keys() - masks.keys())
     lonely_masks = sorted(masks.keys() - images.keys())
+    paired = sorted(images.keys() & masks.keys())
+    if skip_unpaired:
+        if lonely_images or lonely_masks:
+            logger.warning(
+                "Skipped %d masks without images and %d images without masks in %s (--skip-unpaired)",
+                len(lonely_masks), len(lonely_images), image_dir.parent,
+            )
+        if not paired:
+            raise DatasetError(
+                f"No image in {image_dir} has a mask in {mask_dir} (files are paired by name stem); "
+                "fix --dataset-path or the file names."
+            )
+        return paired
     if lonely_images:
         raise DatasetError(
             f"{len(lonely_images)} of {len(images)} images in {image_dir} have no mask in {mask_dir} "
-            f"(e.g. {_examples(lonely_images)}); add the masks or remove those images."
+            f"(e.g. {_examples(lonely_images)}); add the masks or remove those images, "
+            "or pass --skip-unpaired to use only the complete pairs."
         )
     if lonely_masks:
         raise DatasetError(
             f"{len(lonely_masks)} of {len(masks)} masks in {mask_dir} have no image in {image_dir} "
-            f"(e.g. {_examples(lonely_masks)}); add the images or remove those masks."
+            f"(e.g. {_examples(lonely_masks)}); add the images or remove those masks, "
+            "or pass --skip-unpaired to use only the complete pairs."
         )
+    return paired
 
 
-def find_pairs(root: str | Path, split: str = "train", include_noncam: bool = False) -> list[SamplePair]:
+def find_pairs(
+    root: str | Path, split: str = "train", include_noncam: bool = False, skip_unpaired: bool = False
+) -> list[SamplePair]:
     """List the image/mask pairs of one split, paired by file stem and sorted by name.
 
     COD10K's non-camouflaged images (``COD10K-NonCAM-*``) are left out unless
@@ -170,12 +191,15 @@ def find_pairs(root: str | Path, split: str = "train", include_noncam: bool = Fa
             (``Imgs`` + ``GT`` or ``Image`` + ``Mask``).
         split: "train" or "test"; ignored for test packs.
         include_noncam: keep ``COD10K-NonCAM-*`` samples.
+        skip_unpaired: leave out images without masks and masks without images (CAMO as
+            distributed has two masks without images), logging how many, instead of raising.
 
     Returns:
         Pairs sorted by name (the shared file stem).
 
     Raises:
-        DatasetError: missing or empty folders, images without masks or masks without images.
+        DatasetError: missing or empty folders, no complete pair, or (without ``skip_unpaired``)
+            images without masks or masks without images.
     """
     image_dir, mask_dir, layout = resolve_split_dirs(root, split)
     images = _files_by_stem(image_dir, "image")
@@ -190,8 +214,8 @@ def find_pairs(root: str | Path, split: str = "train", include_noncam: bool = Fa
                 f"All {skipped} images in {image_dir} are COD10K-NonCAM; "
                 "pass --include-noncam to use them or fix --dataset-path."
             )
-    _check_paired(images, masks, image_dir, mask_dir)
-    pairs = [SamplePair(image=images[stem], mask=masks[stem], name=stem) for stem in sorted(images)]
+    stems = _keep_paired(images, masks, image_dir, mask_dir, skip_unpaired)
+    pairs = [SamplePair(image=images[stem], mask=masks[stem], name=stem) for stem in stems]
     noncam = sum(pair.name.startswith(NONCAM_PREFIX) for pair in pairs)
     if skipped:
         logger.info(

@@ -34,6 +34,7 @@ class TrainConfig:
     dataset_path: Optional[str] = None
     include_noncam: bool = False
     skip_bad_samples: bool = False
+    skip_unpaired: bool = False  # use only complete image/mask pairs (CAMO ships 2 lonely masks)
     val_fraction: float = 0.1
     img_size: int = 384
     num_workers: int = 4

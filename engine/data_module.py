@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.cache import CachedSegmentationDataset, base_size_for, build_cache
 from data.dataset import SegmentationDataset
-from data.image_io import find_unreadable
+from data.image_io import find_unreadable, masks_all_empty
 from data.layouts import DatasetError, find_pairs
 from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch
 from data.synthetic import SyntheticCamouflageDataset
@@ -90,13 +90,16 @@ def split_train_val(pairs: Sequence, fraction: float, seed: int) -> Tuple[list, 
 
 
 def drop_unreadable(pairs: list, skip: bool) -> list:
-    """Check every file's ends before training (cheap); stop on the first bad one unless ``skip``."""
+    """Check every file's ends and header before training (cheap); stop on the first bad one unless ``skip``.
+
+    Bad: unreadable or truncated files, masks with width and height swapped (``find_unreadable``).
+    """
     bad = find_unreadable(pairs)
     if bad and not skip:
-        raise DatasetError(f"unreadable or truncated file {bad[0][1]} ({len(bad)} bad sample(s) in all); "
+        raise DatasetError(f"bad sample {bad[0][1]} ({len(bad)} bad sample(s) in all); "
                            "replace it or pass --skip-bad-samples")
     if bad:
-        logger.warning("Skipping %d unreadable sample(s) (--skip-bad-samples): %s", len(bad),
+        logger.warning("Skipping %d bad sample(s) (--skip-bad-samples): %s", len(bad),
                        "; ".join(problem for _, problem in bad[:5]) + (" ..." if len(bad) > 5 else ""))
         dropped = {id(pair) for pair, _ in bad}
         pairs = [pair for pair in pairs if id(pair) not in dropped]
@@ -107,7 +110,7 @@ def count_training_samples(config: TrainConfig) -> int:
     """Training images per epoch (for ``--dry-run`` plans) without building the datasets."""
     if config.dataset_path is None:
         return config.synthetic_train_size
-    pairs = find_pairs(config.dataset_path, "train", config.include_noncam)
+    pairs = find_pairs(config.dataset_path, "train", config.include_noncam, config.skip_unpaired)
     if config.val_fraction > 0:
         return len(split_train_val(pairs, config.val_fraction, config.seed)[0])
     return len(pairs)
@@ -133,18 +136,23 @@ def scan_data(config: TrainConfig) -> DataSources:
     """
     if config.dataset_path is None:
         return DataSources()
-    pairs = find_pairs(config.dataset_path, "train", config.include_noncam)
+    pairs = find_pairs(config.dataset_path, "train", config.include_noncam, config.skip_unpaired)
     if config.val_fraction > 0:
         train_pairs, val_pairs = split_train_val(pairs, config.val_fraction, config.seed)
         source = f"{config.val_fraction:.0%} of Train held out"
     else:
-        train_pairs, val_pairs = pairs, find_pairs(config.dataset_path, "test", config.include_noncam)
-        source = "the Test split"
+        val_pairs = find_pairs(config.dataset_path, "test", config.include_noncam, config.skip_unpaired)
+        train_pairs, source = pairs, "the Test split"
     train_pairs = drop_unreadable(train_pairs, config.skip_bad_samples)
     val_pairs = drop_unreadable(val_pairs, config.skip_bad_samples)
     if not train_pairs:
         raise DatasetError(f"no training images left in {config.dataset_path} after the validation split; "
                            "lower --val-fraction")
+    # One mask decode on healthy data (it stops at the first object); all masks only when all are empty.
+    if masks_all_empty(train_pairs + val_pairs):
+        logger.warning("All %d masks in %s are empty (no pixel > 127): nothing to learn; check the mask format "
+                       "(gray 0/255, colour and palette PNGs are read) or --dataset-path",
+                       len(train_pairs) + len(val_pairs), config.dataset_path)
     return DataSources(train_pairs, val_pairs, source)
 
 

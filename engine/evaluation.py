@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.image_io import read_image, read_mask
+from data.image_io import read_image, read_mask, swapped_sides_problem
 from data.layouts import DatasetError, find_pairs
 from engine.cod_metrics import METRIC_NAMES, CODMetrics, to_uint8_map
 from engine.config import ConfigError
@@ -40,32 +40,47 @@ def dataset_names(roots: Sequence[Path]) -> List[str]:
     return names
 
 
-def evaluate_dataset(predictors: Mapping[str, Predictor], root: Path, include_noncam: bool = False) -> Dict[str, Dict]:
+def evaluate_dataset(predictors: Mapping[str, Predictor], root: Path, include_noncam: bool = False,
+                     skip_unpaired: bool = False) -> Dict[str, Dict]:
     """Scores of every predictor on one test set (COD10K-v3 root: its ``Test/`` split).
 
     Each prediction is resized to its ground truth's original size and quantised to 8 bits
-    before scoring. Returns ``{weights: {metric: value}}``.
+    before scoring. ``skip_unpaired`` scores the complete pairs of a pack with lonely files.
+    Returns ``{weights: {metric: value}}``.
+
+    Raises:
+        DatasetError: unpaired files (without ``skip_unpaired``), an unreadable file, or a mask
+            whose width and height are swapped relative to its image.
     """
-    pairs = find_pairs(root, "test", include_noncam)
+    pairs = find_pairs(root, "test", include_noncam, skip_unpaired)
     metrics = {name: CODMetrics() for name in predictors}
-    mismatched = 0
+    mismatched = with_object = 0
     for pair in tqdm(pairs, desc=f"eval {Path(root).name}", leave=False, dynamic_ncols=True):
         image = read_image(pair.image)
         ground_truth = read_mask(pair.mask) * np.uint8(255)
+        swapped = swapped_sides_problem(image.shape, ground_truth.shape)
+        if swapped:
+            raise DatasetError(f"Bad sample {pair.mask}: {swapped}. Rotate or re-export the mask, "
+                               f"or remove the pair from {root}.")
         mismatched += ground_truth.shape != image.shape[:2]
+        with_object += bool(ground_truth.any())
         for name, predictor in predictors.items():
             probabilities = predictor.predict(image, output_size=ground_truth.shape)
             metrics[name].step(to_uint8_map(probabilities), ground_truth)
     if mismatched:
         logger.info("%s: %d image(s) differ in size from their mask; scored at the mask's size", root, mismatched)
+    if not with_object:
+        logger.warning("All %d masks in %s are empty (no pixel > 127); check the mask format (gray 0/255, colour "
+                       "and palette PNGs are read) or --dataset-path", len(pairs), root)
     return {name: metric.results() for name, metric in metrics.items()}
 
 
-def evaluate(predictors: Mapping[str, Predictor], roots: Sequence[Path], include_noncam: bool = False) -> Results:
+def evaluate(predictors: Mapping[str, Predictor], roots: Sequence[Path], include_noncam: bool = False,
+             skip_unpaired: bool = False) -> Results:
     """``{dataset name: {weights: {metric: value}}}`` over several test sets."""
     results: Results = {}
     for name, root in zip(dataset_names(roots), roots):
-        results[name] = evaluate_dataset(predictors, Path(root), include_noncam)
+        results[name] = evaluate_dataset(predictors, Path(root), include_noncam, skip_unpaired)
     return results
 
 

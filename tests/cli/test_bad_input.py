@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from data.layouts import DatasetError
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
         "--img-size", "48", "--batch-size", "4", "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1"]
@@ -58,6 +60,9 @@ def dataset_with(tmp_path, kind):
         write_pair(root, f"COD10K-CAM-1-Aquatic-1-BatFish-{index}")
     if kind == "unpaired":
         write_pair(root, "COD10K-CAM-2-Terrestrial-9-Cat-1", mask=False)
+    if kind == "swapped":  # mask 30x40 (W x H) for a 40x30 image
+        write_pair(root, "COD10K-CAM-2-Terrestrial-9-Cat-1", image=False, size=(40, 30))
+        write_pair(root, "COD10K-CAM-2-Terrestrial-9-Cat-1", mask=False, size=(30, 40))
     if kind == "truncated":
         image = root / "Train" / "Image" / "COD10K-CAM-1-Aquatic-1-BatFish-3.jpg"
         image.write_bytes(image.read_bytes()[:200])
@@ -66,7 +71,7 @@ def dataset_with(tmp_path, kind):
 
 @pytest.mark.parametrize("kind, words", [
     ("missing", "not found"), ("empty", "no image files"), ("unpaired", "COD10K-CAM-2-Terrestrial-9-Cat-1"),
-    ("truncated", "BatFish-3.jpg"),
+    ("truncated", "BatFish-3.jpg"), ("swapped", "Cat-1.png: the mask is 30x40 but its image is 40x30"),
 ])
 def test_dataset_problems(kind, words, tmp_path, checkpoint_dir):
     before = snapshot(checkpoint_dir)
@@ -78,10 +83,17 @@ def test_dataset_problems(kind, words, tmp_path, checkpoint_dir):
     assert snapshot(checkpoint_dir) == before
 
 
-def test_truncated_image_hint_mentions_skip_flag(tmp_path, checkpoint_dir):
-    result = run_train(*TINY, "--dataset-path", str(dataset_with(tmp_path, "truncated")),
-                       "--checkpoint-dir", str(checkpoint_dir))
-    assert "--skip-bad-samples" in result.stderr
+@pytest.mark.parametrize("kind, flag", [("truncated", "--skip-bad-samples"), ("swapped", "--skip-bad-samples"),
+                                        ("unpaired", "--skip-unpaired")])
+def test_dataset_problem_hint_mentions_skip_flag(kind, flag, tmp_path):
+    from engine.config import build_config
+    from engine.data_module import scan_data
+
+    config = build_config({}, {"dataset_path": str(dataset_with(tmp_path, kind)), "backbone": "test_convnext",
+                               "checkpoint_dir": str(tmp_path / "c")})
+    with pytest.raises(DatasetError) as excinfo:
+        scan_data(config)
+    assert flag in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 
 def damaged_checkpoint(tmp_path, checkpoint_dir, kind):
@@ -133,6 +145,47 @@ def test_skip_bad_samples_drops_and_reports(tmp_path, caplog):
     data = build_data(config, ((0.5,) * 3, (0.5,) * 3))
     assert len(data.train_dataset) + len(data.val_dataset) == 5
     assert "BatFish-3.jpg" in caplog.text
+    assert "are empty" not in caplog.text
+
+
+def test_skip_bad_samples_drops_a_swapped_mask(tmp_path, caplog):
+    from engine.config import build_config
+    from engine.data_module import scan_data
+
+    config = build_config({}, {"dataset_path": str(dataset_with(tmp_path, "swapped")), "skip_bad_samples": True,
+                               "val_fraction": 0.2, "backbone": "test_convnext", "checkpoint_dir": str(tmp_path / "c")})
+    sources = scan_data(config)
+    assert len(sources.train_pairs) + len(sources.val_pairs) == 6
+    assert "Cat-1" not in {pair.name[-5:] for pair in sources.train_pairs + sources.val_pairs}
+    assert "Skipping 1 bad sample(s) (--skip-bad-samples)" in caplog.text and "swapped" in caplog.text
+
+
+def test_skip_unpaired_trains_on_the_complete_pairs(tmp_path, caplog):
+    from engine.config import build_config
+    from engine.data_module import scan_data
+
+    root = dataset_with(tmp_path, "unpaired")
+    write_pair(root, "COD10K-CAM-3-Flying-1-Bird-1", image=False)
+    config = build_config({}, {"dataset_path": str(root), "skip_unpaired": True, "val_fraction": 0.2,
+                               "backbone": "test_convnext", "checkpoint_dir": str(tmp_path / "c")})
+    sources = scan_data(config)
+    assert len(sources.train_pairs) + len(sources.val_pairs) == 6
+    assert (f"Skipped 1 masks without images and 1 images without masks in {root / 'Train'} (--skip-unpaired)"
+            in caplog.text)
+
+
+def test_all_empty_masks_are_warned_about(tmp_path, caplog):
+    from engine.config import build_config
+    from engine.data_module import scan_data
+
+    root = dataset_with(tmp_path, "complete")
+    for mask in (root / "Train" / "GT_Object").iterdir():
+        Image.fromarray(np.zeros((40, 30), np.uint8)).save(mask)
+    config = build_config({}, {"dataset_path": str(root), "backbone": "test_convnext",
+                               "checkpoint_dir": str(tmp_path / "c")})
+    scan_data(config)
+    warnings = [record.getMessage() for record in caplog.records if "are empty" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"All 6 masks in {root} are empty")
 
 
 def test_wrong_dataset_path_fails_before_the_model_is_built(tiny_config, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ The oracle: pysodmetrics run by the test on the PNGs ``predict`` wrote must give
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,34 @@ def test_ema_weights_of_a_checkpoint_without_ema_is_a_clear_error(run_dir, synth
 def test_missing_dataset_is_a_clear_error(run_dir, tmp_path, capsys):
     assert run_main("eval", "--checkpoint", run_dir / "best_model.pth", "--dataset-path", tmp_path / "nope") == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_skip_unpaired_scores_the_complete_pairs(run_dir, photo_pack, tmp_path, capsys):
+    pack = tmp_path / "camo"
+    shutil.copytree(photo_pack, pack)
+    for name in ("camourflage_01180", "camourflage_01181"):  # CAMO ships 2 masks without images
+        shutil.copy(pack / "GT" / "cat.png", pack / "GT" / f"{name}.png")
+    common = ["eval", "--checkpoint", run_dir / "best_model.pth", "--weights", "base"]
+    assert run_main(*common, "--dataset-path", pack) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: 2 of 8 masks") and "--skip-unpaired" in error
+    assert run_main(*common, "--dataset-path", pack, "--skip-unpaired", "--output", tmp_path / "skip.json") == 0
+    assert f"Skipped 2 masks without images and 0 images without masks in {pack} (--skip-unpaired)" \
+        in capsys.readouterr().err
+    assert run_main(*common, "--dataset-path", photo_pack, "--output", tmp_path / "full.json") == 0
+    skipped, full = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("skip", "full"))
+    assert skipped["camo"] == full["photos"]
+
+
+def test_eval_refuses_a_mask_with_swapped_sides(run_dir, photo_pack, tmp_path, capsys):
+    pack = tmp_path / "pack"
+    shutil.copytree(photo_pack, pack)
+    mask = cv2.imread(str(pack / "GT" / "cat.png"), cv2.IMREAD_GRAYSCALE)
+    save(pack / "GT" / "cat.png", np.ascontiguousarray(mask.T))  # 173x263 for a 263x173 image
+    assert run_main("eval", "--checkpoint", run_dir / "best_model.pth", "--weights", "base",
+                    "--dataset-path", pack) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(pack / "GT" / "cat.png") in error and "the mask is 173x263 but its image is 263x173" in error
 
 
 def test_train_wrote_the_report_and_preview_images(run_dir):

@@ -126,3 +126,38 @@ def test_only_noncam_images(tmp_path):
         find_pairs(tmp_path)
     assert "--include-noncam" in _one_line_error(excinfo)
     assert len(find_pairs(tmp_path, include_noncam=True)) == 1
+
+
+def _pack_with_lonely_files(cod10k_tree, tmp_path):
+    """A CAMO-like pack: 5 complete pairs, 2 masks without images, 1 image without a mask."""
+    shutil.copytree(cod10k_tree.root / "Train" / "Image", tmp_path / "Imgs")
+    shutil.copytree(cod10k_tree.root / "Train" / "GT_Object", tmp_path / "GT")
+    for stem in cod10k_tree.train_noncam:
+        (tmp_path / "Imgs" / f"{stem}.jpg").unlink()
+    shutil.copy(tmp_path / "Imgs" / f"{cod10k_tree.train_cam[0]}.jpg", tmp_path / "Imgs" / "camourflage_lonely.jpg")
+    return tmp_path
+
+
+def test_unpaired_error_names_the_skip_flag(cod10k_tree, tmp_path):
+    root = _pack_with_lonely_files(cod10k_tree, tmp_path)
+    with pytest.raises(DatasetError) as excinfo:
+        find_pairs(root, include_noncam=True)
+    assert "--skip-unpaired" in _one_line_error(excinfo)
+
+
+def test_skip_unpaired_keeps_the_complete_pairs_and_says_how_many_were_left_out(cod10k_tree, tmp_path, caplog):
+    root = _pack_with_lonely_files(cod10k_tree, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="data.layouts"):
+        pairs = find_pairs(root, include_noncam=True, skip_unpaired=True)
+    assert [pair.name for pair in pairs] == sorted(cod10k_tree.train_cam)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [f"Skipped 2 masks without images and 1 images without masks in {root} (--skip-unpaired)"]
+
+
+def test_skip_unpaired_without_any_complete_pair(tmp_path):
+    for folder, stem in (("Imgs", "a"), ("GT", "b")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{stem}.png").write_bytes(b"x")
+    with pytest.raises(DatasetError) as excinfo:
+        find_pairs(tmp_path, skip_unpaired=True)
+    assert "No image" in _one_line_error(excinfo)
