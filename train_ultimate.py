@@ -48,11 +48,15 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("num-experts", int, "experts in the MoE decoder"),
         ("top-k", int, "experts each image is routed to"),
         ("decoder-channels", int, "width of the FPN fusion and of every expert"),
+        ("min-feature-stride", int, "finest encoder stride the decoder receives: 4 skips the stride-2 level of "
+                                    "EfficientNet/MobileNet/ResNet-style backbones (4x cheaper decoder)"),
         ("router-noise", float, "std of the router's exploration noise while training"),
         ("pretrained", BOOL, "load pretrained encoder weights (default: on for real datasets, off for synthetic)"),
         ("pretrained-path", str, "local pretrained weights file, for offline machines"),
         ("moe-loss-weight", float, "weight of the MoE load-balancing loss"),
         ("deep-supervision-weight", float, "weight of the per-expert structure losses (0: off)"),
+        ("side-supervision-weight", float, "weight of the structure losses of each decoder level's side output "
+                                           "(multi-level deep supervision; 0: off)"),
         ("loss-normalization", str, "loss combination: none | ema (each term divided by its own bias-corrected EMA)"),
     ],
     "optimisation and stages": [

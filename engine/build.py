@@ -120,7 +120,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     if distributed.is_main:
         check_writable(Path(config.checkpoint_dir))
     criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
-                                      config.loss_normalization).to(device)
+                                      config.loss_normalization, config.side_supervision_weight).to(device)
     trainer = Trainer(config, model, criterion, data, build_callbacks(config, distributed.is_main), device,
                       distributed)
     if payload is not None:

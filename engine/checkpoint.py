@@ -19,7 +19,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the decoder starts at stride 4 and has per-level side heads; format-1 weights do not fit it.
+FORMAT_VERSION = 2
 TEMP_PREFIX = ".tmp-ckpt-"
 
 
@@ -93,6 +94,15 @@ def load_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' entry)")
     return payload
+
+
+def check_model_format(payload: Dict[str, Any], path: Path) -> None:
+    """Refuse, in one line, a checkpoint whose weights were written for an earlier model layout."""
+    version = payload.get("version", 1)
+    if not isinstance(version, int) or version < FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {version}, written before the decoder moved to stride-4 features with "
+            f"side outputs (format {FORMAT_VERSION}); its weights do not fit this version's model: train anew")
 
 
 def _first_line(error: BaseException) -> str:

@@ -11,6 +11,7 @@ import yaml
 
 from engine.callbacks import Callback, StepOutput
 from engine.checkpoint import FORMAT_VERSION, atomic_save, capture_rng_state, remove_stale_temp_files
+from engine.resume import SIGNATURE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ def build_payload(trainer) -> Dict[str, Any]:
         "rng": capture_rng_state(),
         "config": config.to_dict(),
         "world_size": trainer.distributed.world_size,
-        "model_signature": {"backbone": config.backbone, "num_experts": config.num_experts,
-                            "top_k": config.top_k, "decoder_channels": config.decoder_channels},
+        "model_signature": {key: getattr(config, key) for key in SIGNATURE_KEYS},
     }
 
 

@@ -54,6 +54,8 @@ class TrainConfig:
     pretrained_path: Optional[str] = None
     moe_loss_weight: float = 0.01
     deep_supervision_weight: float = 0.0  # > 0: per-expert logits get their own structure loss
+    side_supervision_weight: float = 0.0  # > 0: each pyramid level's side logits get a structure loss
+    min_feature_stride: int = 4  # finest encoder stride the decoder sees (skips stride-2 levels)
     # Optimisation and stages
     batch_size: int = 8
     stage2_batch_size: Optional[int] = None  # None: same as batch_size
@@ -113,6 +115,7 @@ class TrainConfig:
             num_experts=self.num_experts,
             top_k=self.top_k,
             decoder_channels=self.decoder_channels,
+            min_feature_stride=self.min_feature_stride,
             router_noise=self.router_noise,
             deep_supervision=self.deep_supervision_weight > 0,
             pretrained=pretrained or self.pretrained_path is not None,
@@ -252,6 +255,10 @@ def validate(config: TrainConfig) -> None:
     _require(config.router_noise >= 0, f"--router-noise must be >= 0 (got {config.router_noise})")
     _require(config.deep_supervision_weight >= 0,
              f"--deep-supervision-weight must be >= 0 (got {config.deep_supervision_weight})")
+    _require(config.side_supervision_weight >= 0,
+             f"--side-supervision-weight must be >= 0 (got {config.side_supervision_weight})")
+    _require(config.min_feature_stride in (1, 2, 4, 8),
+             f"--min-feature-stride must be 1, 2, 4 or 8 (got {config.min_feature_stride})")
     _require(config.moe_loss_weight >= 0, f"--moe-loss-weight must be >= 0 (got {config.moe_loss_weight})")
     _require(0 < config.synthetic_difficulty <= 1,
              f"--synthetic-difficulty must be in (0, 1] (got {config.synthetic_difficulty})")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from data.layouts import IMAGE_EXTENSIONS
 from data.transforms import build_val_transform
-from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.checkpoint import CheckpointError, check_model_format, load_checkpoint
 from engine.config import FIELD_NAMES, TrainConfig
 from models import build_model
 
@@ -51,6 +51,7 @@ def build_checkpoint_model(payload: Dict, path: Path, weights: str, device: torc
     if weights == "ema" and not has_ema(payload):
         raise CheckpointError(f"checkpoint {path} has no EMA weights (trained without --use-ema); "
                               "use --weights base")
+    check_model_format(payload, path)
     model_config = checkpoint_config(payload, path).model_config(synthetic=True)
     model_config.pretrained, model_config.pretrained_path = False, None
     model = build_model(model_config)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.loss_normalizer import LossNormalizer
+from models.layers import resize_to
 from models.output import SegmentationOutput
 
 
@@ -52,27 +53,33 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, reduction: str = "m
 
 
 class SegmentationCriterion(nn.Module):
-    """Total loss = structure + ``moe_loss_weight`` * balance (+ deep-supervision term).
+    """Total loss = structure + ``moe_loss_weight`` * balance (+ side and deep-supervision terms).
 
-    Deep supervision averages the structure loss of every expert's own logits.
+    Side supervision averages the structure loss of every pyramid level's side logits, upsampled
+    to the mask (multi-level deep supervision, as SINet-V2 and ZoomNeXt train). Deep supervision
+    averages the structure loss of every expert's own logits.
     """
 
     def __init__(self, moe_loss_weight: float = 0.01, deep_supervision_weight: float = 0.0,
-                 normalization: str = "none") -> None:
+                 normalization: str = "none", side_supervision_weight: float = 0.0) -> None:
         """Create the criterion.
 
         Args:
             moe_loss_weight: weight of the router balance loss.
             deep_supervision_weight: weight of the per-expert structure loss (0 = off).
+            side_supervision_weight: weight of the per-level side-output structure loss (0 = off).
             normalization: ``none``, or ``ema``: backpropagate ``objective``, where each term is
                 divided by its own bias-corrected EMA before weighting (``loss`` stays raw).
         """
         super().__init__()
-        if moe_loss_weight < 0 or deep_supervision_weight < 0:
+        if min(moe_loss_weight, deep_supervision_weight, side_supervision_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         self.moe_loss_weight = moe_loss_weight
         self.deep_supervision_weight = deep_supervision_weight
+        self.side_supervision_weight = side_supervision_weight
         weights = {"structure": 1.0, "balance": moe_loss_weight}
+        if side_supervision_weight > 0:
+            weights["side_supervision"] = side_supervision_weight
         if deep_supervision_weight > 0:
             weights["deep_supervision"] = deep_supervision_weight
         self.normalizer = LossNormalizer(weights) if normalization == "ema" else None
@@ -86,13 +93,20 @@ class SegmentationCriterion(nn.Module):
 
         Returns:
             Scalars ``loss`` (total, to backpropagate), ``structure``, ``balance`` and, when
-            deep supervision is on, ``deep_supervision``.
+            on, ``side_supervision`` and ``deep_supervision``.
         """
         losses = {
             "structure": structure_loss(output.logits, mask),
             "balance": output.balance_loss.float(),
         }
         total = losses["structure"] + self.moe_loss_weight * losses["balance"]
+        if self.side_supervision_weight > 0:
+            if not output.side_logits:
+                raise ValueError("side_supervision_weight > 0 but the model returns no side logits")
+            size = mask.shape[-2:]
+            side_losses = [structure_loss(resize_to(logits, size), mask) for logits in output.side_logits]
+            losses["side_supervision"] = torch.stack(side_losses).mean()
+            total = total + self.side_supervision_weight * losses["side_supervision"]
         if self.deep_supervision_weight > 0:
             if not output.expert_logits:
                 raise ValueError(

@@ -12,13 +12,13 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from engine.checkpoint import CheckpointError, restore_rng_state
+from engine.checkpoint import CheckpointError, check_model_format, restore_rng_state
 from engine.config import SCHEDULE_KEYS, TrainConfig
 from engine.stages import PlanState
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_KEYS = ("backbone", "num_experts", "top_k", "decoder_channels")
+SIGNATURE_KEYS = ("backbone", "num_experts", "top_k", "decoder_channels", "min_feature_stride")
 
 
 def check_signature(payload: Dict[str, Any], config: TrainConfig, source: str) -> None:
@@ -44,6 +44,7 @@ def schedule_changes(old: Dict[str, Any], new: TrainConfig) -> List[str]:
 def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     """Load ``payload`` into ``trainer`` (model, EMA, optimizer, plan, counters, callbacks, RNG)."""
     config = trainer.config
+    check_model_format(payload, source)
     check_signature(payload, config, source)
     try:
         trainer.unwrapped_model.load_state_dict(payload["model"])

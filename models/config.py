@@ -14,6 +14,7 @@ class ModelConfig:
         num_experts: number of experts in the MoE decoder.
         top_k: experts each image is routed to.
         decoder_channels: width of the FPN fusion and of every expert.
+        min_feature_stride: finest encoder stride the decoder receives (4: skip stride-2 levels).
         router_noise: std of the Gaussian noise added to router logits while training (0 = off).
         balance_momentum: momentum of the dispatch-fraction EMA used by the balance loss, so the
             loss stays meaningful at batch size 1.
@@ -26,6 +27,7 @@ class ModelConfig:
     num_experts: int = 7
     top_k: int = 2
     decoder_channels: int = 64
+    min_feature_stride: int = 4
     router_noise: float = 1.0
     balance_momentum: float = 0.9
     deep_supervision: bool = False

@@ -41,7 +41,8 @@ def build_model(config: ModelConfig) -> CamoSegmenter:
         ValueError: an out-of-range setting.
     """
     _validate(config)
-    encoder = TimmEncoder(config.backbone, pretrained=config.pretrained, pretrained_path=config.pretrained_path)
+    encoder = TimmEncoder(config.backbone, pretrained=config.pretrained, pretrained_path=config.pretrained_path,
+                          min_stride=config.min_feature_stride)
     decoder = MoEDecoder(
         encoder.out_channels,
         channels=config.decoder_channels,

@@ -1,7 +1,7 @@
 """FPN-style fusion of multi-scale encoder features into one map at the finest level."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -28,14 +28,15 @@ class FeaturePyramidFusion(nn.Module):
         self.smooth = nn.ModuleList(ConvNormAct(channels, channels, kernel_size=3) for _ in encoder_channels)
         self.fuse = ConvNormAct(channels * len(encoder_channels), channels, kernel_size=1)
 
-    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Fuse.
 
         Args:
             features: encoder maps, shallow -> deep, ``(B, encoder_channels[i], H_i, W_i)``.
 
         Returns:
-            Fused features ``(B, D, H_0, W_0)`` at the finest level's resolution.
+            Fused features ``(B, D, H_0, W_0)`` at the finest level's resolution, and the
+            smoothed pyramid levels ``(B, D, H_i, W_i)``, shallow -> deep (for side outputs).
         """
         laterals = [conv(f) for conv, f in zip(self.lateral, features)]
         top_down = laterals[-1]
@@ -44,4 +45,4 @@ class FeaturePyramidFusion(nn.Module):
             top_down = laterals[level] + resize_to(top_down, laterals[level].shape[-2:])
             pyramid.insert(0, self.smooth[level](top_down))
         size = pyramid[0].shape[-2:]
-        return self.fuse(torch.cat([resize_to(level_map, size) for level_map in pyramid], dim=1))
+        return self.fuse(torch.cat([resize_to(level_map, size) for level_map in pyramid], dim=1)), pyramid

@@ -21,6 +21,8 @@ class DecoderOutput(NamedTuple):
         routing_weights: ``(B, E)`` combine weights.
         expert_fractions: ``(E,)`` detached dispatch-fraction EMA.
         expert_logits: per-expert logits ``(B, 1, h, w)`` with deep supervision, else empty.
+        side_logits: one logit map per pyramid level ``(B, 1, H_i, W_i)``, shallow -> deep, at
+            the level's own resolution (the loss resizes them to the mask).
     """
 
     features: torch.Tensor
@@ -28,6 +30,7 @@ class DecoderOutput(NamedTuple):
     routing_weights: torch.Tensor
     expert_fractions: torch.Tensor
     expert_logits: List[torch.Tensor]
+    side_logits: List[torch.Tensor]
 
 
 class MoEDecoder(nn.Module):
@@ -63,6 +66,9 @@ class MoEDecoder(nn.Module):
         self.router = TopKRouter(channels, num_experts, top_k, router_noise, balance_momentum)
         self.experts = build_experts(num_experts, channels)
         self.expert_head = nn.Conv2d(channels, 1, kernel_size=1) if deep_supervision else None
+        # Side outputs for multi-level deep supervision (SINet-V2, ZoomNeXt): a 1x1 conv per
+        # pyramid level, always built so the weights file does not depend on the loss settings.
+        self.side_heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1) for _ in encoder_channels)
         self.grad_checkpointing = False
 
     def forward(self, features: List[torch.Tensor]) -> DecoderOutput:
@@ -74,13 +80,13 @@ class MoEDecoder(nn.Module):
         Returns:
             ``DecoderOutput`` with the mixture ``(B, D, h, w)`` and the routing tensors.
         """
-        fused = self.fusion(features)
+        fused, pyramid = self.fusion(features)
         routing = self.router(fused)
         expert_outputs = torch.stack([self._run_expert(expert, fused) for expert in self.experts], dim=1)  # (B,E,D,h,w)
         mixture = torch.einsum("be,bedhw->bdhw", routing.weights.to(expert_outputs.dtype), expert_outputs)
         return DecoderOutput(
             mixture, routing.balance_loss, routing.weights, routing.expert_fractions,
-            self._expert_logits(expert_outputs),
+            self._expert_logits(expert_outputs), [head(level) for head, level in zip(self.side_heads, pyramid)],
         )
 
     def _run_expert(self, expert: nn.Module, fused: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,8 @@ class CamoSegmenter(nn.Module):
 
         Returns:
             ``SegmentationOutput`` with logits ``(B, 1, H, W)``, the balance loss, routing weights
-            ``(B, E)``, expert fractions ``(E,)`` and (deep supervision) per-expert logits.
+            ``(B, E)``, expert fractions ``(E,)``, per-level side logits at their own strides
+            and (deep supervision) per-expert logits.
         """
         size = images.shape[-2:]
         decoded = self.decoder(self.encoder(images))
@@ -49,4 +50,5 @@ class CamoSegmenter(nn.Module):
             routing_weights=decoded.routing_weights,
             expert_fractions=decoded.expert_fractions,
             expert_logits=[resize_to(logits, size) for logits in decoded.expert_logits],
+            side_logits=decoded.side_logits,
         )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.checkpoint import (
-    CheckpointError, atomic_save, capture_rng_state, find_resumable, load_checkpoint, remove_stale_temp_files,
+    FORMAT_VERSION, CheckpointError, atomic_save, check_model_format, capture_rng_state, find_resumable, load_checkpoint, remove_stale_temp_files,
     restore_rng_state,
 )
 
@@ -81,3 +81,11 @@ def test_checkpoint_for_another_architecture_names_the_setting(tiny_config):
     other = tiny_config(resume_from=str(trainer.config.checkpoint_dir) + "/last.pth", num_experts=4, top_k=2)
     with pytest.raises(CheckpointError, match="--num-experts 3"):
         build_trainer(other)
+
+
+def test_a_checkpoint_of_the_earlier_model_format_is_refused_in_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="old.pth has format 1.*train anew"):
+        check_model_format({"model": {}, "version": 1}, tmp_path / "old.pth")
+    with pytest.raises(CheckpointError, match="format 1"):
+        check_model_format({"model": {}}, tmp_path / "old.pth")  # the first files had no version at all
+    check_model_format({"model": {}, "version": FORMAT_VERSION}, tmp_path / "new.pth")

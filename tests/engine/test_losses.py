@@ -107,3 +107,20 @@ def test_criterion_deep_supervision():
     torch.testing.assert_close(losses["loss"], losses["structure"] + 0.5 * expected)
     with pytest.raises(ValueError, match="deep_supervision=True"):
         SegmentationCriterion(deep_supervision_weight=0.5)(_output(), mask)
+
+
+def test_criterion_side_supervision_upsamples_every_level_to_the_mask():
+    torch.manual_seed(1)
+    side = [torch.randn(2, 1, 4, 4, requires_grad=True), torch.randn(2, 1, 2, 2, requires_grad=True)]
+    output, mask = _output(), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    output.side_logits = side
+    losses = SegmentationCriterion(moe_loss_weight=0.0, side_supervision_weight=0.5)(output, mask)
+    upsampled = [torch.nn.functional.interpolate(s, size=(8, 8), mode="bilinear", align_corners=False) for s in side]
+    expected = torch.stack([structure_loss(u, mask) for u in upsampled]).mean()
+    torch.testing.assert_close(losses["side_supervision"], expected)
+    torch.testing.assert_close(losses["loss"], losses["structure"] + 0.5 * expected)
+    losses["loss"].backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in side)
+    with pytest.raises(ValueError, match="side logits"):
+        SegmentationCriterion(side_supervision_weight=0.5)(_output(), mask)
+    assert "side_supervision" not in SegmentationCriterion()(output, mask)
