@@ -48,8 +48,11 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("num-experts", int, "experts in the MoE decoder"),
         ("top-k", int, "experts each image is routed to"),
         ("decoder-channels", int, "width of the FPN fusion and of every expert"),
-        ("min-feature-stride", int, "finest encoder stride the decoder receives: 4 skips the stride-2 level of "
-                                    "EfficientNet/MobileNet/ResNet-style backbones (4x cheaper decoder)"),
+        ("min-feature-stride", int, "finest encoder stride of the FPN and the experts: 4 leaves the stride-2 "
+                                    "level of EfficientNet/MobileNet/ResNet-style backbones to the detail "
+                                    "refinement (4x cheaper than fusing it)"),
+        ("detail-channels", int, "width of the refinement that mixes the stride-2 encoder level into the "
+                                 "decoder output, U-Net style (0: off; backbones without such a level skip it)"),
         ("router-noise", float, "std of the router's exploration noise while training"),
         ("pretrained", BOOL, "load pretrained encoder weights (default: on for real datasets, off for synthetic)"),
         ("pretrained-path", str, "local pretrained weights file, for offline machines"),

@@ -18,7 +18,8 @@ from engine.stages import PlanState
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_KEYS = ("backbone", "num_experts", "top_k", "decoder_channels", "min_feature_stride")
+SIGNATURE_KEYS = ("backbone", "num_experts", "top_k", "decoder_channels", "min_feature_stride",
+                  "detail_channels")
 
 
 def check_signature(payload: Dict[str, Any], config: TrainConfig, source: str) -> None:

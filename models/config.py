@@ -14,7 +14,11 @@ class ModelConfig:
         num_experts: number of experts in the MoE decoder.
         top_k: experts each image is routed to.
         decoder_channels: width of the FPN fusion and of every expert.
-        min_feature_stride: finest encoder stride the decoder receives (4: skip stride-2 levels).
+        min_feature_stride: finest encoder stride of the FPN and the experts (4: the stride-2 level
+            of EfficientNet/MobileNet/ResNet-style backbones is left to the detail refinement).
+        detail_channels: width of the refinement that brings the decoder output to the finer
+            encoder level below ``min_feature_stride`` (a U-Net-style skip); 0 = off, and unused
+            for backbones without such a level.
         router_noise: std of the Gaussian noise added to router logits while training (0 = off).
         balance_momentum: momentum of the dispatch-fraction EMA used by the balance loss, so the
             loss stays meaningful at batch size 1.
@@ -28,6 +32,7 @@ class ModelConfig:
     top_k: int = 2
     decoder_channels: int = 64
     min_feature_stride: int = 4
+    detail_channels: int = 16
     router_noise: float = 1.0
     balance_momentum: float = 0.9
     deep_supervision: bool = False

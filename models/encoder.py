@@ -55,22 +55,18 @@ class TimmEncoder(nn.Module):
     Attributes:
         backbone_name: the timm model name.
         model: the timm ``features_only`` model.
-        out_channels: channels of each feature level, shallow -> deep.
+        out_channels: channels of each feature level, shallow -> deep (every level timm exposes;
+            the decoder picks the ones it uses).
         reductions: stride of each feature level w.r.t. the input, shallow -> deep.
     """
 
-    def __init__(self, name: str, pretrained: bool = False, pretrained_path: Optional[str] = None,
-                 min_stride: int = 4) -> None:
+    def __init__(self, name: str, pretrained: bool = False, pretrained_path: Optional[str] = None) -> None:
         """Create the encoder.
 
         Args:
             name: timm model name (e.g. ``edgenext_base``).
             pretrained: download timm's pretrained weights (ignored when ``pretrained_path`` is set).
             pretrained_path: local weights file (``.pth``/``.bin``/``.safetensors``) for offline use.
-            min_stride: finest feature stride handed to the decoder. EfficientNet, MobileNet and
-                ResNet-style backbones expose a stride-2 level; a decoder running on it spends
-                4x the FLOPs of one at stride 4 for little gain, so COD decoders start at 4.
-                The deepest level is always kept.
 
         Raises:
             UnknownBackboneError: ``name`` is not a timm model.
@@ -86,14 +82,8 @@ class TimmEncoder(nn.Module):
             self.model = _create_pretrained(name)
         else:
             self.model = timm.create_model(name, features_only=True, pretrained=False)
-        all_reductions = list(self.model.feature_info.reduction())
-        # Indices of the timm feature levels handed on; finer ones are computed but not returned.
-        self.level_indices: List[int] = [
-            i for i, r in enumerate(all_reductions) if r >= min_stride
-        ] or [len(all_reductions) - 1]
-        channels = self.model.feature_info.channels()
-        self.out_channels: List[int] = [channels[i] for i in self.level_indices]
-        self.reductions: List[int] = [all_reductions[i] for i in self.level_indices]
+        self.out_channels: List[int] = list(self.model.feature_info.channels())
+        self.reductions: List[int] = list(self.model.feature_info.reduction())
         logger.debug("Encoder %s: channels %s, strides %s", name, self.out_channels, self.reductions)
 
     @property
@@ -111,8 +101,7 @@ class TimmEncoder(nn.Module):
         Returns:
             One map per level, ``(B, out_channels[i], ~H / reductions[i], ~W / reductions[i])``.
         """
-        levels = self.model(images)
-        return [levels[i] for i in self.level_indices]
+        return list(self.model(images))
 
     def stages(self) -> List[List[nn.Module]]:
         """Partition every encoder parameter into one group per feature level, shallow -> deep.
@@ -135,8 +124,7 @@ class TimmEncoder(nn.Module):
         """Names (in ``self.model.named_modules()``) of the module ending each feature level."""
         modules: Dict[str, nn.Module] = dict(self.model.named_modules())
         names = []
-        all_names = self.model.feature_info.module_name()
-        for timm_name in (all_names[i] for i in self.level_indices):
+        for timm_name in self.model.feature_info.module_name():
             # FeatureListNet flattens the first level (``stages.0`` -> ``stages_0``);
             # FeatureGetterNet nests the original model under ``model.``.
             candidates = (timm_name, timm_name.replace(".", "_", 1), f"model.{timm_name}")

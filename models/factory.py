@@ -18,6 +18,8 @@ def _validate(config: ModelConfig) -> None:
         raise ValueError(f"num_experts must be >= 1, got {config.num_experts}")
     if not 1 <= config.top_k <= config.num_experts:
         raise ValueError(f"top_k must be in [1, num_experts={config.num_experts}], got {config.top_k}")
+    if config.detail_channels < 0:
+        raise ValueError(f"detail_channels must be >= 0, got {config.detail_channels}")
     if config.decoder_channels < 1:
         raise ValueError(f"decoder_channels must be >= 1, got {config.decoder_channels}")
     if config.router_noise < 0:
@@ -41,18 +43,21 @@ def build_model(config: ModelConfig) -> CamoSegmenter:
         ValueError: an out-of-range setting.
     """
     _validate(config)
-    encoder = TimmEncoder(config.backbone, pretrained=config.pretrained, pretrained_path=config.pretrained_path,
-                          min_stride=config.min_feature_stride)
+    encoder = TimmEncoder(config.backbone, pretrained=config.pretrained, pretrained_path=config.pretrained_path)
     decoder = MoEDecoder(
         encoder.out_channels,
+        encoder.reductions,
         channels=config.decoder_channels,
+        min_stride=config.min_feature_stride,
+        detail_channels=config.detail_channels,
         num_experts=config.num_experts,
         top_k=config.top_k,
         router_noise=config.router_noise,
         balance_momentum=config.balance_momentum,
         deep_supervision=config.deep_supervision,
     )
-    model = CamoSegmenter(encoder, decoder, SegmentationHead(config.decoder_channels))
+    head = SegmentationHead(config.decoder_channels, decoder.detail_in_channels, config.detail_channels)
+    model = CamoSegmenter(encoder, decoder, head)
     logger.info(
         "Built %s + MoE decoder (%d experts, top-%d, %d channels): %.2fM parameters",
         config.backbone, config.num_experts, config.top_k, config.decoder_channels,

@@ -1,7 +1,7 @@
 """Mixture-of-Experts decoder: FPN fusion, a top-k router and dense, batched experts."""
 from __future__ import annotations
 
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -16,13 +16,14 @@ class DecoderOutput(NamedTuple):
     """What the decoder returns.
 
     Attributes:
-        features: expert mixture ``(B, D, h, w)`` at the finest encoder level.
+        features: expert mixture ``(B, D, h, w)`` at the finest context level (stride >= ``min_stride``).
         balance_loss: scalar router balance loss.
         routing_weights: ``(B, E)`` combine weights.
         expert_fractions: ``(E,)`` detached dispatch-fraction EMA.
         expert_logits: per-expert logits ``(B, 1, h, w)`` with deep supervision, else empty.
         side_logits: one logit map per pyramid level ``(B, 1, H_i, W_i)``, shallow -> deep, at
             the level's own resolution (the loss resizes them to the mask).
+        detail: the encoder map of the detail level ``(B, C_d, H_d, W_d)`` for the head, or None.
     """
 
     features: torch.Tensor
@@ -31,19 +32,32 @@ class DecoderOutput(NamedTuple):
     expert_fractions: torch.Tensor
     expert_logits: List[torch.Tensor]
     side_logits: List[torch.Tensor]
+    detail: Optional[torch.Tensor]
 
 
 class MoEDecoder(nn.Module):
     """FPN fusion -> router -> every expert on the whole batch -> routing-weighted sum.
 
+    The FPN, router and experts use the encoder levels of stride >= ``min_stride`` (the
+    *context* levels). A finer level (the stride-2 level of EfficientNet/ResNet-style backbones)
+    is only handed on to the head's narrow detail refinement: running the FPN and seven experts
+    there would cost 4x.
     All experts run densely on the batch (no per-sample gather, no host sync); experts outside an
     image's top-k get weight 0. The gradient reaches the router through the combine weights.
+
+    Attributes:
+        context_levels: indices of the encoder levels the FPN fuses.
+        detail_level: index of the level handed on as ``DecoderOutput.detail``, or None.
+        detail_in_channels: channels of that level (0 when there is none).
     """
 
     def __init__(
         self,
         encoder_channels: Sequence[int],
+        reductions: Sequence[int],
         channels: int = 64,
+        min_stride: int = 4,
+        detail_channels: int = 16,
         num_experts: int = 7,
         top_k: int = 2,
         router_noise: float = 1.0,
@@ -54,7 +68,11 @@ class MoEDecoder(nn.Module):
 
         Args:
             encoder_channels: channels of each encoder level, shallow -> deep.
+            reductions: stride of each encoder level, shallow -> deep.
             channels: decoder width ``D`` (fusion and experts).
+            min_stride: finest stride of the context levels (the deepest level is always one).
+            detail_channels: width of the head's detail refinement at the level just finer than
+                the context levels (0 = off: no level is handed on).
             num_experts: number of experts ``E``.
             top_k: experts used per image.
             router_noise: std of the router's training noise.
@@ -62,31 +80,40 @@ class MoEDecoder(nn.Module):
             deep_supervision: also predict one logit map per expert (shared 1x1 conv).
         """
         super().__init__()
-        self.fusion = FeaturePyramidFusion(encoder_channels, channels)
+        if len(encoder_channels) != len(reductions):
+            raise ValueError(f"{len(encoder_channels)} encoder channel counts but {len(reductions)} reductions")
+        self.context_levels: List[int] = [i for i, r in enumerate(reductions) if r >= min_stride] or [
+            len(reductions) - 1]
+        finer = self.context_levels[0] - 1
+        self.detail_level = finer if finer >= 0 and detail_channels > 0 else None
+        context_channels = [encoder_channels[i] for i in self.context_levels]
+        self.fusion = FeaturePyramidFusion(context_channels, channels)
         self.router = TopKRouter(channels, num_experts, top_k, router_noise, balance_momentum)
         self.experts = build_experts(num_experts, channels)
         self.expert_head = nn.Conv2d(channels, 1, kernel_size=1) if deep_supervision else None
         # Side outputs for multi-level deep supervision (SINet-V2, ZoomNeXt): a 1x1 conv per
         # pyramid level, always built so the weights file does not depend on the loss settings.
-        self.side_heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1) for _ in encoder_channels)
+        self.side_heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1) for _ in context_channels)
+        self.detail_in_channels = 0 if self.detail_level is None else encoder_channels[self.detail_level]
         self.grad_checkpointing = False
 
     def forward(self, features: List[torch.Tensor]) -> DecoderOutput:
         """Decode.
 
         Args:
-            features: encoder maps, shallow -> deep, ``(B, C_i, H_i, W_i)``.
+            features: every encoder map, shallow -> deep, ``(B, C_i, H_i, W_i)``.
 
         Returns:
-            ``DecoderOutput`` with the mixture ``(B, D, h, w)`` and the routing tensors.
+            ``DecoderOutput`` with the mixture ``(B, D, h, w)``, the routing tensors and the detail map.
         """
-        fused, pyramid = self.fusion(features)
+        fused, pyramid = self.fusion([features[i] for i in self.context_levels])
         routing = self.router(fused)
         expert_outputs = torch.stack([self._run_expert(expert, fused) for expert in self.experts], dim=1)  # (B,E,D,h,w)
         mixture = torch.einsum("be,bedhw->bdhw", routing.weights.to(expert_outputs.dtype), expert_outputs)
         return DecoderOutput(
             mixture, routing.balance_loss, routing.weights, routing.expert_fractions,
             self._expert_logits(expert_outputs), [head(level) for head, level in zip(self.side_heads, pyramid)],
+            None if self.detail_level is None else features[self.detail_level],
         )
 
     def _run_expert(self, expert: nn.Module, fused: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ class CamoSegmenter(nn.Module):
         size = images.shape[-2:]
         decoded = self.decoder(self.encoder(images))
         return SegmentationOutput(
-            logits=resize_to(self.head(decoded.features), size),
+            logits=resize_to(self.head(decoded.features, decoded.detail), size),
             balance_loss=decoded.balance_loss,
             routing_weights=decoded.routing_weights,
             expert_fractions=decoded.expert_fractions,

@@ -111,6 +111,7 @@ def damaged_checkpoint(tmp_path, checkpoint_dir, kind):
     (["--resume-from", "{text}"], "not a PyTorch checkpoint"),
     (["--resume-from", "{last}", "--num-experts", "4"], "--num-experts 3"),
     (["--resume-from", "{last}", "--backbone", "test_efficientnet"], "--backbone test_convnext"),
+    (["--resume-from", "{last}", "--min-feature-stride", "8"], "--min-feature-stride 4"),
     (["--backbone", "edgenext_bse"], "edgenext_base"),
     (["--ema-decay", "-0.1"], "--ema-decay"),
     (["--batch-size", "0"], "--batch-size"),

@@ -133,27 +133,3 @@ def test_missing_or_corrupt_pretrained_path(tmp_path):
     with pytest.raises(PretrainedWeightsError, match="could not read"):
         TimmEncoder("test_convnext", pretrained_path=str(tmp_path / "garbage.pth"))
 
-
-@pytest.mark.parametrize("backbone", ["test_efficientnet", "tf_efficientnet_lite0", "resnet18"])
-def test_min_stride_drops_only_the_finer_levels(backbone):
-    """Stride-2 levels are computed but not handed to the decoder; every other level is unchanged."""
-    full = TimmEncoder(backbone, min_stride=1)
-    coarse = TimmEncoder(backbone, min_stride=4)
-    assert full.reductions[0] == 2 and min(coarse.reductions) == 4
-    kept = [i for i, r in enumerate(full.reductions) if r >= 4]
-    assert coarse.out_channels == [full.out_channels[i] for i in kept]
-    coarse.load_state_dict(full.state_dict())  # same weights: nothing is dropped from the model
-    images = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        expected, features = full(images), coarse(images)
-    assert len(features) == len(kept)
-    for index, feature in zip(kept, features):
-        torch.testing.assert_close(feature, expected[index])
-    # The stem and the dropped level join the first stage group: still a partition of every tensor.
-    grouped = [id(p) for group in coarse.stages() for module in group for p in module.parameters()]
-    assert sorted(grouped) == sorted(id(p) for p in coarse.parameters())
-
-
-def test_min_stride_keeps_the_deepest_level_when_none_is_coarse_enough():
-    encoder = TimmEncoder("test_convnext", min_stride=1024)
-    assert encoder.reductions == [TimmEncoder("test_convnext").reductions[-1]]
