@@ -247,7 +247,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from engine.build import build_trainer, describe_run
     from engine.config import build_config, load_yaml
-    from engine.report import report_after_training
+    from engine.evaluation.report import report_after_training
 
     config = build_config(load_yaml(args.config) if args.config else {}, flag_values(args))
     log = logging.getLogger("train_ultimate")
@@ -285,7 +285,7 @@ def dry_run(config) -> int:
     from engine.build import resolve_resume_path
     from engine.checkpoint import load_checkpoint
     from engine.data_module import count_training_samples
-    from engine.resume import planned_state
+    from engine.checkpoint.resume import planned_state
     from engine.stages import StagePlan
 
     print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
@@ -329,8 +329,8 @@ def _inference_setup(args: argparse.Namespace):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from engine.evaluation import evaluate, format_table, write_results
-    from engine.inference import load_predictors
+    from engine.evaluation.commands import evaluate, format_table, write_results
+    from engine.evaluation.predictor import load_predictors
 
     device = _inference_setup(args)
     predictors = load_predictors(args.checkpoint, args.weights or "auto", device, args.tta, args.img_size)
@@ -343,8 +343,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from engine.evaluation import predict_images
-    from engine.inference import load_predictors
+    from engine.evaluation.commands import predict_images
+    from engine.evaluation.predictor import load_predictors
 
     device = _inference_setup(args)
     predictors = load_predictors(args.checkpoint, args.weights or "best", device, args.tta, args.img_size)
@@ -353,7 +353,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from engine.report import build_report
+    from engine.evaluation.report import build_report
 
     build_report(args.checkpoint_dir)
     return 0

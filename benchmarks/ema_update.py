@@ -1,4 +1,4 @@
-"""Benchmark: weight-EMA update time of engine.weight_ema.WeightEMA vs timm's ModelEmaV3.
+"""Benchmark: weight-EMA update time of engine.callbacks.weight_ema.WeightEMA vs timm's ModelEmaV3.
 
 Both update the same ``edgenext_base`` model (parameters and buffers) on the CPU; prints one JSON
 line with the median time per update and the ratio ours / timm (goal: <= 1.0).
@@ -19,7 +19,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from timm.utils.model_ema import ModelEmaV3  # noqa: E402
 
-from engine.weight_ema import WeightEMA  # noqa: E402
+from engine.callbacks.weight_ema import WeightEMA  # noqa: E402
 
 
 def median_seconds(update, repeats: int) -> float:

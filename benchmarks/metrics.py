@@ -1,5 +1,5 @@
 """Benchmark: per-epoch validation metrics (IoU, Dice, MAE), batched in torch on the training device
-(``engine.metrics``) vs a per-image numpy loop with a host copy per image.
+(``engine.evaluation.mask_scores``) vs a per-image numpy loop with a host copy per image.
 
 Same 200 probability maps at 384x384 (default), same batches. Prints one JSON line with both
 times (best of ``--repeats``), their ratio and the largest difference between the two results.
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.metrics import MetricAccumulator, per_image_scores  # noqa: E402
+from engine.evaluation.mask_scores import MetricAccumulator, per_image_scores  # noqa: E402
 
 
 def make_batches(images: int, size: int, batch_size: int, device: torch.device):

@@ -12,7 +12,7 @@ split of any benchmark). Weights: Google's EfficientNet-Lite0 ImageNet checkpoin
   batch, workers and augmentation, in a plain loop, on the recipe's training images.
 
 Both train in their own process (wall time = the whole process); both are scored by the same
-code (``engine.evaluation.evaluate_dataset``: pysodmetrics at each mask's own size). Prints one
+code (``engine.evaluation.commands.evaluate_dataset``: pysodmetrics at each mask's own size). Prints one
 JSON line with both results, the S-measure ratio and delta, and the wall-time ratio.
 Goal: S-measure >= peer + 0.02 at <= 1.2x the peer's wall time.
 
@@ -129,7 +129,7 @@ def build_peer():
 
 
 class PeerAsSegmenter:
-    """Adapts the peer to ``engine.inference.Predictor`` (which reads ``model(x).logits``)."""
+    """Adapts the peer to ``engine.evaluation.predictor.Predictor`` (which reads ``model(x).logits``)."""
 
     def __init__(self, model):
         self.model = model
@@ -145,7 +145,7 @@ class PeerAsSegmenter:
 
 
 def score(predictor, test_root: Path) -> dict:
-    from engine.evaluation import evaluate_dataset
+    from engine.evaluation.commands import evaluate_dataset
 
     scores = evaluate_dataset({"model": predictor}, test_root)["model"]
     return {name: round(value, 4) for name, value in scores.items()}
@@ -238,7 +238,7 @@ def main() -> None:
 def score_recipe(checkpoint: Path, test_root: Path) -> dict:
     import torch
 
-    from engine.inference import load_predictors
+    from engine.evaluation.predictor import load_predictors
 
     predictor = load_predictors(checkpoint, "base", torch.device("cpu"))["base"]
     return score(predictor, test_root)
@@ -247,7 +247,7 @@ def score_recipe(checkpoint: Path, test_root: Path) -> dict:
 def score_peer(peer_weights: Path, test_root: Path, weights: Path) -> dict:
     import torch
 
-    from engine.inference import Predictor
+    from engine.evaluation.predictor import Predictor
     from models.encoder import TimmEncoder
 
     model = build_peer()

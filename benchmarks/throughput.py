@@ -49,7 +49,7 @@ def measure(variant: str) -> dict:
     from engine.config import build_config
     from engine.losses import SegmentationCriterion
     from engine.precision import Precision
-    from engine.unfreeze import build_optimizer
+    from engine.optim import build_optimizer
     from models import build_model
 
     use_amp, channels_last, grad_checkpointing = VARIANTS[variant]

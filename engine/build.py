@@ -11,20 +11,20 @@ import torch
 
 from engine.callbacks import Callback
 from engine.checkpoint import CheckpointError, find_resumable, load_checkpoint
-from engine.checkpointing import CheckpointCallback
+from engine.callbacks.save_checkpoints import CheckpointCallback
 from engine.compile import compile_model
 from engine.config import ConfigError, TrainConfig
 from engine.data_module import build_data, scan_data
 from engine.distributed import init_distributed
-from engine.logging_callback import LoggingCallback
+from engine.callbacks.run_log import LoggingCallback
 from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
-from engine.preview_callback import PreviewCallback
+from engine.callbacks.preview import PreviewCallback
 from engine.losses import SegmentationCriterion
-from engine.resume import restore_trainer
-from engine.signals import SignalStopCallback
-from engine.stopping import StopAfterEpochsCallback, TimeLimitCallback
+from engine.checkpoint.resume import restore_trainer
+from engine.callbacks.signals import SignalStopCallback
+from engine.callbacks.stopping import StopAfterEpochsCallback, TimeLimitCallback
 from engine.trainer import Trainer
-from engine.weight_ema import WeightEMACallback
+from engine.callbacks.weight_ema import WeightEMACallback
 from models import build_model
 
 logger = logging.getLogger(__name__)

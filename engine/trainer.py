@@ -15,11 +15,12 @@ from engine.callbacks import CallbackList, StepOutput
 from engine.config import TrainConfig
 from engine.distributed import DistributedContext, any_rank, sync_buffers, wrap_model
 from engine.losses import structure_loss
-from engine.metrics import MetricAccumulator, per_image_scores
+from engine.evaluation.mask_scores import MetricAccumulator, per_image_scores
 from engine.nonfinite import NonFiniteGuard
 from engine.precision import Precision
 from engine.stages import PlanState, StagePlan
-from engine.unfreeze import apply_unfreezing, build_optimizer, count_trainable
+from engine.optim import build_optimizer
+from engine.unfreeze import apply_unfreezing, count_trainable
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from engine.build import build_trainer  # noqa: E402
 from engine.config import SCHEDULERS, build_config  # noqa: E402
 from engine.monitors.gradient_drift import DriftDetector  # noqa: E402
 from engine.monitors.loss_ema import LossEMA  # noqa: E402
-from engine.resume import replan  # noqa: E402
+from engine.checkpoint.resume import replan  # noqa: E402
 from engine.stages import PlanState, StagePlan  # noqa: E402
 
 FIGURES = ROOT / "guides" / "figures"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from engine.schedule import steps_per_epoch
-from engine.weight_ema import averaging_window, lag_in_epochs
+from engine.callbacks.weight_ema import averaging_window, lag_in_epochs
 
 GUIDE = Path(__file__).resolve().parents[2] / "guides" / "EMA_GUIDE.md"
 

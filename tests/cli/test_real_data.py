@@ -15,7 +15,7 @@ import torch
 from tests.cli.in_process import run_main
 from data.image_io import read_image
 from data.layouts import find_pairs
-from engine.cod_metrics import METRIC_NAMES
+from engine.evaluation.cod_metrics import METRIC_NAMES
 from engine.losses import structure_loss
 from models import ModelConfig, build_model
 from models.weights import lite0_weights_path

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from engine.checkpoint import (
+from engine.checkpoint.files import (
     FORMAT_VERSION, CheckpointError, atomic_save, check_model_format, capture_rng_state, find_resumable, load_checkpoint, remove_stale_temp_files,
     restore_rng_state,
 )

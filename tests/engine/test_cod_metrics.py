@@ -5,8 +5,8 @@ import py_sod_metrics
 import pytest
 import torch
 
-from engine.cod_metrics import METRIC_NAMES, CODMetrics, binary_scores, to_uint8_map
-from engine.metrics import per_image_scores
+from engine.evaluation.cod_metrics import METRIC_NAMES, CODMetrics, binary_scores, to_uint8_map
+from engine.evaluation.mask_scores import per_image_scores
 
 
 def blob_mask(height, width, center, axes):

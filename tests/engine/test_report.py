@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from engine.config import ConfigError
-from engine.report import build_report, gain_alerts
+from engine.evaluation.report import build_report, gain_alerts
 
 ALL_FIGURES = ["loss.png", "val_iou.png", "lr.png", "gradient_gain.png", "expert_usage.png"]
 GAINS = [1.0, 1.05, 1.2, 1.25, 1.35, 1.4, 1.0, 1.0]
@@ -63,7 +63,7 @@ def test_alert_markers_replay_the_drift_rule():
 def test_missing_data_is_skipped_with_a_note(tmp_path, caplog):
     folder = tmp_path / "run"
     write_records(folder, [{"epoch": 1, "val_iou": 0.3, "val_iou_ema": None}, {"epoch": 2, "val_iou": 0.4}])
-    with caplog.at_level(logging.INFO, logger="engine.report"):
+    with caplog.at_level(logging.INFO, logger="engine.evaluation.report"):
         written = build_report(folder)
     assert [path.name for path in written] == ["val_iou.png"]
     for name in ("loss.png", "lr.png", "gradient_gain.png", "expert_usage.png"):
@@ -79,7 +79,7 @@ def test_expert_usage_falls_back_to_epoch_records(tmp_path):
 
 
 def test_empty_and_missing_folders(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="engine.report"):
+    with caplog.at_level(logging.INFO, logger="engine.evaluation.report"):
         assert build_report(tmp_path) == []
     assert "wrote 0 figure(s)" in caplog.text
     with pytest.raises(ConfigError, match="not a folder"):

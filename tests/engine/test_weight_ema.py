@@ -3,7 +3,7 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
-from engine.weight_ema import WeightEMA
+from engine.callbacks.weight_ema import WeightEMA
 
 
 def small_net():

@@ -1,7 +1,7 @@
 """``eval`` and ``predict``: score checkpoints on test sets at the ground truth's resolution, and
 write prediction PNGs at the input's resolution.
 
-Both quantise probabilities to 8 bits the same way (``engine.cod_metrics.to_uint8_map``), so the
+Both quantise probabilities to 8 bits the same way (``engine.evaluation.cod_metrics.to_uint8_map``), so the
 scores ``eval`` reports equal pysodmetrics run on the PNGs ``predict`` writes.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from data.image_io import read_image, read_mask, swapped_sides_problem
 from data.layouts import DatasetError, find_pairs
-from engine.cod_metrics import METRIC_NAMES, CODMetrics, to_uint8_map
+from engine.evaluation.cod_metrics import METRIC_NAMES, CODMetrics, to_uint8_map
 from engine.config import ConfigError
-from engine.inference import Predictor, list_images, overlay, write_png
+from engine.evaluation.predictor import Predictor, list_images, overlay, write_png
 
 logger = logging.getLogger(__name__)
 

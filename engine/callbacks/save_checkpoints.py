@@ -10,8 +10,8 @@ from typing import Any, Dict, Optional
 import yaml
 
 from engine.callbacks import Callback, StepOutput
-from engine.checkpoint import FORMAT_VERSION, atomic_save, capture_rng_state, remove_stale_temp_files
-from engine.resume import SIGNATURE_KEYS
+from engine.checkpoint.files import FORMAT_VERSION, atomic_save, capture_rng_state, remove_stale_temp_files
+from engine.checkpoint.resume import SIGNATURE_KEYS
 
 logger = logging.getLogger(__name__)
 

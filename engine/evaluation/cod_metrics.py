@@ -7,7 +7,7 @@ min-max normalises each prediction map (MATLAB's ``mapminmax``) before S/E/wF/MA
 papers' toolboxes do, so eval's MAE can differ slightly from the per-epoch validation MAE.
 
 Empty ground truth (COD10K NonCAM images): IoU and Dice follow the training convention of
-``engine.metrics`` (an empty prediction scores 1, any predicted foreground 0); S-measure, E-measure
+``engine.evaluation.mask_scores`` (an empty prediction scores 1, any predicted foreground 0); S-measure, E-measure
 and MAE use pysodmetrics' own definitions for an all-background map, and the weighted F-measure of
 such an image is 0 (pysodmetrics' convention), which is why the standard protocol scores CAM only.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import py_sod_metrics
 import torch
 
-from engine.metrics import per_image_scores
+from engine.evaluation.mask_scores import per_image_scores
 
 METRIC_NAMES = ("Smeasure", "meanEm", "maxEm", "adpEm", "wFmeasure", "MAE", "IoU", "Dice")
 
@@ -30,7 +30,7 @@ def to_uint8_map(probabilities: np.ndarray) -> np.ndarray:
 
 
 def binary_scores(prediction: np.ndarray, ground_truth: np.ndarray) -> Dict[str, float]:
-    """IoU and Dice of one image at threshold 0.5, with the empty-GT convention of ``engine.metrics``.
+    """IoU and Dice of one image at threshold 0.5, with the empty-GT convention of ``engine.evaluation.mask_scores``.
 
     Args:
         prediction: ``(H, W)`` uint8 map, 0-255 (foreground where ``value / 255 > 0.5``).

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from engine.checkpoint import CheckpointError, check_model_format, restore_rng_state
+from engine.checkpoint.files import CheckpointError, check_model_format, restore_rng_state
 from engine.config import SCHEDULE_KEYS, TrainConfig
 from engine.stages import PlanState
 

@@ -1,0 +1,4 @@
+"""Optional features of a run, each a ``Callback`` (the protocol and call order are in ``base``)."""
+from engine.callbacks.base import Callback, CallbackList, StepOutput
+
+__all__ = ["Callback", "CallbackList", "StepOutput"]
