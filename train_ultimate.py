@@ -243,8 +243,6 @@ def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import yaml
-
     from engine.build import build_trainer, describe_run
     from engine.config import build_config, load_yaml
     from engine.evaluation.report import report_after_training
@@ -262,11 +260,10 @@ def run_train(args: argparse.Namespace) -> int:
         from engine.distributed import shutdown
 
         shutdown(trainer.distributed)
-    signals = trainer.callbacks.get("signals")
-    if signals is not None and signals.received is not None:
-        print(f"stopped by {signal_name(signals.received)}: last.pth saved at epoch {trainer.epoch + 1}, "
+    if trainer.exit_code > 128:  # stopped by a signal (exit code 128 + its number)
+        print(f"stopped by {signal_name(trainer.exit_code - 128)}: last.pth saved at epoch {trainer.epoch + 1}, "
               f"step {trainer.global_step}; resume with --resume-from auto", file=sys.stderr)
-        return 128 + signals.received
+        return trainer.exit_code
     report_after_training(trainer)  # PNG curves in <checkpoint-dir>/report; a failure only logs a warning
     log.info("Done: %s", trainer.stop_reason or f"{trainer.epoch}/{config.epochs} epochs complete")
     return 0

@@ -52,7 +52,7 @@ def check_writable(folder: Path) -> None:
 
 
 def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[Callback]]:
-    """Optional features as callbacks; the checkpoint callback stays last (see its docstring).
+    """Optional features as callbacks; each declares its place in the call order (``Order``).
 
     Under DDP only rank 0 logs and saves; the other ranks keep the callbacks that change training.
     """
@@ -62,7 +62,6 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         WeightEMACallback(config.ema_decay, config.ema_warmup) if config.use_ema else None,
         TimeLimitCallback(config.time_limit_seconds) if config.time_limit else None,
         StopAfterEpochsCallback(config.stop_after_epochs) if config.stop_after_epochs else None,
-        # Monitors before logging: they add fields (health, expert_usage, EMA) to what it writes.
         LossEMAMonitor(config.loss_ema_beta, config.log_interval) if config.loss_ema else None,
         GradientDriftMonitor(config.grad_monitor_interval, config.drift_window, config.gain_threshold,
                              config.drift_threshold, config.drift_consecutive, config.grad_clip)
@@ -70,7 +69,7 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         ExpertUsageMonitor(config.log_interval) if config.expert_monitor else None,
         PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr)
         if config.eval_epochs.strip().lower() not in ("none", "off") else None,
-        PreviewCallback(),  # val/preview image grid each epoch; needs the logging callback's writer
+        PreviewCallback(),  # val/preview image grid each epoch, through trainer.log_image
         LoggingCallback(folder, config.log_interval) if is_main else None,
         CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes) if is_main else None,
     ]
@@ -125,11 +124,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
                       distributed)
     if payload is not None:
         restore_trainer(trainer, payload, str(resume_path))
-    ema_callback = trainer.callbacks.get("weight_ema")
-    if ema_callback is not None:
-        ema_callback.attach(model)  # after loading: a shadow without saved state starts from these weights
     if config.compile:
-        compile_model(model)  # last: the EMA shadow above is a plain eager copy
+        compile_model(model)  # last: the EMA shadow made in the Trainer's setup is a plain eager copy
     return trainer
 
 

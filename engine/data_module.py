@@ -68,6 +68,11 @@ class DataModule:
         self._loaders.clear()
 
     @property
+    def open_loaders(self) -> int:
+        """Loaders whose persistent workers are alive (0 after ``close``)."""
+        return len(self._loaders)
+
+    @property
     def samples_per_rank(self) -> int:
         """Training samples this process sees per epoch (padded shard of the permutation)."""
         return -(-len(self.train_dataset) // self.world_size)

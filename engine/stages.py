@@ -5,7 +5,9 @@ Stage 1 covers ``[0, stage2_start)`` with the encoder frozen; stage 2 covers
 ``[stage2_start, epochs)``. Each stage runs its own ``LRSchedule`` segment starting at the stage's
 *origin* epoch; a resume with changed schedule flags moves the origin to the resume epoch, which
 re-plans the rest of the run (the plateau-breaking recipe) while everything else stays a pure
-function of (config, dataset size, plan state).
+function of (config, dataset size, plan state). ``--auto-adjust-lr`` scales a stage's LR on a
+plateau through ``PlanState.lr_scales``, so the scaled LR is part of the plan: checkpointed,
+shown by ``--dry-run``, and independent of which callbacks a resumed run enables.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ class PlanState:
 
     stage2_start: int
     origins: Dict[int, int] = field(default_factory=dict)
+    lr_scales: Dict[int, float] = field(default_factory=dict)  # stage -> plateau LR multiplier (absent: 1)
 
     def state_dict(self) -> dict:
-        return {"stage2_start": self.stage2_start, "origins": {str(k): v for k, v in self.origins.items()}}
+        return {"stage2_start": self.stage2_start, "origins": {str(k): v for k, v in self.origins.items()},
+                "lr_scales": {str(k): v for k, v in self.lr_scales.items()}}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "PlanState":
-        return cls(int(state["stage2_start"]), {int(k): int(v) for k, v in state["origins"].items()})
+        return cls(int(state["stage2_start"]), {int(k): int(v) for k, v in state["origins"].items()},
+                   {int(k): float(v) for k, v in (state.get("lr_scales") or {}).items()})
 
     @classmethod
     def fresh(cls, config: TrainConfig) -> "PlanState":
@@ -74,11 +79,26 @@ class StagePlan:
         return LRSchedule(self.config.scheduler, self.base_lr(stage), self.config.min_lr, total, warmup)
 
     def lr_at(self, epoch_index: int, step_in_epoch: int) -> float:
-        """Head/decoder LR of the update ``step_in_epoch`` (0-based) of epoch ``epoch_index``."""
+        """Head/decoder LR of the update ``step_in_epoch`` (0-based) of epoch ``epoch_index``.
+
+        A plateau scale multiplies the scheduled LR but never pushes it below ``--min-lr``.
+        """
         stage = self.stage_of(epoch_index)
         origin = self.state.origins.get(stage, 0 if stage == 1 else self.state.stage2_start)
         step = (epoch_index - origin) * self.steps_per_epoch(stage) + step_in_epoch
-        return self.schedule(stage).lr_at(step)
+        scheduled = self.schedule(stage).lr_at(step)
+        scale = self.lr_scale(stage)
+        if scale == 1.0:
+            return scheduled
+        return max(scheduled * scale, min(scheduled, self.config.min_lr))
+
+    def lr_scale(self, stage: int) -> float:
+        return self.state.lr_scales.get(stage, 1.0)
+
+    def scale_lr(self, stage: int, factor: float) -> float:
+        """Multiply the rest of ``stage``'s LR by ``factor`` (a plateau); returns the new scale."""
+        self.state.lr_scales[stage] = self.lr_scale(stage) * factor
+        return self.state.lr_scales[stage]
 
     def encoder_lr_scale(self, stage: int) -> float:
         return 0.0 if stage == 1 else self.config.backbone_lr_scale
@@ -108,6 +128,7 @@ class StagePlan:
                 f"{self.config.accumulation_steps}, {self.steps_per_epoch(stage)} optimizer steps/epoch, "
                 f"{schedule.kind} LR {self.lr_at(first_epoch, 0):.3g} -> {schedule.base_lr:.3g} (peak) -> "
                 f"{self.lr_at(end - 1, self.steps_per_epoch(stage) - 1):.3g}"
+                + (f", plateau LR scale x{self.lr_scale(stage):.3g}" if self.lr_scale(stage) != 1.0 else "")
                 + (", encoder frozen" if stage == 1 else
                    f", encoder LR x{self.config.backbone_lr_scale}"
                    + (f", unfreezing deepest-first every {self.config.unfreeze_interval} epochs"

@@ -1,17 +1,24 @@
-"""The Trainer: owns the two-stage loop; every optional feature is a callback (see ``callbacks``)."""
+"""The Trainer: owns the two-stage loop and the run's state; every optional feature is a callback.
+
+State lives in one place: ``Trainer.state_dict()`` holds the model, optimizer, precision (scaler),
+non-finite guard, criterion (loss normaliser), plan, progress counters and every callback's own
+state, so a checkpoint is that dict plus metadata (``engine.checkpoint.format``). Callbacks reach
+the run through the Trainer's services (``log_scalar``, ``log_image``, ``averaged_models``,
+``request_stop``), never through each other.
+"""
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
 import time
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from engine.callbacks import CallbackList, StepOutput
+from engine.callbacks import Callback, CallbackList, StepOutput
 from engine.config import TrainConfig
 from engine.distributed import DistributedContext, any_rank, sync_buffers, wrap_model
 from engine.losses import structure_loss
@@ -20,7 +27,7 @@ from engine.nonfinite import NonFiniteGuard
 from engine.precision import Precision
 from engine.stages import PlanState, StagePlan
 from engine.optim import build_optimizer
-from engine.unfreeze import apply_unfreezing, count_trainable
+from engine.unfreeze import apply_unfreezing
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +51,6 @@ class Trainer:
         self.unwrapped_model = model  # self.model becomes the DDP wrapper under torchrun
         self.device = device
         self.distributed = distributed
-        self.callbacks = CallbackList(callbacks)
-        self.lr_adjuster = self.callbacks.get("post_epoch")  # --auto-adjust-lr halves the LR on a plateau
         self.plan = StagePlan(config, data.samples_per_rank, PlanState.fresh(config))
         self._wrapped_for: Optional[tuple] = None
         self.optimizer = build_optimizer(model, config)
@@ -59,24 +64,51 @@ class Trainer:
         self.epoch_updates = 0
         self.should_stop = False
         self.stop_reason = ""
+        self.exit_code = 0  # non-zero: the process should end with it (e.g. 128 + signal number)
         self.progress: Optional[tqdm] = None
-        self.started_at = self.epoch_started = time.monotonic()
+        self.epoch_started = time.monotonic()
         self.trainable_params = 0
         self.current_lr = 0.0
+        self.averaged_models: Dict[str, nn.Module] = {}  # e.g. {"ema": shadow}: validated and previewed too
+        self._log_sinks: List[Any] = []
+        self.callbacks = CallbackList()
+        for callback in callbacks:
+            if callback is not None:
+                self.add_callback(callback)
+
+    def add_callback(self, callback: Callback) -> None:
+        """Add ``callback`` at its declared ``order`` and run its ``setup``."""
+        self.callbacks.add(callback)
+        callback.setup(self)
 
     # ----------------------------------------------------------------------------- the loop
     def fit(self) -> None:
+        """Train the remaining epochs; ``teardown`` runs and workers stop whatever happens."""
         try:
             self.callbacks.call("on_train_start", self)
             while self.epoch < self.config.epochs and not self.should_stop:
                 self._train_epoch()
                 if self.should_stop and self.batch_in_epoch > 0:
-                    break  # stopped mid-epoch: last.pth already holds the position
+                    break  # stopped mid-epoch: on_stop_mid_epoch saved the position
                 record = self._end_epoch()
                 self.callbacks.call("on_epoch_end", self, record)
             self.callbacks.call("on_train_end", self)
+        except BaseException as error:
+            self._call_quietly("on_exception", error)
+            raise
         finally:
-            self.data.close()  # persistent workers stop here, also when training failed
+            try:
+                self._call_quietly("teardown")
+            finally:
+                self.data.close()  # persistent workers stop here, also when training failed
+
+    def _call_quietly(self, hook: str, *args) -> None:
+        """Run ``hook`` on every callback; a failing one is logged, so the others still clean up."""
+        for callback in self.callbacks:
+            try:
+                getattr(callback, hook)(self, *args)
+            except Exception as error:  # noqa: BLE001 - cleanup must reach every callback
+                logger.warning("%s.%s failed: %s", type(callback).__name__, hook, error)
 
     def _train_epoch(self) -> None:
         stage = self.stage
@@ -101,25 +133,26 @@ class Trainer:
             share = images.shape[0] / windows.samples_in_window(index)  # real size of this window
             with self._gradient_sync(windows.is_window_end(index)):  # DDP all-reduces on the window's last only
                 with self.precision.autocast():
-                    losses = self.criterion(self.model(images), masks)
+                    output = self.model(images)
+                    losses = self.criterion(output, masks)
                 self.precision.backward(losses.get("objective", losses["loss"]) * share)
             window_loss += losses["loss"].detach().float() * share
             self.batch_in_epoch += 1
             self.progress.update(1)
             if windows.is_window_end(index):
-                self._optimizer_step(window_loss, windows.window_of(index), windows.num_windows)
+                self._optimizer_step(window_loss, windows.window_of(index), windows.num_windows,
+                                     getattr(output, "expert_fractions", None))
                 window_loss = torch.zeros((), device=self.device)
                 if self.distributed.enabled:  # every rank must stop at the same step
                     self.should_stop = any_rank(self.should_stop, self.distributed, self.device)
                 if self.should_stop:
-                    self._save_mid_epoch()
+                    self.callbacks.call("on_stop_mid_epoch", self)
                     break
         self.progress.close()
 
-    def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int) -> None:
+    def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int,
+                        expert_fractions: Optional[torch.Tensor]) -> None:
         lr = self.plan.lr_at(self.epoch, window_index)
-        if self.lr_adjuster is not None:
-            lr = self.lr_adjuster.adjust_lr(lr)
         self._set_lr(lr)
         grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
         finite = self.guard.is_finite(window_loss, grad_norm)
@@ -134,7 +167,8 @@ class Trainer:
         self.epoch_loss_sum += window_loss
         self.epoch_updates += 1
         step = StepOutput(loss=window_loss, lr=lr, grad_norm=grad_norm, step=self.global_step,
-                          step_in_epoch=window_index + 1, steps_in_epoch=num_windows)
+                          step_in_epoch=window_index + 1, steps_in_epoch=num_windows,
+                          expert_fractions=None if expert_fractions is None else expert_fractions.detach())
         self.callbacks.call("on_optimizer_step", self, step)
 
     def _gradient_sync(self, sync: bool):
@@ -170,26 +204,97 @@ class Trainer:
             "seconds": round(time.monotonic() - self.epoch_started, 2),
         }
         self.epoch += 1
+        self.restart_epoch()
+        return record
+
+    def restart_epoch(self) -> None:
+        """Forget the current epoch's progress: it restarts from its first batch."""
         self.batch_in_epoch = 0
         self.epoch_loss_sum = torch.zeros((), device=self.device)
         self.epoch_updates = 0
-        return record
 
-    def _save_mid_epoch(self) -> None:
-        checkpointer = self.callbacks.get("checkpoint")
-        if checkpointer is not None:
-            checkpointer.save_last(self)
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything that continues the run exactly (tensors and plain containers only)."""
+        return {
+            "model": self.unwrapped_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "guard": self.guard.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "plan": self.plan.state.state_dict(),
+            "progress": {"epoch": self.epoch, "global_step": self.global_step, "batch_in_epoch": self.batch_in_epoch,
+                         "epoch_loss_sum": self.epoch_loss_sum.detach().cpu(), "epoch_updates": self.epoch_updates},
+            "callbacks": self.callbacks.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``state_dict()``; the model first, so callbacks starting fresh (``{}``) see it.
+
+        Raises:
+            RuntimeError: the weights do not fit the model.
+        """
+        self.unwrapped_model.load_state_dict(state["model"])
+        progress = state.get("progress") or {}
+        self.epoch, self.global_step = int(progress.get("epoch", 0)), int(progress.get("global_step", 0))
+        self.batch_in_epoch = int(progress.get("batch_in_epoch", 0))
+        self.epoch_loss_sum = progress.get("epoch_loss_sum", torch.zeros(())).to(self.device)
+        self.epoch_updates = int(progress.get("epoch_updates", 0))
+        self._load_optimizer(state.get("optimizer"))
+        self.precision.load_state_dict(state.get("precision") or {})
+        self.guard.load_state_dict(state.get("guard") or {})
+        self.criterion.load_state_dict(state.get("criterion") or {}, strict=False)  # loss-normaliser EMAs
+        if state.get("plan"):
+            self.plan.state = PlanState.from_state_dict(state["plan"])
+        self.callbacks.load_state_dict(state.get("callbacks") or {})
+
+    def _load_optimizer(self, state: Optional[Dict[str, Any]]) -> None:
+        if not state:
+            logger.info("The checkpoint has no optimizer state: AdamW moments start fresh")
+            return
+        try:
+            self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError) as error:
+            logger.warning("The checkpoint's optimizer state does not match (%s); AdamW moments start fresh", error)
+            return
+        for group in self.optimizer.param_groups:  # the new run's weight decay wins
+            if group["weight_decay"] > 0:
+                group["weight_decay"] = self.config.weight_decay
+
+    # ----------------------------------------------------------------------------- services
+    def add_log_sink(self, sink) -> None:
+        """Register an object with ``log_scalar(tag, value, step)`` / ``log_image(tag, image, step)``."""
+        self._log_sinks.append(sink)
+
+    @property
+    def is_logging(self) -> bool:
+        """Whether ``log_scalar`` goes anywhere (skip host copies made only for the log otherwise)."""
+        return bool(self._log_sinks)
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        """Send a scalar to the run's log (TensorBoard on rank 0); a no-op without a sink."""
+        for sink in self._log_sinks:
+            sink.log_scalar(tag, value, step)
+
+    def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """Send a ``(3, H, W)`` image in [0, 1] to the run's log; a no-op without a sink."""
+        for sink in self._log_sinks:
+            sink.log_image(tag, image, step)
 
     # ----------------------------------------------------------------------------- helpers
     @property
     def stage(self) -> int:
         return self.plan.stage_of(self.epoch)
 
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop after the current optimizer step, with a checkpoint."""
+    def request_stop(self, reason: str, exit_code: int = 0) -> None:
+        """Ask the loop to stop after the current optimizer step, with a checkpoint.
+
+        ``exit_code`` (e.g. ``128 + SIGTERM``) tells the command line how the process should end.
+        """
         if not self.should_stop:
             logger.info("Stopping: %s", reason)
         self.should_stop, self.stop_reason = True, reason
+        self.exit_code = self.exit_code or exit_code
 
     def console_extras(self) -> Dict[str, str]:
         """Extra fields for the console line from callbacks offering ``console_extras()``."""
@@ -201,7 +306,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, module: nn.Module) -> Dict[str, float]:
-        """Mean per-image IoU / Dice / MAE and structure loss of ``module`` on the validation set."""
+        """Mean per-image IoU / Dice / MAE and structure loss of ``module`` on the validation set.
+
+        ``on_validation`` callbacks call it for other weights (e.g. ``averaged_models["ema"]``).
+        """
         module = self.unwrapped_model if module is self.model else module  # no DDP hooks in eval
         was_training = module.training
         module.eval()

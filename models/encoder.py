@@ -113,14 +113,19 @@ class TimmEncoder(nn.Module):
         Returns:
             ``len(out_channels)`` lists of modules whose parameters are disjoint and cover the encoder.
         """
-        feature_names = self._feature_module_names()
+        feature_names = self.feature_module_names()
         groups: List[List[nn.Module]] = [[] for _ in feature_names]
         level = self._assign(self.model, "", feature_names, groups, 0)
         if level < len(feature_names):
             raise RuntimeError(f"could not locate the feature modules of '{self.backbone_name}' for stages()")
         return groups
 
-    def _feature_module_names(self) -> List[str]:
+    def feature_modules(self) -> List[Tuple[str, nn.Module]]:
+        """``(name, module)`` of the module ending each feature level, shallow -> deep."""
+        modules = dict(self.model.named_modules())
+        return [(name, modules[name]) for name in self.feature_module_names()]
+
+    def feature_module_names(self) -> List[str]:
         """Names (in ``self.model.named_modules()``) of the module ending each feature level."""
         modules: Dict[str, nn.Module] = dict(self.model.named_modules())
         names = []

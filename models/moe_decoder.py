@@ -1,7 +1,7 @@
 """Mixture-of-Experts decoder: FPN fusion, a top-k router and dense, batched experts."""
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -96,6 +96,12 @@ class MoEDecoder(nn.Module):
         self.side_heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1) for _ in context_channels)
         self.detail_in_channels = 0 if self.detail_level is None else encoder_channels[self.detail_level]
         self.grad_checkpointing = False
+
+    def monitored_blocks(self) -> List[Tuple[str, nn.Module]]:
+        """``(name, module)`` of the fusion convs and the experts (gradient-gain measurement)."""
+        blocks = [(f"fusion.smooth.{index}", module) for index, module in enumerate(self.fusion.smooth)]
+        blocks.append(("fusion.fuse", self.fusion.fuse))
+        return blocks + [(f"experts.{index}", expert) for index, expert in enumerate(self.experts)]
 
     def forward(self, features: List[torch.Tensor]) -> DecoderOutput:
         """Decode.

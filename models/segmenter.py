@@ -1,6 +1,8 @@
 """The camouflaged-object segmenter: timm encoder -> MoE decoder -> head."""
 from __future__ import annotations
 
+from typing import List, Tuple
+
 from torch import Tensor, nn
 
 from models.encoder import TimmEncoder
@@ -30,6 +32,13 @@ class CamoSegmenter(nn.Module):
         if hasattr(self.encoder.model, "set_grad_checkpointing"):
             self.encoder.model.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
+
+    def monitored_blocks(self) -> List[Tuple[str, nn.Module]]:
+        """Tensor-in, tensor-out blocks whose gradient gain the drift monitor measures: the
+        encoder's feature-level modules, the decoder's fusion convs and experts, the head's refine."""
+        blocks = [(f"encoder.{name}", module) for name, module in self.encoder.feature_modules()]
+        blocks += [(f"decoder.{name}", module) for name, module in self.decoder.monitored_blocks()]
+        return blocks + [("head.refine", self.head.refine)]
 
     def forward(self, images: Tensor) -> SegmentationOutput:
         """Segment.

@@ -1,5 +1,5 @@
-"""TensorBoard preview: each epoch, a grid of a few fixed validation samples,
-one row per sample: image | ground truth | base prediction | EMA prediction (when kept).
+"""TensorBoard preview: each epoch, a grid of a few fixed validation samples, one row per sample:
+image | ground truth | base prediction | one column per ``trainer.averaged_models`` entry (EMA).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import make_grid
 
-from engine.callbacks import Callback
-from engine.monitors import is_main_process, summary_writer
+from engine.callbacks.base import Callback, Order
+from engine.monitors import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class PreviewCallback(Callback):
     """
 
     name = "preview"
+    order = Order.LOGGING - 1  # before the run log, whose epoch-end flush then writes the image
 
     def __init__(self, num_samples: int = 4, tile_size: int = 128):
         self.num_samples, self.tile_size = num_samples, tile_size
@@ -74,18 +75,15 @@ class PreviewCallback(Callback):
         return probabilities
 
     def render(self, trainer) -> torch.Tensor:
-        """The grid for the current weights: image | GT | base | EMA."""
+        """The grid for the current weights: image | GT | base | averaged weights (EMA)."""
         model = trainer.unwrapped_model
         images = self.images.to(trainer.device)
         columns = [unnormalise(images, *model.encoder.normalization), self.masks.to(trainer.device),
                    self._predict(trainer, model, images)]
-        ema_callback = trainer.callbacks.get("weight_ema")
-        if ema_callback is not None and ema_callback.ema is not None:
-            columns.append(self._predict(trainer, ema_callback.ema.shadow, images))
+        columns += [self._predict(trainer, averaged, images) for averaged in trainer.averaged_models.values()]
         return preview_grid(columns, min(self.tile_size, images.shape[-1]))
 
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
-        writer = summary_writer(trainer)
-        if self.images is None or writer is None or not is_main_process(trainer):
+        if self.images is None or not trainer.is_logging or not is_main_process(trainer):
             return
-        writer.add_image(PREVIEW_TAG, self.render(trainer), record["global_step"])
+        trainer.log_image(PREVIEW_TAG, self.render(trainer), record["global_step"])

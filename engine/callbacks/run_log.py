@@ -1,7 +1,8 @@
-"""Logging callback: console lines, tqdm postfix, TensorBoard scalars and ``metrics.jsonl``.
+"""Run log: console lines, tqdm postfix, TensorBoard and ``metrics.jsonl``.
 
-Step losses stay on the device in a buffer and are copied to the host once per log interval,
-so logging costs no host sync on the other steps.
+It is the Trainer's log sink: ``trainer.log_scalar`` / ``trainer.log_image`` from any callback land
+in its ``SummaryWriter``. Step losses stay on the device in a buffer and are copied to the host
+once per log interval, so logging costs no host sync on the other steps.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from engine.callbacks import Callback, StepOutput
+from engine.callbacks.base import Callback, Order, StepOutput
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +28,24 @@ class LoggingCallback(Callback):
     """
 
     name = "logging"
+    order = Order.LOGGING  # after the monitors: the record it writes already holds their fields
 
     def __init__(self, folder: Path, log_interval: int = 20):
         self.folder = Path(folder)
         self.log_interval = log_interval
         self.writer = None
         self._pending: List[StepOutput] = []
+
+    def setup(self, trainer) -> None:
+        trainer.add_log_sink(self)
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step)
 
     def on_train_start(self, trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import
@@ -43,7 +56,7 @@ class LoggingCallback(Callback):
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         self._pending.append(step)
-        if step.step_in_epoch == 1 or step.step % self.log_interval == 0 or step.step_in_epoch == step.steps_in_epoch:
+        if step.is_log_step(self.log_interval):
             self.flush(trainer)
 
     def flush(self, trainer) -> None:
@@ -82,8 +95,11 @@ class LoggingCallback(Callback):
 
     def on_train_end(self, trainer) -> None:
         self.flush(trainer)
+
+    def teardown(self, trainer) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 def _finite(record: Dict[str, Any]) -> Dict[str, Any]:

@@ -9,45 +9,28 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from engine.callbacks import Callback, StepOutput
-from engine.checkpoint.files import FORMAT_VERSION, atomic_save, capture_rng_state, remove_stale_temp_files
-from engine.checkpoint.resume import SIGNATURE_KEYS
+from engine.callbacks.base import Callback, Order, StepOutput
+from engine.checkpoint.files import atomic_save, capture_rng_state, remove_stale_temp_files
+from engine.checkpoint.format import FORMAT_VERSION, model_signature
 
 logger = logging.getLogger(__name__)
 
 
 def build_payload(trainer) -> Dict[str, Any]:
-    """Everything needed to continue the run exactly; only tensors and plain containers."""
-    ema_callback = trainer.callbacks.get("weight_ema")
-    config = trainer.config
+    """The Trainer's state plus the metadata a checkpoint file carries (``engine.checkpoint.format``)."""
     return {
         "version": FORMAT_VERSION,
-        "model": trainer.unwrapped_model.state_dict(),
-        "ema": ema_callback.ema.state_dict() if ema_callback is not None and ema_callback.ema else None,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scaler": trainer.precision.state_dict(),
-        "epoch": trainer.epoch,
-        "global_step": trainer.global_step,
-        "batch_in_epoch": trainer.batch_in_epoch,
-        "epoch_loss_sum": trainer.epoch_loss_sum.detach().cpu(),
-        "epoch_updates": trainer.epoch_updates,
-        "stage": trainer.stage,
-        "plan": trainer.plan.state.state_dict(),
-        "unfrozen_encoder_stages": trainer.plan.unfrozen_encoder_stages(
-            trainer.epoch, len(trainer.unwrapped_model.encoder.stages())),
-        "callbacks": trainer.callbacks.state_dict(),
-        "nonfinite_guard": trainer.guard.state_dict(),
-        "criterion": trainer.criterion.state_dict(),
+        "trainer": trainer.state_dict(),
         "rng": capture_rng_state(),
-        "config": config.to_dict(),
+        "config": trainer.config.to_dict(),
         "world_size": trainer.distributed.world_size,
-        "model_signature": {key: getattr(config, key) for key in SIGNATURE_KEYS},
+        "model_signature": model_signature(trainer.config),
     }
 
 
 class CheckpointCallback(Callback):
-    """Saves checkpoints atomically; keep it LAST in the callback list so every other callback's
-    state for the step is already updated when a mid-epoch save happens.
+    """Saves checkpoints atomically. It runs last in every hook (``Order.CHECKPOINT``), so every
+    other callback's state for the step is already updated when it saves.
 
     Args:
         folder: the checkpoint directory.
@@ -56,6 +39,7 @@ class CheckpointCallback(Callback):
     """
 
     name = "checkpoint"
+    order = Order.CHECKPOINT
 
     def __init__(self, folder: Path, keep_epochs: int = 3, save_every_minutes: Optional[float] = None):
         self.folder = Path(folder)
@@ -76,6 +60,9 @@ class CheckpointCallback(Callback):
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         if self.save_every_seconds and time.monotonic() - self._last_save >= self.save_every_seconds:
             self.save_last(trainer)
+
+    def on_stop_mid_epoch(self, trainer) -> None:
+        self.save_last(trainer)
 
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         base_iou, ema_iou = record["val_iou"], record.get("val_iou_ema")

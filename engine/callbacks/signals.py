@@ -11,7 +11,7 @@ import signal
 import threading
 from typing import Dict, Optional
 
-from engine.callbacks import Callback
+from engine.callbacks.base import Callback, Order
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +19,11 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
 class SignalStopCallback(Callback):
-    """Installs the handlers for the duration of ``fit`` (main thread only)."""
+    """Installs the handlers for the duration of ``fit`` (main thread only); ``teardown`` puts the
+    previous handlers back, also when training raised."""
 
     name = "signals"
+    order = Order.CONTROL
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -43,9 +45,9 @@ class SignalStopCallback(Callback):
         name = signal.Signals(signum).name
         # Only flags here: logging or saving inside a signal handler can deadlock.
         self._trainer.request_stop(f"{name} received: finishing the current step and saving last.pth "
-                                   "(send it again to exit at once)")
+                                   "(send it again to exit at once)", exit_code=128 + signum)
 
-    def on_train_end(self, trainer) -> None:
+    def teardown(self, trainer) -> None:
         self._restore()
 
     def _restore(self) -> None:

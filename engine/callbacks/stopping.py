@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Any, Dict, Optional
 
-from engine.callbacks import Callback, StepOutput
+from engine.callbacks.base import Callback, Order, StepOutput
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class TimeLimitCallback(Callback):
     """
 
     name = "time_limit"
+    order = Order.CONTROL
 
     def __init__(self, limit_seconds: float, reserve_seconds: Optional[float] = None):
         self.limit_seconds = limit_seconds
@@ -46,6 +47,7 @@ class StopAfterEpochsCallback(Callback):
     """Ends this invocation after ``epochs`` more epochs; the schedule still targets ``--epochs``."""
 
     name = "stop_after_epochs"
+    order = Order.CONTROL
 
     def __init__(self, epochs: int):
         self.epochs = epochs

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from engine.callbacks import Callback, StepOutput
+from engine.callbacks.base import Callback, Order, StepOutput
 
 logger = logging.getLogger(__name__)
 
@@ -89,23 +89,25 @@ class WeightEMA:
 class WeightEMACallback(Callback):
     """Keeps a ``WeightEMA`` of the trained model and validates it beside the base weights.
 
-    Adds ``ema_*`` keys (``ema_iou``, ``ema_dice``, ``ema_mae``, ``ema_loss``) to the epoch metrics.
+    Adds ``ema_*`` keys (``ema_iou``, ``ema_dice``, ``ema_mae``, ``ema_loss``) to the epoch metrics
+    and offers the shadow as ``trainer.averaged_models["ema"]`` (preview, best-checkpoint choice).
+    Its checkpoint state is the shadow itself; a resume from a checkpoint without one starts the
+    shadow from the resumed weights.
     """
 
     name = "weight_ema"
+    order = Order.WEIGHTS  # updated before monitors and logging look at the step
 
     def __init__(self, decay: float, warmup: bool = False):
         self.decay = decay
         self.warmup = warmup
         self.ema: Optional[WeightEMA] = None
-        self._pending_state: Optional[Dict[str, torch.Tensor]] = None
+        self._model: Optional[nn.Module] = None
 
-    def attach(self, model: nn.Module) -> None:
-        """Create the shadow from ``model`` (called by the Trainer after any checkpoint is loaded)."""
-        self.ema = WeightEMA(model, self.decay, self.warmup)
-        if self._pending_state is not None:
-            self.ema.load_state_dict(self._pending_state)
-            self._pending_state = None
+    def setup(self, trainer) -> None:
+        self._model = trainer.unwrapped_model
+        self.ema = WeightEMA(self._model, self.decay, self.warmup)
+        trainer.averaged_models["ema"] = self.ema.shadow
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         self.ema.update(trainer.unwrapped_model, step.step)
@@ -114,14 +116,13 @@ class WeightEMACallback(Callback):
         ema_metrics = trainer.validate(self.ema.shadow)
         metrics.update({f"ema_{key}": value for key, value in ema_metrics.items()})
 
-    def load_weights(self, state: Optional[Dict[str, torch.Tensor]]) -> None:
-        """Shadow weights from a checkpoint (``None``: start from the loaded base weights)."""
-        if state is None:
-            logger.info("Checkpoint has no EMA weights: the EMA shadow starts from the loaded weights.")
-        self._pending_state = state
-        if self.ema is not None and state is not None:
-            self.ema.load_state_dict(state)
-            self._pending_state = None
-
     def state_dict(self) -> Dict[str, Any]:
-        return {"decay": self.decay}  # the shadow itself is saved under the checkpoint's ``ema`` key
+        return {"decay": self.decay, "shadow": self.ema.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the shadow; without one (EMA enabled on resume) copy the resumed weights."""
+        if state.get("shadow") is None:
+            logger.info("Checkpoint has no EMA weights: the EMA shadow starts from the loaded weights.")
+            self.ema.copy_from(self._model)
+            return
+        self.ema.load_state_dict(state["shadow"])

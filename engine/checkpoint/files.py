@@ -12,20 +12,16 @@ import random
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-# 2: the decoder starts at stride 4 and has per-level side heads; format-1 weights do not fit it.
-FORMAT_VERSION = 2
+from engine.checkpoint.format import CheckpointError, progress, upgrade
+
 TEMP_PREFIX = ".tmp-ckpt-"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line with the fix."""
 
 
 def atomic_save(payload: Dict[str, Any], path: Path) -> None:
@@ -68,7 +64,8 @@ def remove_stale_temp_files(folder: Path) -> int:
 
 
 def load_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -> Dict[str, Any]:
-    """Load a checkpoint safely; raise ``CheckpointError`` naming what is wrong.
+    """Load a checkpoint safely, in the current layout (``format.upgrade``); raise ``CheckpointError``
+    naming what is wrong.
 
     With ``mmap`` the tensors are memory-mapped and read only when touched (cheap metadata reads).
     """
@@ -91,18 +88,9 @@ def load_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -
         raise CheckpointError(
             f"checkpoint {path} is truncated or not a PyTorch checkpoint ({_first_line(error)}); "
             "use another file or --resume-from auto") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' entry)")
-    return payload
-
-
-def check_model_format(payload: Dict[str, Any], path: Path) -> None:
-    """Refuse, in one line, a checkpoint whose weights were written for an earlier model layout."""
-    version = payload.get("version", 1)
-    if not isinstance(version, int) or version < FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format {version}, written before the decoder moved to stride-4 features with "
-            f"side outputs (format {FORMAT_VERSION}); its weights do not fit this version's model: train anew")
+    if not isinstance(payload, dict) or not ("model" in payload or "trainer" in payload):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights in it)")
+    return upgrade(payload)
 
 
 def _first_line(error: BaseException) -> str:
@@ -130,7 +118,8 @@ def find_resumable(folder: Path) -> Optional[Path]:
         except CheckpointError as error:
             logger.warning("Skipping unusable checkpoint: %s", error)
             continue
-        key = (int(payload.get("global_step", -1)), int(payload.get("batch_in_epoch", 0)), candidate.stat().st_mtime)
+        position = progress(payload)
+        key = (int(position.get("global_step", -1)), int(position.get("batch_in_epoch", 0)), candidate.stat().st_mtime)
         if best_key is None or key > best_key:
             best_key, best_path = key, candidate
     return best_path

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from data.layouts import IMAGE_EXTENSIONS
 from data.transforms import build_val_transform
 from engine.checkpoint import CheckpointError, check_model_format, load_checkpoint
+from engine.checkpoint.format import has_ema, saved_weights
 from engine.config import FIELD_NAMES, TrainConfig
 from models import build_model
 
@@ -36,10 +37,6 @@ def checkpoint_config(payload: Dict, path: Path) -> TrainConfig:
     return TrainConfig(**{key: value for key, value in stored.items() if key in FIELD_NAMES})
 
 
-def has_ema(payload: Dict) -> bool:
-    return payload.get("ema") is not None
-
-
 def build_checkpoint_model(payload: Dict, path: Path, weights: str, device: torch.device) -> torch.nn.Module:
     """The checkpoint's model with its base or EMA weights, in eval mode on ``device``.
 
@@ -56,7 +53,7 @@ def build_checkpoint_model(payload: Dict, path: Path, weights: str, device: torc
     model_config.pretrained, model_config.pretrained_path = False, None
     model = build_model(model_config)
     try:
-        model.load_state_dict(payload["ema" if weights == "ema" else "model"])
+        model.load_state_dict(saved_weights(payload, weights))
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0][:160]
         raise CheckpointError(f"the {weights} weights of {path} do not fit the model of its own config ({first}); "

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -113,28 +112,26 @@ def plot_lr(scalars: Dict[str, Series], folder: Path) -> Optional[Path]:
     return _save(figure, folder / "lr.png")
 
 
-def gain_alerts(gains: Series, drifts: Optional[Series], gain_threshold: Optional[float], drift_threshold: float,
-                consecutive: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Replay the drift rule on logged checks: ``(flagged, alerts)`` boolean masks over ``gains``.
+def recorded_checks(scalars: Dict[str, Series]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per drift check (aligned with ``gradient_monitor/mean_gain``): flagged, and alert raised.
 
-    A check is flagged when its mean gain exceeds ``gain_threshold`` (if known) or its logged drift
-    exceeds ``drift_threshold``; an alert fires when ``consecutive`` flagged checks are in a row.
+    The monitor records both decisions itself (``gradient_monitor/flagged`` / ``alert``), so the
+    report shows what happened in the run instead of re-deriving it; runs from before these tags
+    get no markers.
     """
-    steps, values = gains
-    drift_at = dict(zip(drifts[0].tolist(), drifts[1].tolist())) if drifts is not None else {}
-    flagged = np.zeros(len(steps), dtype=bool)
-    alerts = np.zeros(len(steps), dtype=bool)
-    streak = 0
-    for index, (step, gain) in enumerate(zip(steps.tolist(), values.tolist())):
-        over = gain_threshold is not None and gain > gain_threshold
-        flagged[index] = over or drift_at.get(step, 0.0) > drift_threshold
-        streak = streak + 1 if flagged[index] else 0
-        alerts[index] = streak == consecutive
-    return flagged, alerts
+    steps = scalars["gradient_monitor/mean_gain"][0]
+
+    def aligned(tag: str) -> np.ndarray:
+        if tag not in scalars:
+            return np.zeros(len(steps), dtype=bool)
+        recorded = dict(zip(*scalars[tag]))
+        return np.array([recorded.get(step, 0.0) > 0.5 for step in steps], dtype=bool)
+
+    return aligned("gradient_monitor/flagged"), aligned("gradient_monitor/alert")
 
 
-def plot_gradient_gain(scalars: Dict[str, Series], folder: Path, thresholds: dict) -> Optional[Path]:
-    """Mean gradient gain with its moving average, the absolute threshold and alert markers."""
+def plot_gradient_gain(scalars: Dict[str, Series], folder: Path) -> Optional[Path]:
+    """Mean gradient gain with its moving average, the threshold the monitor used and its alerts."""
     if "gradient_monitor/mean_gain" not in scalars:
         return None
     gains = scalars["gradient_monitor/mean_gain"]
@@ -142,12 +139,10 @@ def plot_gradient_gain(scalars: Dict[str, Series], folder: Path, thresholds: dic
     axes.plot(*gains, color="tab:purple", alpha=0.6, marker=".", label="mean gain")
     if "gradient_monitor/mean_gain_ma" in scalars:
         axes.plot(*scalars["gradient_monitor/mean_gain_ma"], color="tab:purple", linewidth=1.8, label="moving average")
-    gain_threshold = thresholds.get("gain_threshold")
-    if gain_threshold is not None:
-        label = f"threshold {gain_threshold:.3g}" + ("" if thresholds["explicit"] else " (all blocks measured)")
-        axes.axhline(gain_threshold, color="tab:red", linestyle="--", linewidth=1, label=label)
-    flagged, alerts = gain_alerts(gains, scalars.get("gradient_monitor/mean_gain_drift"), gain_threshold,
-                                  thresholds["drift_threshold"], thresholds["drift_consecutive"])
+    if "gradient_monitor/gain_threshold" in scalars:
+        axes.step(*scalars["gradient_monitor/gain_threshold"], where="post", color="tab:red", linestyle="--",
+                  linewidth=1, label="threshold")
+    flagged, alerts = recorded_checks(scalars)
     if flagged.any():
         axes.scatter(gains[0][flagged], gains[1][flagged], color="tab:orange", s=18, zorder=3, label="flagged check")
     if alerts.any():
@@ -179,52 +174,12 @@ def plot_expert_usage(scalars: Dict[str, Series], records: List[dict], folder: P
     return _save(figure, folder / "expert_usage.png")
 
 
-def drift_thresholds(checkpoint_dir: Path, num_blocks: Optional[int]) -> dict:
-    """The drift monitor's settings from ``config.yaml`` (defaults when missing).
-
-    Without an explicit ``--gain-threshold`` the monitor uses ``1 + 0.05 * sqrt(blocks)`` over the
-    blocks with a finite gain; the report takes every block of the model (``num_blocks``, else counted
-    on a model built from the config), i.e. stage 2's value: while the encoder is frozen fewer blocks
-    are measured and the monitor's threshold is a little lower, so markers are approximate there.
-    """
-    config = {}
-    config_path = Path(checkpoint_dir) / "config.yaml"
-    if config_path.is_file():
-        try:
-            config = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError:
-            logger.info("Report: %s is not valid YAML; using the default drift settings", config_path)
-    gain_threshold = config.get("gain_threshold")
-    explicit = gain_threshold is not None
-    if not explicit:
-        blocks = num_blocks if num_blocks is not None else count_gain_blocks(config) if config else None
-        gain_threshold = 1.0 + 0.05 * math.sqrt(blocks) if blocks else None
-    return {"gain_threshold": gain_threshold, "explicit": explicit,
-            "drift_threshold": float(config.get("drift_threshold", 0.10)),
-            "drift_consecutive": int(config.get("drift_consecutive", 3))}
-
-
-def count_gain_blocks(config: dict) -> Optional[int]:
-    """Blocks the drift monitor measures for the run's model (built without pretrained weights)."""
-    try:
-        from engine.config import FIELD_NAMES, TrainConfig
-        from engine.monitors.gradient_drift import find_blocks
-        from models import build_model
-
-        model_config = TrainConfig(**{k: v for k, v in config.items() if k in FIELD_NAMES}).model_config(True)
-        model_config.pretrained, model_config.pretrained_path = False, None
-        return len(find_blocks(build_model(model_config)))
-    except Exception as error:  # noqa: BLE001 - the threshold line is optional
-        logger.info("Report: could not rebuild the model to get the default gain threshold (%s)", error)
-        return None
-
-
-def build_report(checkpoint_dir: Path, num_blocks: Optional[int] = None) -> List[Path]:
-    """Draw every figure whose data exists into ``checkpoint_dir/report``.
+def build_report(checkpoint_dir: Path) -> List[Path]:
+    """Draw every figure whose data exists into ``checkpoint_dir/report``, from what the run
+    recorded (``metrics.jsonl``, ``runs/``); nothing is recomputed or rebuilt.
 
     Args:
-        checkpoint_dir: a run's ``--checkpoint-dir`` (``metrics.jsonl``, ``runs/``, ``config.yaml``).
-        num_blocks: blocks measured by the drift monitor, for the default gain threshold.
+        checkpoint_dir: a run's ``--checkpoint-dir``.
 
     Returns:
         The PNG files written, in drawing order.
@@ -249,8 +204,7 @@ def build_report(checkpoint_dir: Path, num_blocks: Optional[int] = None) -> List
         ("val_iou.png", "val_iou (metrics.jsonl)", lambda: plot_val_iou(records, folder)),
         ("lr.png", "train/lr (TensorBoard)", lambda: plot_lr(scalars, folder)),
         ("gradient_gain.png", "gradient_monitor/mean_gain (TensorBoard; drift monitor off or no check yet?)",
-         lambda: plot_gradient_gain(scalars, folder, drift_thresholds(checkpoint_dir, num_blocks))
-         if "gradient_monitor/mean_gain" in scalars else None),
+         lambda: plot_gradient_gain(scalars, folder)),
         ("expert_usage.png", "moe/expert_<i> (TensorBoard) or expert_usage (metrics.jsonl)",
          lambda: plot_expert_usage(scalars, records, folder)),
     ]
@@ -275,9 +229,7 @@ def report_after_training(trainer) -> List[Path]:
         return []
     folder = Path(trainer.config.checkpoint_dir)
     try:
-        from engine.monitors.gradient_drift import find_blocks
-
-        return build_report(folder, num_blocks=len(find_blocks(trainer.unwrapped_model)))
+        return build_report(folder)
     except Exception as error:  # noqa: BLE001 - the checkpoints are already safe on disk
         logger.warning("Run report failed (%s: %s); training results are unaffected. Retry with: "
                        "python train_ultimate.py report --checkpoint-dir %s", type(error).__name__, error, folder)

@@ -1,25 +1,11 @@
-"""Training-health monitors (SPEC section 8), each a ``Callback`` that can be switched off on its own.
+"""Training-health monitors, each a ``Callback`` that can be switched off on its own. They write
+through the Trainer's services (``trainer.log_scalar``) and see the model only through its public
+interface (``monitored_blocks()``, ``StepOutput.expert_fractions``).
 
 Shared helpers live here; they are defined before the re-exports below so the submodules can
 import them while this package is still initialising.
 """
 from __future__ import annotations
-
-from typing import Optional
-
-from engine.callbacks import StepOutput
-
-
-def summary_writer(trainer) -> Optional[object]:
-    """The ``SummaryWriter`` owned by the ``logging`` callback, or ``None`` (no logging callback yet)."""
-    callbacks = getattr(trainer, "callbacks", None)
-    logging_callback = callbacks.get("logging") if callbacks is not None else None
-    return getattr(logging_callback, "writer", None)
-
-
-def is_log_step(step: StepOutput, log_interval: int) -> bool:
-    """The steps at which ``LoggingCallback`` copies its buffer to the host (same rule, same syncs)."""
-    return step.step_in_epoch == 1 or step.step % log_interval == 0 or step.step_in_epoch == step.steps_in_epoch
 
 
 def is_main_process(trainer) -> bool:
@@ -34,5 +20,5 @@ from engine.monitors.post_epoch import PostEpochEvaluator, analyse_history  # no
 
 __all__ = [
     "DriftDetector", "ExpertUsageMonitor", "GradientDriftMonitor", "LossEMA", "LossEMAMonitor",
-    "PostEpochEvaluator", "analyse_history", "is_log_step", "summary_writer",
+    "PostEpochEvaluator", "analyse_history", "is_main_process",
 ]

@@ -1,8 +1,9 @@
 """Expert-usage monitor: the router's per-expert dispatch share (EMA) in TensorBoard and the epoch record.
 
-The share is read from the router's ``dispatch_fraction`` buffer (an EMA the router already keeps
-for its balance loss; it sums to 1 over experts), so the Trainer passes nothing and no step
-syncs: epoch statistics accumulate on the device and are read once per log step / epoch.
+The share is the model's own report, ``SegmentationOutput.expert_fractions`` (the EMA the router
+keeps for its balance loss; it sums to 1 over experts), which the Trainer passes on in
+``StepOutput.expert_fractions``. No step syncs: epoch statistics accumulate on the device and are
+read once per log step / epoch.
 """
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ import logging
 from typing import Any, Dict, List, Optional
 
 import torch
-from torch import nn
 
 from engine.callbacks import Callback, StepOutput
-from engine.monitors import is_log_step, is_main_process, summary_writer
+from engine.monitors import is_main_process
 
 logger = logging.getLogger(__name__)
-
-
-def find_dispatch_fraction_owner(model: nn.Module) -> Optional[nn.Module]:
-    """The first submodule holding a ``dispatch_fraction`` buffer ``(E,)`` (the MoE router), or ``None``."""
-    return next((module for module in model.modules() if "dispatch_fraction" in module._buffers), None)
 
 
 class ExpertUsageMonitor(Callback):
@@ -42,7 +37,7 @@ class ExpertUsageMonitor(Callback):
     def __init__(self, log_interval: int = 20, dominant_share: float = 0.9, unused_share: float = 0.01):
         self.log_interval = log_interval
         self.dominant_share, self.unused_share = dominant_share, unused_share
-        self.router: Optional[nn.Module] = None
+        self._reported_idle = False
         self.last_usage: List[float] = []
         self._reset_epoch()
 
@@ -51,25 +46,16 @@ class ExpertUsageMonitor(Callback):
         self._extremes: Optional[torch.Tensor] = None  # (E + 1,): max share per expert, -min of the top share
         self._steps = 0
 
-    def _shares(self, trainer) -> Optional[torch.Tensor]:
-        """The current dispatch-share EMA ``(E,)`` (device), from the router or the Trainer."""
-        shares = getattr(trainer, "last_expert_fractions", None)
-        if shares is None and self.router is not None:
-            shares = self.router.dispatch_fraction
-        return None if shares is None else shares.detach().float()
-
-    def on_train_start(self, trainer) -> None:
-        self.router = find_dispatch_fraction_owner(trainer.unwrapped_model)
-        if self.router is None:
-            logger.info("Expert usage monitor: the model has no MoE router (no dispatch_fraction); idle")
-
     def on_epoch_start(self, trainer) -> None:
         self._reset_epoch()
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
-        shares = self._shares(trainer)
-        if shares is None:
+        if step.expert_fractions is None:
+            if not self._reported_idle:
+                logger.info("Expert usage monitor: the model reports no expert fractions (no MoE router); idle")
+                self._reported_idle = True
             return
+        shares = step.expert_fractions.float()
         extremes = torch.cat([shares, -shares.max().reshape(1)])
         if self._sum is None:
             self._sum, self._extremes = shares.clone(), extremes
@@ -77,11 +63,10 @@ class ExpertUsageMonitor(Callback):
             self._sum = self._sum + shares
             self._extremes = torch.maximum(self._extremes, extremes)
         self._steps += 1
-        if is_log_step(step, self.log_interval) and is_main_process(trainer):
-            writer = summary_writer(trainer)
-            if writer is not None:  # one small copy on a step where the logging callback syncs anyway
-                for index, share in enumerate(shares.tolist()):
-                    writer.add_scalar(f"moe/expert_{index}", share, step.step)
+        if step.is_log_step(self.log_interval) and trainer.is_logging:
+            # one small copy on a step where the logging callback syncs anyway
+            for index, share in enumerate(shares.tolist()):
+                trainer.log_scalar(f"moe/expert_{index}", share, step.step)
 
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         if self._sum is None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from engine.callbacks import Callback, StepOutput
 from engine.compile import eager_while_measuring
-from engine.monitors import is_main_process, summary_writer
+from engine.monitors import is_main_process
 
 logger = logging.getLogger(__name__)
 # A block whose input carries no gradient (behind a frozen stage) is simply not measured; torch's
@@ -93,24 +93,12 @@ class DriftDetector:
 
 
 def find_blocks(model: nn.Module) -> Blocks:
-    """The blocks whose gain is measured: tensor-in, tensor-out modules of encoder and decoder.
-
-    ``CamoSegmenter``: the encoder's feature-level modules (e.g. ``stages_0..3``), the FPN
-    smoothing convs and fuse conv, every expert and the head's refine conv. Any other model:
-    its direct children that hold parameters.
-    """
-    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
-    if encoder is None or decoder is None or not hasattr(encoder, "_feature_module_names"):
-        return [(name, child) for name, child in model.named_children() if any(True for _ in child.parameters())]
-    modules = dict(encoder.model.named_modules())
-    blocks = [(f"encoder.{name}", modules[name]) for name in encoder._feature_module_names()]
-    fusion = getattr(decoder, "fusion", None)
-    if fusion is not None:
-        blocks += [(f"decoder.fusion.smooth.{i}", m) for i, m in enumerate(fusion.smooth)]
-        blocks.append(("decoder.fusion.fuse", fusion.fuse))
-    blocks += [(f"decoder.experts.{i}", m) for i, m in enumerate(getattr(decoder, "experts", []))]
-    refine = getattr(getattr(model, "head", None), "refine", None)
-    return blocks + ([("head.refine", refine)] if refine is not None else [])
+    """The blocks whose gain is measured: the model's ``monitored_blocks()`` (``CamoSegmenter``:
+    encoder feature levels, FPN convs, experts, head refine), or for any other model its direct
+    children that hold parameters."""
+    if hasattr(model, "monitored_blocks"):
+        return list(model.monitored_blocks())
+    return [(name, child) for name, child in model.named_children() if any(True for _ in child.parameters())]
 
 
 def _squared_norm(grads: Sequence[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
@@ -221,8 +209,8 @@ class GradientDriftMonitor(Callback):
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         self.detach()  # validation runs without hooks
 
-    def on_train_end(self, trainer) -> None:
-        self.detach()
+    def teardown(self, trainer) -> None:
+        self.detach()  # also after an error: no hooks left on the model, the compile stance restored
 
     # ------------------------------------------------------------------ measurement
     def _fold_norms(self) -> None:
@@ -247,11 +235,9 @@ class GradientDriftMonitor(Callback):
         values = torch.cat(parts).tolist() if parts else []
         updates, self._norm_stats, self._updates = self._updates, None, 0
         main = is_main_process(trainer)
-        writer = summary_writer(trainer) if main else None
         if has_norms:
             exploding, vanishing, peak, grad_norm = values[len(names):]
-            if writer is not None:
-                writer.add_scalar("gradient_monitor/grad_norm", grad_norm, step.step)
+            trainer.log_scalar("gradient_monitor/grad_norm", grad_norm, step.step)
             if main:
                 self._warn_norms(trainer, step, int(exploding), int(vanishing), peak, updates)
         block_gains = dict(zip(names, values[:len(names)]))
@@ -259,10 +245,13 @@ class GradientDriftMonitor(Callback):
         if not finite:
             return
         check = self.detector.check(sum(finite) / len(finite), len(finite))
-        if writer is not None:
-            writer.add_scalar("gradient_monitor/mean_gain", check.mean_gain, step.step)
-            writer.add_scalar("gradient_monitor/mean_gain_ma", check.moving_average, step.step)
-            writer.add_scalar("gradient_monitor/mean_gain_drift", check.drift, step.step)
+        trainer.log_scalar("gradient_monitor/mean_gain", check.mean_gain, step.step)
+        trainer.log_scalar("gradient_monitor/mean_gain_ma", check.moving_average, step.step)
+        trainer.log_scalar("gradient_monitor/mean_gain_drift", check.drift, step.step)
+        # The decisions themselves, so that ``report`` draws what happened instead of re-deriving it.
+        trainer.log_scalar("gradient_monitor/gain_threshold", check.threshold, step.step)
+        trainer.log_scalar("gradient_monitor/flagged", float(bool(check.reasons)), step.step)
+        trainer.log_scalar("gradient_monitor/alert", float(check.alert), step.step)
         if check.alert and main:
             self._warn_drift(trainer, step, check, block_gains)
 

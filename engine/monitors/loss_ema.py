@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from engine.callbacks import Callback, StepOutput
-from engine.monitors import is_log_step, summary_writer
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class LossEMAMonitor(Callback):
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         self._pending.append((step.step, self.ema.update(step.loss)))
-        if is_log_step(step, self.log_interval):
+        if step.is_log_step(self.log_interval):
             self.flush(trainer)
 
     def flush(self, trainer) -> None:
@@ -97,10 +96,8 @@ class LossEMAMonitor(Callback):
         if not self._pending:
             return
         values = torch.stack([value for _, value in self._pending]).tolist()
-        writer = summary_writer(trainer)
-        if writer is not None:
-            for (step, _), value in zip(self._pending, values):
-                writer.add_scalar("train/loss_ema", value, step)
+        for (step, _), value in zip(self._pending, values):
+            trainer.log_scalar("train/loss_ema", value, step)
         self.last_value = values[-1]
         self._pending = []
 

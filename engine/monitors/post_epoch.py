@@ -3,7 +3,8 @@
 ``analyse_history`` is the pure rule set (tested on the source notes' scenarios); the callback
 feeds it the epoch records, prints the report, writes ``evaluation/*`` to TensorBoard, stores the
 findings under ``record["health"]`` (so ``metrics.jsonl`` keeps them) and, with
-``auto_adjust_lr``, halves the LR on a plateau through ``adjust_lr`` (never below the min LR).
+``auto_adjust_lr``, halves the current stage's LR on a plateau through the plan
+(``StagePlan.scale_lr``; never below the min LR).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from engine.callbacks import Callback, StepOutput
-from engine.monitors import is_main_process, summary_writer
+from engine.callbacks import Order
+from engine.monitors import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -167,18 +169,19 @@ def parse_epoch_selection(text: str) -> Callable[[int], bool]:
 class PostEpochEvaluator(Callback):
     """Runs ``analyse_history`` at the selected epochs and the LR sanity check after epoch 1.
 
-    Place it *before* the logging callback: it adds ``record["health"]``, which that callback
-    writes to ``metrics.jsonl``.
+    It runs before the logging callback (``Order.DIAGNOSIS``): it adds ``record["health"]``,
+    which that callback writes to ``metrics.jsonl``.
 
     Args:
         epochs: epoch selection (``--eval-epochs``), default ``"2+"`` = every epoch from 2 on.
-        auto_adjust_lr: halve the LR on a plateau (``--auto-adjust-lr``); applied by the Trainer
-            through ``adjust_lr``; at most once per ``plateau_epochs`` epochs.
+        auto_adjust_lr: halve the current stage's LR on a plateau (``--auto-adjust-lr``), through
+            the plan; at most once per ``plateau_epochs`` epochs.
         min_lr: the LR is never lowered below this (``--min-lr``).
         plateau_epochs, plateau_tolerance: see ``analyse_history``.
     """
 
     name = "post_epoch"
+    order = Order.DIAGNOSIS
 
     def __init__(self, epochs: str = "2+", auto_adjust_lr: bool = False, min_lr: float = 0.0,
                  plateau_epochs: int = 3, plateau_tolerance: float = 0.01):
@@ -186,24 +189,9 @@ class PostEpochEvaluator(Callback):
         self.auto_adjust_lr, self.min_lr = auto_adjust_lr, min_lr
         self.plateau_epochs, self.plateau_tolerance = plateau_epochs, plateau_tolerance
         self.history: List[EpochStats] = []
-        self.lr_multiplier = 1.0
         self.adjusted_at_epoch = 0
-        self.stage: Optional[int] = None
         self._first_epoch: Optional[torch.Tensor] = None  # device [sum first tenth, sum last tenth, peak]
         self._tenth = 1
-
-    def adjust_lr(self, scheduled_lr: float) -> float:
-        """The LR to use for a scheduled LR: scaled by the plateau multiplier, never pushed below min LR."""
-        if self.lr_multiplier == 1.0:
-            return scheduled_lr
-        return max(scheduled_lr * self.lr_multiplier, min(scheduled_lr, self.min_lr))
-
-    def on_epoch_start(self, trainer) -> None:
-        if self.stage is not None and trainer.stage != self.stage and self.lr_multiplier != 1.0:
-            logger.info("Stage %d starts: the plateau LR multiplier %.3g is reset to 1", trainer.stage,
-                        self.lr_multiplier)
-            self.lr_multiplier = 1.0
-        self.stage = trainer.stage
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         """Track the first epoch's early / late / peak loss on the device (3 tiny ops, epoch 1 only)."""
@@ -241,14 +229,10 @@ class PostEpochEvaluator(Callback):
                 _report(record["epoch"], health)
 
     def _write(self, trainer, health: Dict[str, Any], step: int) -> None:
-        writer = summary_writer(trainer) if is_main_process(trainer) else None
-        if writer is None:
-            return
-        for tag, key in (("improvement_rate", "improvement_rate"), ("iou_improvement_rate", "iou_improvement_rate"),
-                         ("train_val_gap", "train_val_gap")):
+        for key in ("improvement_rate", "iou_improvement_rate", "train_val_gap"):
             if health.get(key) is not None:
-                writer.add_scalar(f"evaluation/{tag}", health[key], step)
-        writer.add_scalar("evaluation/plateau_detected", float(health["plateau"]), step)
+                trainer.log_scalar(f"evaluation/{key}", health[key], step)
+        trainer.log_scalar("evaluation/plateau_detected", float(health["plateau"]), step)
 
     def _halve_lr(self, trainer, health: Dict[str, Any], epoch: int) -> None:
         if self.adjusted_at_epoch and epoch - self.adjusted_at_epoch < self.plateau_epochs:
@@ -257,20 +241,17 @@ class PostEpochEvaluator(Callback):
         if current * 0.5 < self.min_lr:
             health["lr_adjustment"] = f"not halved: the LR {current:.3g} is already near --min-lr {self.min_lr:.3g}"
             return
-        self.lr_multiplier *= 0.5
+        scale = trainer.plan.scale_lr(trainer.stage, 0.5)
         self.adjusted_at_epoch = epoch
-        health["lr_adjustment"] = f"LR halved on plateau: {current:.3g} -> {current * 0.5:.3g} (multiplier " \
-                                  f"{self.lr_multiplier:.3g})"
+        health["lr_adjustment"] = (f"LR halved on plateau: {current:.3g} -> {current * 0.5:.3g} (stage "
+                                   f"{trainer.stage} LR scale x{scale:.3g}, kept in the plan)")
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"history": [asdict(h) for h in self.history], "lr_multiplier": self.lr_multiplier,
-                "adjusted_at_epoch": self.adjusted_at_epoch, "stage": self.stage}
+        return {"history": [asdict(h) for h in self.history], "adjusted_at_epoch": self.adjusted_at_epoch}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.history = [EpochStats(**h) for h in state.get("history", [])]
-        self.lr_multiplier = float(state.get("lr_multiplier", 1.0))
         self.adjusted_at_epoch = int(state.get("adjusted_at_epoch", 0))
-        self.stage = state.get("stage")
 
 
 def _report(epoch: int, health: Dict[str, Any]) -> None:

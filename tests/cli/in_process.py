@@ -8,7 +8,6 @@ real subprocess for that.
 import contextlib
 import io
 import logging
-import os
 import random
 import signal
 import subprocess

@@ -173,7 +173,7 @@ def test_predict_binary_masks_and_overlays(run_dir, photo_pack, predictions, tmp
 
 def test_ema_weights_of_a_checkpoint_without_ema_is_a_clear_error(run_dir, synthetic_set, tmp_path, capsys):
     payload = torch.load(run_dir / "last.pth", weights_only=True)
-    payload["ema"] = None
+    del payload["trainer"]["callbacks"]["weight_ema"]["shadow"]
     torch.save(payload, tmp_path / "no_ema.pth")
     for command in (["eval", "--dataset-path", synthetic_set], ["predict", "--input", synthetic_set / "Test" / "Image",
                                                                  "--output", tmp_path / "out"]):

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.checkpoint import load_checkpoint
+from engine.checkpoint.format import progress
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["train", "--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
         "--img-size", "48", "--synthetic-train-size", "24", "--synthetic-val-size", "4", "--batch-size", "2",
@@ -40,12 +43,12 @@ def test_sigterm_mid_epoch_saves_and_resumes(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
-    saved = torch.load(folder / "last.pth", weights_only=True)
+    saved = progress(load_checkpoint(folder / "last.pth"))
     resumed = subprocess.run([sys.executable, str(ROOT / "train_ultimate.py"), *TINY, "--checkpoint-dir", str(folder),
                               "--epochs", str(saved["epoch"] + 1), "--resume-from", "auto"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == saved["epoch"] + 1
+    assert progress(load_checkpoint(folder / "last.pth"))["epoch"] == saved["epoch"] + 1
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -93,5 +96,5 @@ def test_random_sigkills_never_corrupt_checkpoints(tmp_path):
                             *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-2000:]
     all_checkpoints_load(folder)
-    assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == epochs
+    assert progress(load_checkpoint(folder / "last.pth"))["epoch"] == epochs
     assert not list(folder.glob(".tmp-ckpt-*"))

@@ -76,7 +76,7 @@ def test_training_loss_falls_on_real_photographs(run_dir, packs):
     torch.manual_seed(0)
     untrained = build_model(config).eval()
     trained = build_model(config).eval()
-    trained.load_state_dict(payload["model"])
+    trained.load_state_dict(payload["trainer"]["model"])
     pairs = find_pairs(packs[0], "train")[:8]
     mean = torch.tensor(untrained.encoder.normalization[0])[:, None, None]
     std = torch.tensor(untrained.encoder.normalization[1])[:, None, None]

@@ -22,8 +22,8 @@ def main(settings_json: str, output: str) -> None:
     with torch.compiler.set_stance("default", force_backend=backend) if settings.get("compile") else nullcontext():
         trainer = build_trainer(build_config({}, settings))
         trainer.fit()
-    ema = trainer.callbacks.get("weight_ema")
-    torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.ema.state_dict() if ema else None,
+    ema = trainer.averaged_models.get("ema")
+    torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "compiled_calls": backend.calls}, f"{output}/rank{trainer.distributed.rank}.pt")
     shutdown(trainer.distributed)
 

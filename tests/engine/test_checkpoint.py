@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from engine.checkpoint.files import (
-    FORMAT_VERSION, CheckpointError, atomic_save, check_model_format, capture_rng_state, find_resumable, load_checkpoint, remove_stale_temp_files,
-    restore_rng_state,
+    atomic_save, capture_rng_state, find_resumable, load_checkpoint, remove_stale_temp_files, restore_rng_state,
+)
+from engine.checkpoint.format import (
+    FORMAT_VERSION, CheckpointError, check_model_format, has_ema, progress, saved_weights, upgrade,
 )
 
 
@@ -29,7 +31,7 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.pth").write_text("not a checkpoint")
     torch.save({"weights": torch.ones(1)}, tmp_path / "other.pth")
-    for name, words in (("truncated.pth", "truncated"), ("text.pth", "truncated or not"), ("other.pth", "no 'model'")):
+    for name, words in (("truncated.pth", "truncated"), ("text.pth", "truncated or not"), ("other.pth", "no model weights")):
         with pytest.raises(CheckpointError, match=words):
             load_checkpoint(tmp_path / name)
 
@@ -53,9 +55,13 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+def at_step(step):
+    return {"version": FORMAT_VERSION, "trainer": {"model": {}, "progress": {"global_step": step}}}
+
+
 def test_find_resumable_skips_damaged_and_picks_furthest(tmp_path, caplog):
-    atomic_save({"model": {}, "global_step": 10}, tmp_path / "epoch_1.pth")
-    atomic_save({"model": {}, "global_step": 20}, tmp_path / "last.pth")
+    atomic_save(at_step(20), tmp_path / "last.pth")
+    atomic_save(at_step(10), tmp_path / "epoch_1.pth")  # newer file, fewer steps
     data = (tmp_path / "last.pth").read_bytes()
     (tmp_path / "newer_but_broken.pth").write_bytes(data[:30])
     assert find_resumable(tmp_path) == tmp_path / "last.pth"
@@ -89,3 +95,25 @@ def test_a_checkpoint_of_the_earlier_model_format_is_refused_in_one_line(tmp_pat
     with pytest.raises(CheckpointError, match="format 1"):
         check_model_format({"model": {}}, tmp_path / "old.pth")  # the first files had no version at all
     check_model_format({"model": {}, "version": FORMAT_VERSION}, tmp_path / "new.pth")
+
+
+def test_format2_layout_is_upgraded_on_load(tmp_path):
+    """Format 2 kept model/EMA/counters at the top level and the plateau multiplier in a callback."""
+    weights, shadow = {"w": torch.ones(2)}, {"w": torch.zeros(2)}
+    old = {"version": 2, "model": weights, "ema": shadow, "optimizer": {"state": {}}, "scaler": {},
+           "epoch": 3, "global_step": 12, "batch_in_epoch": 1, "epoch_updates": 1, "epoch_loss_sum": torch.ones(()),
+           "plan": {"stage2_start": 1, "origins": {"1": 0, "2": 1}}, "nonfinite_guard": {"bad": 0},
+           "criterion": {}, "config": {"lr": 1e-3}, "world_size": 1, "best_weights": "ema",
+           "callbacks": {"post_epoch": {"history": [], "lr_multiplier": 0.5, "adjusted_at_epoch": 3, "stage": 2},
+                         "weight_ema": {"decay": 0.9}}}
+    atomic_save(old, tmp_path / "old.pth")
+    payload = load_checkpoint(tmp_path / "old.pth")
+    assert payload["version"] == FORMAT_VERSION and payload["best_weights"] == "ema"
+    assert progress(payload) == {"epoch": 3, "global_step": 12, "batch_in_epoch": 1, "epoch_loss_sum": torch.ones(()),
+                                 "epoch_updates": 1}
+    assert torch.equal(saved_weights(payload)["w"], weights["w"]) and has_ema(payload)
+    assert torch.equal(saved_weights(payload, "ema")["w"], shadow["w"])
+    assert payload["trainer"]["plan"]["lr_scales"] == {"2": 0.5}
+    assert "lr_multiplier" not in payload["trainer"]["callbacks"]["post_epoch"]
+    assert payload["trainer"]["guard"] == {"bad": 0} and payload["trainer"]["optimizer"] == {"state": {}}
+    assert upgrade(payload) is payload  # the current layout is left alone

@@ -3,13 +3,13 @@ import io
 import logging
 import math
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from engine.callbacks import StepOutput
 from engine.monitors.gradient_drift import DriftDetector, GainProbe, GradientDriftMonitor, find_blocks
+from tests.engine.fakes import fake_trainer as trainer_services
 
 
 class RecordingWriter:
@@ -107,9 +107,7 @@ def test_gain_is_the_input_over_output_gradient_ratio():
 
 
 def fake_trainer(model, writer):
-    logging_stub = SimpleNamespace(writer=writer)
-    return SimpleNamespace(unwrapped_model=model, global_step=0, stage=1, data=SimpleNamespace(is_main_process=True),
-                           callbacks=SimpleNamespace(get=lambda name: logging_stub if name == "logging" else None))
+    return trainer_services(writer, unwrapped_model=model, global_step=0, stage=1)
 
 
 def toy_model():
@@ -139,8 +137,12 @@ def test_monitor_hooks_only_the_measured_update(caplog):
     monitor.on_epoch_end(trainer, {})
     assert attached_during == [False] * 4 + [True] * 2 + [False] * 4 + [True] * 2
     assert hooks_left(model) == []
-    for tag in ("mean_gain", "mean_gain_ma", "mean_gain_drift", "grad_norm"):
+    for tag in ("mean_gain", "mean_gain_ma", "mean_gain_drift", "grad_norm", "gain_threshold", "flagged", "alert"):
         assert [step for step, _ in writer.scalars[f"gradient_monitor/{tag}"]] == [3, 6], tag
+    # the decisions are recorded as made: both checks above the 1e-3 threshold, the second alerts
+    assert writer.scalars["gradient_monitor/gain_threshold"] == [(3, 1e-3), (6, 1e-3)]
+    assert writer.scalars["gradient_monitor/flagged"] == [(3, 1.0), (6, 1.0)]
+    assert writer.scalars["gradient_monitor/alert"] == [(3, 0.0), (6, 1.0)]
     assert all(math.isfinite(value) and value > 0 for _, value in writer.scalars["gradient_monitor/mean_gain"])
     messages = [record.getMessage() for record in caplog.records]
     exploding = [message for message in messages if message.startswith("Exploding gradients: 1 of the last 3 updates")]

@@ -1,60 +1,59 @@
-"""Expert-usage monitor: shares from the router buffer, TensorBoard, epoch record and collapse warnings."""
+"""Expert-usage monitor: shares from the model output, TensorBoard, epoch record and collapse warnings."""
 import io
 import logging
 from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from engine.callbacks import StepOutput
-from engine.monitors.expert_usage import ExpertUsageMonitor, find_dispatch_fraction_owner, usage_alerts
+from engine.monitors.expert_usage import ExpertUsageMonitor, usage_alerts
 
 
-class FakeRouter(nn.Module):
-    def __init__(self, num_experts):
-        super().__init__()
-        self.register_buffer("dispatch_fraction", torch.full((num_experts,), 1.0 / num_experts))
+class RecordingTrainer:
+    """The Trainer services the monitor uses: ``log_scalar``, ``is_logging`` and the rank."""
 
-
-class RecordingWriter:
-    def __init__(self):
+    def __init__(self, logging=True):
         self.scalars = []
+        self.is_logging = logging
+        self.data = SimpleNamespace(is_main_process=True)
 
-    def add_scalar(self, tag, value, step):
+    def log_scalar(self, tag, value, step):
         self.scalars.append((tag, value, step))
 
 
-def make_trainer(num_experts=3, writer=None):
-    model = nn.Sequential(nn.Linear(2, 2), FakeRouter(num_experts))
-    logging_stub = SimpleNamespace(writer=writer)
-    return SimpleNamespace(unwrapped_model=model, data=SimpleNamespace(is_main_process=True),
-                           callbacks=SimpleNamespace(get=lambda name: logging_stub if name == "logging" else None))
+def make_trainer(logging=True):
+    return RecordingTrainer(logging)
+
+
+def step_output(step, steps_in_epoch, shares=None):
+    fractions = None if shares is None else torch.tensor(shares)
+    return StepOutput(torch.tensor(1.0), 1e-3, None, step, step, steps_in_epoch, expert_fractions=fractions)
 
 
 def run_epoch(monitor, trainer, shares_per_step, epoch=1):
-    router = trainer.unwrapped_model[1]
     monitor.on_epoch_start(trainer)
     for index, shares in enumerate(shares_per_step, start=1):
-        router.dispatch_fraction.copy_(torch.tensor(shares))  # the router updates it in place each forward
-        monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, None, index, index,
-                                                      len(shares_per_step)))
+        monitor.on_optimizer_step(trainer, step_output(index, len(shares_per_step), shares))
     record = {"epoch": epoch}
     monitor.on_epoch_end(trainer, record)
     return record
 
 
-def test_finds_the_router_of_the_real_model():
-    from models.router import TopKRouter
+def test_the_real_model_reports_its_expert_fractions():
+    from engine.config import build_config
+    from models import build_model
+    from tests.conftest import TINY_SETTINGS
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), TopKRouter(4, num_experts=3))
-    assert find_dispatch_fraction_owner(model) is model[1]
-    assert find_dispatch_fraction_owner(nn.Linear(2, 2)) is None
+    model = build_model(build_config({}, dict(TINY_SETTINGS)).model_config(synthetic=True))
+    output = model(torch.randn(2, 3, 48, 48))
+    assert output.expert_fractions.shape == (3,)
+    assert float(output.expert_fractions.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_epoch_mean_in_record_and_tensorboard_at_log_steps():
-    writer = RecordingWriter()
-    monitor, trainer = ExpertUsageMonitor(log_interval=2), make_trainer(writer=writer)
+    monitor, trainer = ExpertUsageMonitor(log_interval=2), make_trainer()
+    writer = trainer
     monitor.on_train_start(trainer)
     record = run_epoch(monitor, trainer, [[0.5, 0.3, 0.2], [0.3, 0.3, 0.4], [0.4, 0.3, 0.3]])
     assert record["expert_usage"] == pytest.approx([0.4, 0.3, 0.3], abs=1e-6)
@@ -78,7 +77,7 @@ def test_warns_when_one_expert_dominates_the_whole_epoch(caplog):
 
 
 def test_warns_when_an_expert_goes_unused():
-    monitor, trainer = ExpertUsageMonitor(log_interval=100), make_trainer(num_experts=4)
+    monitor, trainer = ExpertUsageMonitor(log_interval=100), make_trainer()
     monitor.on_train_start(trainer)
     record = run_epoch(monitor, trainer, [[0.5, 0.495, 0.005, 0.0]] * 3)
     assert record["expert_alerts"] == [usage_alerts([0.5, 0.495, 0.005, 0.0], 0.495)[0]]
@@ -94,21 +93,23 @@ def test_no_host_sync_per_step(monkeypatch):
         raise AssertionError("host transfer on a non-logging step")
 
     monitor.on_epoch_start(trainer)
-    monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, None, 1, 1, 5))
+    monitor.on_optimizer_step(trainer, step_output(1, 5, [0.4, 0.3, 0.3]))
+    shares = [step_output(step, 5, [0.4, 0.3, 0.3]) for step in range(2, 5)]
     for method in ("item", "cpu", "tolist", "numpy", "__float__", "__bool__"):
         monkeypatch.setattr(torch.Tensor, method, forbidden)
-    for step in range(2, 5):
-        monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, None, step, step, 5))
+    for step in shares:
+        monitor.on_optimizer_step(trainer, step)
     monkeypatch.undo()
-    assert monitor._steps == 4
+    record = {"epoch": 2}
+    monitor.on_epoch_end(trainer, record)
+    assert record["expert_usage"] == pytest.approx([0.4, 0.3, 0.3], abs=1e-6)  # all 4 steps were counted
 
 
 def test_idle_without_router_and_state_round_trips():
-    monitor = ExpertUsageMonitor()
-    trainer = SimpleNamespace(unwrapped_model=nn.Linear(2, 2), data=SimpleNamespace(is_main_process=True))
+    monitor, trainer = ExpertUsageMonitor(), make_trainer()
     monitor.on_train_start(trainer)
     monitor.on_epoch_start(trainer)
-    monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, None, 1, 1, 1))
+    monitor.on_optimizer_step(trainer, step_output(1, 1))
     record = {"epoch": 1}
     monitor.on_epoch_end(trainer, record)
     assert "expert_usage" not in record

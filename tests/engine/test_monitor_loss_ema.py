@@ -1,6 +1,5 @@
 """Loss-EMA monitor: pandas oracle, step 1, state round trip, no host sync, TensorBoard buffering."""
 import io
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -8,6 +7,7 @@ import torch
 
 from engine.callbacks import CallbackList, StepOutput
 from engine.monitors.loss_ema import LossEMA, LossEMAMonitor
+from tests.engine.fakes import fake_trainer
 
 
 class RecordingWriter:
@@ -16,12 +16,6 @@ class RecordingWriter:
 
     def add_scalar(self, tag, value, step):
         self.scalars.append((tag, value, step))
-
-
-def fake_trainer(writer=None):
-    logging_stub = SimpleNamespace(name="logging", writer=writer)
-    return SimpleNamespace(callbacks=SimpleNamespace(get=lambda name: logging_stub if name == "logging" else None),
-                           data=SimpleNamespace(is_main_process=True))
 
 
 def step_output(loss, step, steps_in_epoch=1000):
@@ -116,6 +110,6 @@ def test_writes_every_step_at_flush_and_feeds_the_console():
 
 def test_works_without_a_logging_callback():
     monitor = LossEMAMonitor(beta=0.9, log_interval=1)
-    trainer = SimpleNamespace(callbacks=CallbackList([]))
+    trainer = fake_trainer(None)
     monitor.on_optimizer_step(trainer, step_output(2.0, 1))
     assert monitor.console_extras() == {"EMA": "2.0000"}

@@ -1,7 +1,6 @@
 """Post-epoch evaluator: the source notes' three scenarios, plateau, LR sanity, auto LR, record and state."""
 import io
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch
 from engine.callbacks import StepOutput
 from engine.monitors.post_epoch import (EpochStats, PostEpochEvaluator, analyse_history, first_epoch_lr_check,
                                         parse_epoch_selection)
+from tests.engine.fakes import fake_trainer as trainer_services
 
 
 def history(val, train=None, iou=None):
@@ -83,10 +83,17 @@ class RecordingWriter:
         self.tags.append(tag)
 
 
+def make_plan(min_lr=1e-4):
+    from engine.config import build_config
+    from engine.stages import PlanState, StagePlan
+    from tests.conftest import TINY_SETTINGS
+
+    config = build_config({}, dict(TINY_SETTINGS, epochs=20, stage1_epochs=10, min_lr=min_lr, warmup_epochs=0))
+    return StagePlan(config, 12, PlanState.fresh(config))
+
+
 def fake_trainer(writer=None, lr=1e-3):
-    logging_stub = SimpleNamespace(writer=writer)
-    return SimpleNamespace(epoch=0, stage=1, current_lr=lr, data=SimpleNamespace(is_main_process=True),
-                           callbacks=SimpleNamespace(get=lambda name: logging_stub if name == "logging" else None))
+    return trainer_services(writer, epoch=0, stage=1, current_lr=lr, plan=make_plan())
 
 
 def run_epochs(evaluator, trainer, val_losses, train_losses=None):
@@ -128,25 +135,31 @@ def test_auto_adjust_halves_lr_on_plateau_never_below_min_lr():
     records = run_epochs(evaluator, trainer, flat)
     halvings = [r["epoch"] for r in records if "halved" in r.get("health", {}).get("lr_adjustment", "")]
     assert halvings == [6, 9]  # plateau first seen at epoch 6, then a 3-epoch cooldown
-    assert evaluator.lr_multiplier == 0.25
-    assert evaluator.adjust_lr(1e-3) == pytest.approx(2.5e-4)
-    assert evaluator.adjust_lr(2e-4) == pytest.approx(1e-4)  # clamped at min LR
-    assert evaluator.adjust_lr(5e-5) == pytest.approx(5e-5)  # already below (warmup): left alone
+    plan, unscaled = trainer.plan, make_plan()
+    assert plan.lr_scale(1) == 0.25 and plan.lr_scale(2) == 1.0  # the scale belongs to the stage it was set in
+    for epoch, step in ((0, 0), (4, 1), (9, 2), (12, 0)):
+        scheduled = unscaled.lr_at(epoch, step)
+        expected = scheduled if epoch >= 10 else max(0.25 * scheduled, min(scheduled, 1e-4))  # never below min LR
+        assert plan.lr_at(epoch, step) == pytest.approx(expected)
+    assert plan.lr_at(9, 2) == pytest.approx(1e-4)  # the cosine tail, clamped at min LR
     trainer.current_lr = 1.5e-4  # halving would cross min LR: refused
     assert "not halved" in run_epochs(evaluator, trainer, flat + [0.7, 0.7, 0.7])[-1]["health"]["lr_adjustment"]
-    assert PostEpochEvaluator().adjust_lr(1e-3) == 1e-3  # off by default
+    untouched = fake_trainer()
+    run_epochs(PostEpochEvaluator(), untouched, flat)  # off by default
+    assert untouched.plan.lr_scale(1) == 1.0
 
 
-def test_state_round_trips_and_multiplier_resets_at_stage_two():
+def test_state_and_the_plan_scale_round_trip_through_weights_only_load():
+    from engine.stages import PlanState
+
     evaluator = PostEpochEvaluator(auto_adjust_lr=True)
     trainer = fake_trainer()
     run_epochs(evaluator, trainer, [1.0, 0.8, 0.7, 0.7, 0.7, 0.7])
     buffer = io.BytesIO()
-    torch.save(evaluator.state_dict(), buffer)
+    torch.save({"evaluator": evaluator.state_dict(), "plan": trainer.plan.state.state_dict()}, buffer)
     buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
     restored = PostEpochEvaluator(auto_adjust_lr=True)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
-    assert restored.history == evaluator.history and restored.lr_multiplier == 0.5
-    trainer.stage = 2
-    restored.on_epoch_start(trainer)
-    assert restored.lr_multiplier == 1.0
+    restored.load_state_dict(saved["evaluator"])
+    assert restored.history == evaluator.history and restored.adjusted_at_epoch == evaluator.adjusted_at_epoch == 6
+    assert PlanState.from_state_dict(saved["plan"]).lr_scales == {1: 0.5}

@@ -3,19 +3,23 @@ import pytest
 import torch
 
 from engine.build import build_trainer
-from engine.callbacks import Callback
+from engine.callbacks import Callback, Order
 from engine.nonfinite import NonFiniteGuard, TrainingDivergedError
 
 
 class PoisonLoss(torch.nn.Module):
-    """Wraps the criterion and returns NaN on chosen calls."""
+    """Wraps the criterion, returns NaN on chosen calls, and snapshots the weights and the EMA
+    shadow before each call (i.e. after every completed or skipped update)."""
 
-    def __init__(self, criterion, bad_calls):
+    def __init__(self, criterion, bad_calls, model, shadow):
         super().__init__()
         self.criterion, self.bad_calls, self.calls = criterion, set(bad_calls), 0
+        self.model, self.shadow, self.before_call = model, shadow, {}
 
     def forward(self, output, masks):
         self.calls += 1
+        self.before_call[self.calls] = ({k: v.clone() for k, v in self.model.named_parameters()},
+                                        {k: v.clone() for k, v in self.shadow.state_dict().items()})
         losses = self.criterion(output, masks)
         if self.calls in self.bad_calls:
             losses["loss"] = losses["loss"] * float("nan")
@@ -24,38 +28,31 @@ class PoisonLoss(torch.nn.Module):
 
 class Snapshots(Callback):
     name = "snapshots"
+    order = Order.WEIGHTS + 1  # after the EMA callback: sees its update
 
     def __init__(self):
         self.states = []
 
     def on_optimizer_step(self, trainer, step):
-        ema = trainer.callbacks.get("weight_ema").ema
+        ema = trainer.averaged_models["ema"]
         self.states.append((step.step, {k: v.clone() for k, v in trainer.model.state_dict().items()},
                             {k: v.clone() for k, v in ema.state_dict().items()}))
 
 
 def test_nan_update_leaves_weights_and_ema_bitwise_unchanged(tiny_config, caplog):
     trainer = build_trainer(tiny_config(epochs=1, stage1_epochs=0, batch_size=4, use_ema=True, ema_decay=0.5))
-    trainer.criterion = PoisonLoss(trainer.criterion, bad_calls={2})  # the second of three updates
+    poison = PoisonLoss(trainer.criterion, {2}, trainer.model, trainer.averaged_models["ema"])  # 2nd of 3 updates
+    trainer.criterion = poison
     snapshots = Snapshots()
-    trainer.callbacks.callbacks.append(snapshots)  # after the EMA callback: sees its update
-    before = {}
-    original = trainer._optimizer_step
-
-    def spy(*args):
-        ema = trainer.callbacks.get("weight_ema").ema
-        before[trainer.guard.total_skipped] = ({k: v.clone() for k, v in trainer.model.named_parameters()},
-                                               {k: v.clone() for k, v in ema.state_dict().items()})
-        original(*args)
-
-    trainer._optimizer_step = spy
+    trainer.add_callback(snapshots)
     trainer.fit()
     assert [state[0] for state in snapshots.states] == [1, 2]  # 3 windows, one skipped
     assert trainer.guard.total_skipped == 1 and "Skipped update 2" in caplog.text
-    # Weights after the skipped update equal the weights after update 1, and so does the EMA.
-    # (Buffers that a forward pass updates, like the router's dispatch EMA, may move: no update ran.)
+    # Weights after the skipped update (seen by the third window's loss) equal the weights after
+    # update 1, and so does the EMA. (Buffers that a forward pass updates, like the router's
+    # dispatch EMA, may move: no update ran.)
     _, weights_after_first, ema_after_first = snapshots.states[0]
-    parameters_after_skip, ema_after_skip = before[1]
+    parameters_after_skip, ema_after_skip = poison.before_call[3]
     for key, value in parameters_after_skip.items():
         assert torch.equal(value, weights_after_first[key]), key
     for key, value in ema_after_skip.items():

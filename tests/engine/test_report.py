@@ -2,15 +2,15 @@
 import json
 import logging
 
-import numpy as np
 import pytest
-import yaml
 
 from engine.config import ConfigError
-from engine.evaluation.report import build_report, gain_alerts
+from engine.evaluation.report import build_report, read_scalars, recorded_checks
 
 ALL_FIGURES = ["loss.png", "val_iou.png", "lr.png", "gradient_gain.png", "expert_usage.png"]
 GAINS = [1.0, 1.05, 1.2, 1.25, 1.35, 1.4, 1.0, 1.0]
+FLAGGED = [False, False, True, True, True, True, False, False]
+ALERTS = [False, False, False, False, True, False, False, False]
 
 
 def write_records(folder, records):
@@ -20,7 +20,7 @@ def write_records(folder, records):
 
 @pytest.fixture
 def finished_run(tmp_path):
-    """A run folder as train leaves it: runs/ scalars, metrics.jsonl, config.yaml (explicit thresholds)."""
+    """A run folder as train leaves it: runs/ scalars (the drift monitor's decisions included), metrics.jsonl."""
     from torch.utils.tensorboard import SummaryWriter
 
     folder = tmp_path / "run"
@@ -31,14 +31,15 @@ def finished_run(tmp_path):
         writer.add_scalar("train/lr", 1e-3 * step / 20, step)
         for expert in range(3):
             writer.add_scalar(f"moe/expert_{expert}", (expert + 1) / 6, step)
-    for check, gain in enumerate(GAINS, 1):
+    for check, (gain, flagged, alert) in enumerate(zip(GAINS, FLAGGED, ALERTS), 1):
         writer.add_scalar("gradient_monitor/mean_gain", gain, check * 2)
         writer.add_scalar("gradient_monitor/mean_gain_drift", gain / GAINS[0] - 1, check * 2)
+        writer.add_scalar("gradient_monitor/gain_threshold", 1.3, check * 2)
+        writer.add_scalar("gradient_monitor/flagged", float(flagged), check * 2)
+        writer.add_scalar("gradient_monitor/alert", float(alert), check * 2)
     writer.close()
     write_records(folder, [{"epoch": epoch, "val_iou": 0.1 * epoch, "val_iou_ema": 0.1 * epoch + 0.02}
                            for epoch in (1, 2, 3)])
-    (folder / "config.yaml").write_text(yaml.safe_dump({"gain_threshold": 1.3, "drift_threshold": 0.1,
-                                                        "drift_consecutive": 3}))
     return folder
 
 
@@ -50,14 +51,21 @@ def test_finished_run_gets_every_figure(finished_run):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
-def test_alert_markers_replay_the_drift_rule():
-    steps = np.arange(1, len(GAINS) + 1)
-    drifts = (steps, np.array(GAINS) / GAINS[0] - 1)
-    flagged, alerts = gain_alerts((steps, np.array(GAINS)), drifts, gain_threshold=1.3, drift_threshold=0.1,
-                                  consecutive=3)
-    # drift > +10 % from check 3 on, above 1.3 at checks 5-6; the third flagged check in a row alerts
-    assert flagged.tolist() == [False, False, True, True, True, True, False, False]
-    assert alerts.tolist() == [False, False, False, False, True, False, False, False]
+def test_alert_markers_are_the_decisions_the_run_recorded(finished_run):
+    flagged, alerts = recorded_checks(read_scalars(finished_run / "runs"))
+    assert flagged.tolist() == FLAGGED and alerts.tolist() == ALERTS
+
+
+def test_a_run_without_recorded_decisions_gets_no_markers(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "runs"))
+    for check, gain in enumerate(GAINS, 1):
+        writer.add_scalar("gradient_monitor/mean_gain", gain, check)
+    writer.close()
+    flagged, alerts = recorded_checks(read_scalars(tmp_path / "runs"))
+    assert not flagged.any() and not alerts.any()
+    assert [path.name for path in build_report(tmp_path)] == ["gradient_gain.png"]
 
 
 def test_missing_data_is_skipped_with_a_note(tmp_path, caplog):

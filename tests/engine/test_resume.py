@@ -7,10 +7,12 @@ import torch
 
 from engine.build import build_trainer
 from engine.callbacks import Callback
+from engine.checkpoint import load_checkpoint
+from engine.checkpoint.format import progress, saved_weights
 
 
 def final_state(folder):
-    return torch.load(folder / "last.pth", weights_only=True)
+    return load_checkpoint(folder / "last.pth")
 
 
 def assert_same_tensors(left, right, path="state"):
@@ -39,10 +41,11 @@ def straight_run(tmp_path_factory):
 
 
 def compare_to_straight(straight, resumed):
-    for key in ("model", "ema", "optimizer"):
-        assert_same_tensors(straight[key], resumed[key], key)
-    assert straight["global_step"] == resumed["global_step"]
-    assert straight["callbacks"]["checkpoint"] == resumed["callbacks"]["checkpoint"]
+    for weights in ("base", "ema"):
+        assert_same_tensors(saved_weights(straight, weights), saved_weights(resumed, weights), weights)
+    assert_same_tensors(straight["trainer"]["optimizer"], resumed["trainer"]["optimizer"], "optimizer")
+    assert progress(straight)["global_step"] == progress(resumed)["global_step"]
+    assert straight["trainer"]["callbacks"]["checkpoint"] == resumed["trainer"]["callbacks"]["checkpoint"]
 
 
 def test_stop_after_epochs_then_resume_is_bitwise_identical(tiny_config, tmp_path, straight_run):
@@ -77,9 +80,9 @@ class StopAtStep(Callback):
 
 def test_mid_epoch_stop_resumes_from_next_batch(tiny_config, tmp_path, straight_run):
     trainer = build_trainer(tiny_config(**COMMON))
-    trainer.callbacks.callbacks.insert(0, StopAtStep(5))  # epoch 3, after its first window
+    trainer.add_callback(StopAtStep(5))  # epoch 3, after its first window
     trainer.fit()
-    saved = final_state(tmp_path / "ckpt")
+    saved = progress(final_state(tmp_path / "ckpt"))
     assert saved["global_step"] == 5 and saved["batch_in_epoch"] == 2 and saved["epoch"] == 2
     build_trainer(tiny_config(resume_from="auto", **COMMON)).fit()
     compare_to_straight(straight_run, final_state(tmp_path / "ckpt"))
@@ -88,7 +91,7 @@ def test_mid_epoch_stop_resumes_from_next_batch(tiny_config, tmp_path, straight_
 def test_plateau_recipe_replans_from_resume_epoch(tiny_config, tmp_path, caplog):
     build_trainer(tiny_config(epochs=3, stage1_epochs=1)).fit()
     best = tmp_path / "ckpt" / "best_model.pth"
-    epoch = torch.load(best, weights_only=True)["epoch"]
+    epoch = progress(load_checkpoint(best))["epoch"]
     caplog.set_level(logging.INFO)
     config = tiny_config(resume_from=str(best), checkpoint_dir=str(tmp_path / "phase2"), skip_stage1=True,
                          epochs=6, stage2_lr=5e-4, scheduler="cosine", warmup_epochs=0, use_ema=True)
@@ -98,11 +101,11 @@ def test_plateau_recipe_replans_from_resume_epoch(tiny_config, tmp_path, caplog)
     assert trainer.plan.lr_at(5, trainer.plan.steps_per_epoch(2) - 1) == pytest.approx(config.min_lr)
     assert "changed schedule settings" in caplog.text and "epochs: 3 -> 6" in caplog.text
     # --use-ema on a checkpoint without EMA: the shadow starts from the loaded weights
-    shadow = trainer.callbacks.get("weight_ema").ema.state_dict()
+    shadow = trainer.averaged_models["ema"].state_dict()
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(shadow[key], value), key
     lrs = []
-    trainer.callbacks.callbacks.insert(0, type("LR", (Callback,), {
+    trainer.add_callback(type("LR", (Callback,), {
         "name": "lr", "on_optimizer_step": lambda self, t, step: lrs.append(step.lr)})())
     trainer.fit()
     assert lrs[0] == pytest.approx(5e-4) and trainer.epoch == 6
@@ -127,8 +130,8 @@ def test_persistent_workers_train_like_the_main_process(tiny_config, tmp_path, s
     """Two persistent workers, stopped mid-epoch and resumed: the same weights as num_workers=0."""
     settings = dict(COMMON, num_workers=2, persistent_workers=True)
     trainer = build_trainer(tiny_config(**settings))
-    trainer.callbacks.callbacks.insert(0, StopAtStep(5))
+    trainer.add_callback(StopAtStep(5))
     trainer.fit()
-    assert trainer.data._loaders == {}, "fit() must stop the persistent workers"
+    assert trainer.data.open_loaders == 0, "fit() must stop the persistent workers"
     build_trainer(tiny_config(resume_from="auto", **settings)).fit()
     compare_to_straight(straight_run, final_state(tmp_path / "ckpt"))

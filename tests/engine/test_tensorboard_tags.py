@@ -8,7 +8,8 @@ from engine.build import build_trainer
 EXPECTED_TAGS = [
     "train/step_loss", "train/loss_ema", "train/lr", "val/iou", "val/dice", "val/mae", "val/loss", "val/iou_ema",
     "gradient_monitor/mean_gain", "gradient_monitor/mean_gain_ma", "gradient_monitor/mean_gain_drift",
-    "gradient_monitor/grad_norm", "evaluation/improvement_rate", "evaluation/train_val_gap",
+    "gradient_monitor/grad_norm", "gradient_monitor/gain_threshold", "gradient_monitor/flagged",
+    "gradient_monitor/alert", "evaluation/improvement_rate", "evaluation/train_val_gap",
     "evaluation/plateau_detected", "moe/expert_0", "moe/expert_1", "moe/expert_2",
 ]
 

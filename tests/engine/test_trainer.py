@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine.build import build_trainer
+from engine.callbacks.weight_ema import WeightEMACallback
 from engine.callbacks import Callback
 from engine.trainer import WindowPlan
 
@@ -61,8 +62,8 @@ def test_ema_and_callbacks_act_once_per_optimizer_step(tiny_config):
     config = tiny_config(batch_size=2, accumulation_steps=3, epochs=2, use_ema=True, ema_decay=0.5)
     trainer = build_trainer(config)
     counter = CountUpdates()
-    trainer.callbacks.callbacks.insert(0, counter)
-    ema = trainer.callbacks.get("weight_ema").ema
+    trainer.add_callback(counter)
+    ema = next(callback.ema for callback in trainer.callbacks if isinstance(callback, WeightEMACallback))
     updates = []
     original_update = ema.update
     ema.update = lambda model, step: (updates.append(step), original_update(model, step))
@@ -100,9 +101,11 @@ def test_checkpoint_loads_weights_only_and_holds_everything(tiny_config, tmp_pat
     for name in ("last.pth", "best_model.pth", "epoch_2.pth", "config.yaml", "metrics.jsonl"):
         assert (folder / name).exists(), name
     payload = torch.load(folder / "last.pth", weights_only=True)
-    for key in ("model", "ema", "optimizer", "scaler", "epoch", "global_step", "stage", "plan", "callbacks",
-                "rng", "config", "version", "unfrozen_encoder_stages"):
+    for key in ("trainer", "rng", "config", "version", "world_size", "model_signature", "best_weights"):
         assert key in payload, key
-    assert payload["epoch"] == 2 and payload["ema"] is not None
+    for key in ("model", "optimizer", "precision", "guard", "criterion", "plan", "progress", "callbacks"):
+        assert key in payload["trainer"], key
+    assert payload["trainer"]["progress"]["epoch"] == 2
+    assert payload["trainer"]["callbacks"]["weight_ema"]["shadow"].keys() == payload["trainer"]["model"].keys()
     best = torch.load(folder / "best_model.pth", weights_only=True)
     assert best["best_weights"] in ("base", "ema")
