@@ -68,7 +68,7 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         if config.grad_monitor_interval > 0 else None,
         ExpertUsageMonitor(config.log_interval) if config.expert_monitor else None,
         PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr)
-        if config.eval_epochs.strip().lower() not in ("none", "off") else None,
+        if config.diagnosis_enabled else None,
         PreviewCallback(),  # val/preview image grid each epoch, through trainer.log_image
         LoggingCallback(folder, config.log_interval) if is_main else None,
         CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes) if is_main else None,
@@ -107,9 +107,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     payload = load_checkpoint(resume_path) if resume_path else None
     sources = scan_data(config)  # before the model (and any weights download): bad paths fail fast
     synthetic = config.dataset_path is None
-    model_config = config.model_config(synthetic)
-    if payload is not None:
-        model_config.pretrained, model_config.pretrained_path = False, None  # weights come from the checkpoint
+    model_config = config.model_config(synthetic, weights_from_checkpoint=payload is not None)
     model = build_model(model_config).to(device)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)

@@ -20,10 +20,16 @@ from models.config import ModelConfig
 SCHEDULERS = ("cosine", "constant", "warmup-constant-cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+EVAL_EPOCHS_OFF = ("none", "off", "")
 
 
 class ConfigError(ValueError):
     """A user error in flags or YAML; its message is one line naming the problem and the fix."""
+
+
+def eval_epochs_disabled(text: str) -> bool:
+    """``--eval-epochs`` values that switch the post-epoch diagnosis off."""
+    return str(text).strip().lower() in EVAL_EPOCHS_OFF
 
 
 @dataclass
@@ -108,9 +114,15 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_interval: int = 20
 
-    def model_config(self, synthetic: bool) -> ModelConfig:
-        """The model's settings; ``pretrained`` defaults to on for real data, off for synthetic."""
+    def model_config(self, synthetic: bool, weights_from_checkpoint: bool = False) -> ModelConfig:
+        """The model's settings; ``pretrained`` defaults to on for real data, off for synthetic.
+
+        ``weights_from_checkpoint``: a checkpoint will overwrite every weight, so nothing pretrained
+        is loaded or downloaded (resume, eval, predict work offline).
+        """
         pretrained = self.pretrained if self.pretrained is not None else not synthetic
+        if weights_from_checkpoint:
+            return dataclasses.replace(self.model_config(synthetic), pretrained=False, pretrained_path=None)
         return ModelConfig(
             backbone=self.backbone,
             num_experts=self.num_experts,
@@ -123,6 +135,11 @@ class TrainConfig:
             pretrained=pretrained or self.pretrained_path is not None,
             pretrained_path=self.pretrained_path,
         )
+
+    @property
+    def diagnosis_enabled(self) -> bool:
+        """Whether the post-epoch diagnosis runs at all (``--eval-epochs none`` / ``off``: no)."""
+        return not eval_epochs_disabled(self.eval_epochs)
 
     @property
     def resolved_stage2_batch_size(self) -> int:
@@ -316,5 +333,5 @@ def _validate_monitors(config: TrainConfig) -> None:
         parse_epoch_selection(config.eval_epochs)
     except ValueError as error:
         raise ConfigError(f"--eval-epochs: {error}") from None
-    _require(not config.auto_adjust_lr or config.eval_epochs.strip().lower() not in ("none", "off"),
+    _require(not config.auto_adjust_lr or config.diagnosis_enabled,
              "--auto-adjust-lr needs post-epoch evaluation; drop --eval-epochs none")

@@ -12,8 +12,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-AMP_MODES = ("auto", "off", "fp16", "bf16")
-
 
 def resolve_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for ``mode`` on ``device`` (None: full precision)."""

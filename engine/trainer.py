@@ -25,6 +25,7 @@ from engine.losses import structure_loss
 from engine.evaluation.mask_scores import MetricAccumulator, per_image_scores
 from engine.nonfinite import NonFiniteGuard
 from engine.precision import Precision
+from engine.schedule import steps_per_epoch
 from engine.stages import PlanState, StagePlan
 from engine.optim import build_optimizer
 from engine.unfreeze import apply_unfreezing
@@ -338,7 +339,7 @@ class WindowPlan:
     def __init__(self, num_samples: int, batch_size: int, accumulation: int):
         self.num_samples, self.batch_size, self.accumulation = num_samples, batch_size, accumulation
         self.num_batches = math.ceil(num_samples / batch_size)
-        self.num_windows = math.ceil(self.num_batches / accumulation)
+        self.num_windows = steps_per_epoch(num_samples, batch_size, accumulation)  # the schedule's count
 
     def window_of(self, batch_index: int) -> int:
         return batch_index // self.accumulation

@@ -49,8 +49,7 @@ def build_checkpoint_model(payload: Dict, path: Path, weights: str, device: torc
         raise CheckpointError(f"checkpoint {path} has no EMA weights (trained without --use-ema); "
                               "use --weights base")
     check_model_format(payload, path)
-    model_config = checkpoint_config(payload, path).model_config(synthetic=True)
-    model_config.pretrained, model_config.pretrained_path = False, None
+    model_config = checkpoint_config(payload, path).model_config(synthetic=True, weights_from_checkpoint=True)
     model = build_model(model_config)
     try:
         model.load_state_dict(saved_weights(payload, weights))

@@ -17,6 +17,7 @@ import torch
 
 from engine.callbacks import Callback, StepOutput
 from engine.callbacks import Order
+from engine.config import eval_epochs_disabled
 from engine.monitors import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def first_epoch_lr_check(start_loss: float, end_loss: float, peak_loss: float) -
 def parse_epoch_selection(text: str) -> Callable[[int], bool]:
     """``"2+"`` (epoch 2 on), ``"1,5,10"``, ``"3-8"``, combinations, or ``"none"`` -> predicate on epochs."""
     text = str(text).strip().lower()
-    if text in ("none", "off", ""):
+    if eval_epochs_disabled(text):
         return lambda epoch: False
     tests: List[Callable[[int], bool]] = []
     try:

@@ -167,11 +167,11 @@ def test_vanishing_grad_norm_warns(caplog):
     (0.0, "Actions: halve the LR (--lr 0.002 -> 0.001); enable gradient clipping (--grad-clip 1.0)."),
 ])
 def test_exploding_norm_advice_depends_on_clipping(caplog, grad_clip, advice):
-    monitor = GradientDriftMonitor(interval=100, grad_clip=grad_clip)
+    monitor = GradientDriftMonitor(interval=5, grad_clip=grad_clip)
     trainer = fake_trainer(toy_model(), RecordingWriter())
     with caplog.at_level(logging.WARNING, logger="engine.monitors.gradient_drift"):
-        monitor._warn_norms(trainer, StepOutput(torch.tensor(1.0), 2e-3, torch.tensor(30.0), 7, 7, 10),
-                            exploding=2, vanishing=0, peak=30.0, updates=5)
+        for step, norm in enumerate([30.0, 0.5, 12.0, 0.5, 0.5], start=1):
+            monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 2e-3, torch.tensor(norm), step, step, 10))
     assert [record.getMessage() for record in caplog.records] == [
-        "Exploding gradients: 2 of the last 5 updates had a total grad norm > 10 (max 30) up to step 7 (LR 0.002). "
+        "Exploding gradients: 2 of the last 5 updates had a total grad norm > 10 (max 30) up to step 5 (LR 0.002). "
         + advice]
