@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version ping on offline Kaggle / CI
 
-from engine.config import AMP_MODES, DEVICES, SCHEDULERS, TrainConfig  # noqa: E402
+from engine.config import AMP_MODES, CACHE_MODES, DEVICES, PROGRESS_MODES, SCHEDULERS, TrainConfig  # noqa: E402
 
 DEFAULTS = TrainConfig()
 BOOL = "bool"
@@ -35,7 +35,7 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("num-workers", int, "DataLoader worker processes"),
         ("persistent-workers", BOOL, "keep workers alive between epochs (no start-up cost per epoch; each "
                                      "keeps its own copy of the dataset)"),
-        ("cache", str, "resize cache for training images: none | memory | disk (decoded and shrunk once to "
+        ("cache", CACHE_MODES, "resize cache for training images (decoded and shrunk once to "
                        "4/3 x --img-size; memory needs ~1.4 MB RAM per 4:3 image at 384 px; disk is reused "
                        "across runs and rebuilt when a file changes)"),
         ("cache-dir", str, "folder of the disk cache (default: <checkpoint-dir>/resize-cache)"),
@@ -77,7 +77,7 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("weight-decay", float, "AdamW weight decay (not applied to norms and biases)"),
         ("grad-clip", float, "max total gradient norm (0: no clipping)"),
         ("max-bad-steps", int, "stop after this many non-finite (NaN/Inf) updates in a row"),
-        ("scheduler", str, f"LR schedule: {' | '.join(SCHEDULERS)}"),
+        ("scheduler", SCHEDULERS, "LR schedule"),
         ("min-lr", float, "LR at the end of the cosine decay"),
         ("warmup-epochs", float, "linear warmup at the start of each stage, in epochs"),
     ],
@@ -89,6 +89,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
     "checkpoints, resume and time budget": [
         ("checkpoint-dir", str, "where checkpoints, metrics.jsonl, config.yaml and runs/ go"),
         ("resume-from", str, "checkpoint to resume from, or 'auto' for the newest usable one in --checkpoint-dir"),
+        ("restart-schedule", BOOL, "when resuming: warm-restart the current stage's LR schedule at the resume "
+                                   "epoch (warmup, then decay to --epochs) even if no schedule flag changed"),
         ("stop-after-epochs", int, "end this invocation after N more epochs (the schedule still targets --epochs)"),
         ("time-limit", str, "stop cleanly with a checkpoint before this wall time, e.g. 11.5h, 90m, 3600s"),
         ("save-every-minutes", float, "also write last.pth mid-epoch at this period"),
@@ -111,21 +113,28 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
     "runtime": [
         ("seed", int, "random seed (data order, augmentation, init); CPU runs are bitwise repeatable"),
         ("deterministic", BOOL, "ask cuDNN/PyTorch for deterministic kernels on GPU (slower)"),
-        ("device", str, f"{' | '.join(DEVICES)}"),
-        ("amp", str, f"mixed precision: {' | '.join(AMP_MODES)} (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
+        ("device", DEVICES, "where training runs (auto: a GPU when visible)"),
+        ("amp", AMP_MODES, "mixed precision (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
         ("channels-last", BOOL, "channels-last memory format for model and inputs (faster convs with AMP on GPUs)"),
         ("grad-checkpointing", BOOL, "recompute encoder stages and experts in backward: less memory (384 px on "
                                      "16 GB cards) for extra compute, same gradients"),
         ("compile", BOOL, "torch.compile the model (torch >= 2.6; the first steps of each stage compile, then run "
                           "faster; gradient-monitor steps run eagerly so its hooks see every block)"),
         ("log-interval", int, "optimizer steps between console log lines"),
+        ("progress", PROGRESS_MODES, "progress display: bar (tqdm bars), log (plain lines every --log-interval "
+                                     "steps, for saved logs such as Kaggle's), off (epoch summaries only); "
+                                     "auto: bar on a terminal, else log; -q implies off"),
     ],
 }
 
 
-def _default_text(flag: str) -> str:
+def _help_text(flag: str, text: str) -> str:
+    """``text`` plus the default, once: not when the text already states it, and not for None
+    (the text says what an unset value means)."""
     value = getattr(DEFAULTS, flag.replace("-", "_"))
-    return "default: " + ("off" if value is False else "on" if value is True else str(value))
+    if value is None or "default" in text:
+        return text
+    return f"{text} (default: {'off' if value is False else 'on' if value is True else value})"
 
 
 def _add_train_parser(subparsers) -> None:
@@ -138,9 +147,11 @@ def _add_train_parser(subparsers) -> None:
     for group_name, flags in TRAIN_FLAGS.items():
         group = parser.add_argument_group(group_name)
         for flag, kind, text in flags:
-            help_text = f"{text} ({_default_text(flag)})"
+            help_text = _help_text(flag, text)
             if kind is BOOL:
                 group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            elif isinstance(kind, tuple):  # a choice: unknown values are refused at parse time
+                group.add_argument(f"--{flag}", choices=kind, default=None, help=help_text)
             else:
                 group.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
 
@@ -221,18 +232,25 @@ def _add_report_parser(subparsers) -> None:
     parser.add_argument("--checkpoint-dir", required=True, help="the run's --checkpoint-dir")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line naming the problem and where help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full CLI parser (tests parse the commands of the README and guides with it)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="train_ultimate.py",
         description="Camouflaged object segmentation: MoE decoder on a timm backbone, COD10K recipe.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="<command>")
-    _add_train_parser(subparsers)
-    _add_synth_parser(subparsers)
-    _add_eval_parser(subparsers)
-    _add_predict_parser(subparsers)
-    _add_report_parser(subparsers)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (also after the command)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="<command>", parser_class=OneLineParser)
+    for add in (_add_train_parser, _add_synth_parser, _add_eval_parser, _add_predict_parser, _add_report_parser):
+        add(subparsers)
+    for command in subparsers.choices.values():  # -q after the command too; SUPPRESS keeps an earlier -q
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="only warnings and errors")
     return parser
 
 
@@ -244,13 +262,19 @@ def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     from engine.build import build_trainer, describe_run
-    from engine.config import build_config, load_yaml
+    from engine.checkpoint.resume import resolve_run_config
+    from engine.config import load_yaml
     from engine.evaluation.report import report_after_training
 
-    config = build_config(load_yaml(args.config) if args.config else {}, flag_values(args))
+    flags = flag_values(args)
+    if args.quiet and flags.get("progress") is None:
+        flags["progress"] = "off"
+    config, notes = resolve_run_config(load_yaml(args.config) if args.config else {}, flags)
     log = logging.getLogger("train_ultimate")
     if args.dry_run:
-        return dry_run(config)
+        return dry_run(config, notes)
+    for line in notes:
+        log.info(line)
     trainer = build_trainer(config)
     for line in describe_run(trainer):
         log.info(line)
@@ -275,7 +299,7 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def dry_run(config) -> int:
+def dry_run(config, notes: Sequence[str] = ()) -> int:
     """Print the resolved config and the stage/LR plan (re-planned when resuming) without training."""
     import yaml
 
@@ -286,6 +310,8 @@ def dry_run(config) -> int:
     from engine.stages import StagePlan
 
     print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
+    for line in notes:
+        print(line)
     resume_path = resolve_resume_path(config)
     payload = load_checkpoint(resume_path) if resume_path else None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -385,10 +411,10 @@ def user_errors() -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)  # before any torch import: --help and flag errors answer at once
+    setup_logging(args.quiet)
     from engine.nonfinite import TrainingDivergedError
 
-    args = build_parser().parse_args(argv)
-    setup_logging(args.quiet)
     commands = {"train": run_train, "synth": run_synth, "eval": run_eval, "predict": run_predict,
                 "report": run_report}
     try:

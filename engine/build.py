@@ -10,7 +10,7 @@ from typing import List, Optional
 import torch
 
 from engine.callbacks import Callback
-from engine.checkpoint import CheckpointError, find_resumable, load_checkpoint
+from engine.checkpoint import load_checkpoint
 from engine.callbacks.save_checkpoints import CheckpointCallback
 from engine.compile import compile_model
 from engine.config import ConfigError, TrainConfig
@@ -20,7 +20,7 @@ from engine.callbacks.run_log import LoggingCallback
 from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
 from engine.callbacks.preview import PreviewCallback
 from engine.losses import SegmentationCriterion
-from engine.checkpoint.resume import restore_trainer
+from engine.checkpoint.resume import find_resume_path, restore_trainer
 from engine.callbacks.signals import SignalStopCallback
 from engine.callbacks.stopping import StopAfterEpochsCallback, TimeLimitCallback
 from engine.trainer import Trainer
@@ -70,23 +70,13 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr)
         if config.diagnosis_enabled else None,
         PreviewCallback(),  # val/preview image grid each epoch, through trainer.log_image
-        LoggingCallback(folder, config.log_interval) if is_main else None,
+        LoggingCallback(folder, config.log_interval, step_lines=config.progress != "off") if is_main else None,
         CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes) if is_main else None,
     ]
 
 
 def resolve_resume_path(config: TrainConfig) -> Optional[Path]:
-    if not config.resume_from:
-        return None
-    if config.resume_from == "auto":
-        found = find_resumable(Path(config.checkpoint_dir))
-        if found is None:
-            logger.info("--resume-from auto: no checkpoint in %s yet, starting a new run", config.checkpoint_dir)
-        return found
-    path = Path(config.resume_from)
-    if not path.is_file():
-        raise CheckpointError(f"--resume-from {path} does not exist; pass a .pth file or 'auto'")
-    return path
+    return find_resume_path(config.resume_from, config.checkpoint_dir)
 
 
 def build_trainer(config: TrainConfig) -> Trainer:

@@ -20,6 +20,8 @@ from models.config import ModelConfig
 SCHEDULERS = ("cosine", "constant", "warmup-constant-cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+CACHE_MODES = ("none", "memory", "disk")  # data/cache.py implements them (a test keeps the two equal)
+PROGRESS_MODES = ("auto", "bar", "log", "off")
 EVAL_EPOCHS_OFF = ("none", "off", "")
 
 
@@ -90,6 +92,7 @@ class TrainConfig:
     resume_from: Optional[str] = None
     stop_after_epochs: Optional[int] = None
     time_limit: Optional[str] = None
+    restart_schedule: bool = False  # on resume: warm-restart the current stage's LR segment
     save_every_minutes: Optional[float] = None
     # Monitors
     loss_ema: bool = True
@@ -113,6 +116,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (engine/compile.py)
     keep_checkpoints: int = 3
     log_interval: int = 20
+    progress: str = "auto"  # auto: bars on a terminal, plain log lines otherwise (Kaggle's saved logs)
 
     def model_config(self, synthetic: bool, weights_from_checkpoint: bool = False) -> ModelConfig:
         """The model's settings; ``pretrained`` defaults to on for real data, off for synthetic.
@@ -154,6 +158,8 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# Settings that belong to one invocation: a resume never inherits them from the checkpoint.
+PER_INVOCATION_KEYS = ("resume_from", "stop_after_epochs", "time_limit", "restart_schedule")
 # Settings that shape the LR plan: changing any of them on resume re-plans the schedule.
 SCHEDULE_KEYS = (
     "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "scheduler",
@@ -199,20 +205,23 @@ def load_yaml(path: str) -> Dict[str, Any]:
     return values
 
 
-def build_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> TrainConfig:
-    """Merge dataclass defaults <- YAML <- explicitly given flags, then validate."""
-    merged: Dict[str, Any] = {}
+def build_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str, Any],
+                 base_values: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+    """Merge dataclass defaults <- ``base_values`` (a resumed run's config) <- YAML <- explicitly
+    given flags, then validate. Unknown keys of ``base_values`` (other versions) are ignored."""
+    merged: Dict[str, Any] = {key: value for key, value in (base_values or {}).items()
+                              if key in FIELD_NAMES and key not in PER_INVOCATION_KEYS}
     merged.update(yaml_values)
     merged.update({key: value for key, value in flag_values.items() if value is not None})
     unknown = [key for key in merged if key not in FIELD_NAMES]
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r}{closest_key_hint(unknown[0], FIELD_NAMES)}")
-    config = TrainConfig(**{key: _coerce(key, value) for key, value in merged.items()})
+    config = TrainConfig(**{key: coerce_value(key, value) for key, value in merged.items()})
     validate(config)
     return config
 
 
-def _coerce(key: str, value: Any) -> Any:
+def coerce_value(key: str, value: Any) -> Any:
     """Coerce YAML scalars to the field's type (YAML reads ``2.5e-4`` as a string)."""
     default = getattr(TrainConfig, key, None)
     if value is None:
@@ -284,8 +293,8 @@ def validate(config: TrainConfig) -> None:
              f"--synthetic-difficulty must be in (0, 1] (got {config.synthetic_difficulty})")
     _require(config.scheduler in SCHEDULERS,
              f"--scheduler {config.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
-    from data.cache import CACHE_MODES
-
+    _require(config.progress in PROGRESS_MODES,
+             f"--progress {config.progress!r} is unknown; choose one of {', '.join(PROGRESS_MODES)}")
     _require(config.cache in CACHE_MODES, f"--cache {config.cache!r} is unknown; choose one of {', '.join(CACHE_MODES)}")
     _require(config.amp in AMP_MODES, f"--amp {config.amp!r} is unknown; choose one of {', '.join(AMP_MODES)}")
     if config.compile:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -31,6 +32,13 @@ from engine.optim import build_optimizer
 from engine.unfreeze import apply_unfreezing
 
 logger = logging.getLogger(__name__)
+
+
+def shows_bars(progress: str, stream=None) -> bool:
+    """``--progress``: tqdm bars for ``bar``, and for ``auto`` when the stream is a terminal (saved
+    logs, e.g. Kaggle's, get plain lines instead of bar fragments glued to log lines)."""
+    stream = stream if stream is not None else sys.stderr
+    return progress == "bar" or (progress == "auto" and hasattr(stream, "isatty") and stream.isatty())
 
 
 class Trainer:
@@ -58,6 +66,7 @@ class Trainer:
         self.precision = Precision.create(config.amp, device)
         self.guard = NonFiniteGuard(config.max_bad_steps)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.show_bars = data.is_main_process and shows_bars(config.progress)
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
         self.batch_in_epoch = 0  # micro-batches of the current epoch already trained (mid-epoch resume)
@@ -124,7 +133,7 @@ class Trainer:
         self.epoch_started = time.monotonic() if self.batch_in_epoch == 0 else self.epoch_started
         self.progress = tqdm(total=num_batches, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
                              desc=f"Epoch {self.epoch + 1}/{self.config.epochs} [stage {stage}]",
-                             disable=not self.data.is_main_process)
+                             disable=not self.show_bars)
         self.trainable_params = trainable
         window_loss = torch.zeros((), device=self.device)
         for batch in loader:
@@ -316,7 +325,7 @@ class Trainer:
         module.eval()
         accumulator = MetricAccumulator(self.device)
         loader = self.data.loader(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
-        for batch in tqdm(loader, desc="validate", leave=False, disable=not self.data.is_main_process):
+        for batch in tqdm(loader, desc="validate", leave=False, disable=not self.show_bars):
             images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = batch["mask"].to(self.device, non_blocking=True)
             with self.precision.autocast():

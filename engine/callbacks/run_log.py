@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -25,14 +26,16 @@ class LoggingCallback(Callback):
     Args:
         folder: checkpoint directory; TensorBoard goes to ``folder/runs``.
         log_interval: optimizer steps between console lines / host copies.
+        step_lines: print the per-step console lines (``--progress off``: epoch summaries only).
     """
 
     name = "logging"
     order = Order.LOGGING  # after the monitors: the record it writes already holds their fields
 
-    def __init__(self, folder: Path, log_interval: int = 20):
+    def __init__(self, folder: Path, log_interval: int = 20, step_lines: bool = True):
         self.folder = Path(folder)
         self.log_interval = log_interval
+        self.step_lines = step_lines  # False (--progress off): epoch summaries only
         self.writer = None
         self._pending: List[StepOutput] = []
 
@@ -51,8 +54,14 @@ class LoggingCallback(Callback):
         from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        # purge_step drops events a previous, interrupted session wrote past the resume point.
-        self.writer = SummaryWriter(str(self.folder / "runs"), purge_step=trainer.global_step or None)
+        # A resumed run continues after step G, whose events were written already: purge from G + 1
+        # what a previous, interrupted session wrote past the resume point.
+        purge_step = trainer.global_step + 1 if trainer.global_step else None
+        self.writer = SummaryWriter(str(self.folder / "runs"), purge_step=purge_step)
+        dropped = trim_history(self.folder / "metrics.jsonl", trainer.epoch)
+        if dropped:
+            logger.info("metrics.jsonl: dropped %d row(s) of epochs after %d, written after the checkpoint this "
+                        "run resumes from", dropped, trainer.epoch)
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         self._pending.append(step)
@@ -75,7 +84,8 @@ class LoggingCallback(Callback):
         line += f" | LR: {last.lr:.3g}"
         if trainer.progress is not None:
             trainer.progress.set_postfix_str(line.split(" | ", 2)[2], refresh=False)
-        logger.info(line)
+        if self.step_lines:
+            logger.info(line)
 
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         self.flush(trainer)
@@ -100,6 +110,28 @@ class LoggingCallback(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def trim_history(path: Path, completed_epochs: int) -> int:
+    """Drop the rows of epochs after ``completed_epochs`` from ``metrics.jsonl`` (a resume replays
+    them); returns how many were dropped. Lines that are not JSON rows are kept as they are."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            epoch = json.loads(line).get("epoch")
+        except (ValueError, AttributeError):
+            epoch = None
+        if isinstance(epoch, int) and epoch > completed_epochs:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text("".join(kept), encoding="utf-8")
+        os.replace(temporary, path)
+    return dropped
 
 
 def _finite(record: Dict[str, Any]) -> Dict[str, Any]:

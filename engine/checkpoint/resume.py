@@ -9,14 +9,65 @@ settings; the changes are logged.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from engine.checkpoint.files import restore_rng_state
-from engine.checkpoint.format import CheckpointError, check_model_format, check_signature, progress, trainer_state
-from engine.config import SCHEDULE_KEYS, TrainConfig
+from engine.checkpoint.files import find_resumable, load_checkpoint, restore_rng_state
+from engine.checkpoint.format import (SIGNATURE_KEYS, CheckpointError, check_model_format, check_signature, progress,
+                                      trainer_state)
+from engine.config import (FIELD_NAMES, PER_INVOCATION_KEYS, SCHEDULE_KEYS, ConfigError, TrainConfig, build_config,
+                           coerce_value)
 from engine.stages import PlanState
 
 logger = logging.getLogger(__name__)
+
+
+def find_resume_path(resume_from: Optional[str], checkpoint_dir: str) -> Optional[Path]:
+    """The checkpoint ``--resume-from`` names (``auto``: the furthest usable one in the folder)."""
+    if not resume_from:
+        return None
+    if resume_from == "auto":
+        found = find_resumable(Path(checkpoint_dir))
+        if found is None:
+            logger.info("--resume-from auto: no checkpoint in %s yet, starting a new run", checkpoint_dir)
+        return found
+    path = Path(resume_from)
+    if not path.is_file():
+        raise CheckpointError(f"--resume-from {path} does not exist; pass a .pth file or 'auto'")
+    return path
+
+
+def resolve_run_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> Tuple[TrainConfig, List[str]]:
+    """The config of a run: when resuming, the checkpoint's own config is the base, then the YAML,
+    then the flags given; so ``--resume-from auto`` alone continues a run as it was configured.
+
+    Returns:
+        The validated config and lines saying what came from the checkpoint and what changed.
+
+    Raises:
+        ConfigError: the YAML or flags set architecture settings that differ from the checkpoint's
+            (all of them named in one line).
+    """
+    given = dict(yaml_values)
+    given.update({key: value for key, value in flag_values.items() if value is not None})
+    path = find_resume_path(given.get("resume_from"), given.get("checkpoint_dir", TrainConfig.checkpoint_dir))
+    if path is None:
+        return build_config(yaml_values, flag_values), []
+    stored = load_checkpoint(path, mmap=True).get("config") or {}
+    conflicts = [key for key in SIGNATURE_KEYS
+                 if key in given and key in stored and coerce_value(key, given[key]) != stored[key]]
+    if conflicts:
+        listed = ", ".join(f"--{key.replace('_', '-')} {coerce_value(key, given[key])} (checkpoint: {stored[key]})"
+                           for key in conflicts)
+        raise ConfigError(f"{path} was trained with another architecture: {listed}; drop these settings to "
+                          "continue that run, or train anew in another --checkpoint-dir")
+    config = build_config(yaml_values, flag_values, stored)
+    inherited = [key for key in FIELD_NAMES if key in stored and key not in PER_INVOCATION_KEYS and key not in given]
+    changed = [f"{key.replace('_', '-')}: {stored[key]} -> {getattr(config, key)}" for key in FIELD_NAMES
+               if key in stored and key not in PER_INVOCATION_KEYS and stored[key] != getattr(config, key)]
+    notes = [f"continuing the run of {path}: {len(inherited)} settings taken from its config",
+             "changed on this invocation: " + ("; ".join(changed) if changed else "nothing")]
+    return config, notes
 
 
 def schedule_changes(old: Dict[str, Any], new: TrainConfig) -> List[str]:
@@ -76,6 +127,8 @@ def planned_state(payload: Optional[Dict[str, Any]], config: TrainConfig, world_
     saved_plan = trainer_state(payload).get("plan")
     saved = PlanState.from_state_dict(saved_plan) if saved_plan else PlanState.fresh(config)
     changes = schedule_changes(payload.get("config") or {}, config)
+    if config.restart_schedule:
+        changes.append("--restart-schedule: the current stage's LR schedule restarts here")
     saved_world = int(payload.get("world_size", 1))
     if saved_world != world_size:
         changes.append(f"world size: {saved_world} -> {world_size}")

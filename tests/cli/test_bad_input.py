@@ -122,9 +122,9 @@ def damaged_checkpoint(tmp_path, checkpoint_dir, kind):
 @pytest.mark.parametrize("flags, words", [
     (["--resume-from", "{truncated}"], "truncated"),
     (["--resume-from", "{text}"], "not a PyTorch checkpoint"),
-    (["--resume-from", "{last}", "--num-experts", "4"], "--num-experts 3"),
-    (["--resume-from", "{last}", "--backbone", "test_efficientnet"], "--backbone test_convnext"),
-    (["--resume-from", "{last}", "--min-feature-stride", "8"], "--min-feature-stride 4"),
+    (["--resume-from", "{last}", "--num-experts", "4"], "--num-experts 4 (checkpoint: 3)"),
+    (["--resume-from", "{last}", "--backbone", "test_efficientnet"], "(checkpoint: test_convnext); drop these"),
+    (["--resume-from", "{last}", "--min-feature-stride", "8"], "--min-feature-stride 8 (checkpoint: 4)"),
     (["--backbone", "edgenext_bse"], "edgenext_base"),
     (["--ema-decay", "-0.1"], "--ema-decay"),
     (["--batch-size", "0"], "--batch-size"),
