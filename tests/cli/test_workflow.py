@@ -9,10 +9,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from engine.callbacks import Callback
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress
 from tests.cli.in_process import run_cli
+from tests.engine.test_resume import StopAtStep
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
@@ -78,17 +78,6 @@ def test_resume_from_an_older_epoch_rewrites_the_history_after_it(first_run, tmp
     epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]  # epoch 2 replayed once, not appended twice
     assert "dropped 1 row(s) of epochs after 1" in result.stderr
-
-
-class StopAtStep(Callback):
-    name = "stop_at_step"
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_optimizer_step(self, trainer, step):
-        if step.step == self.step:
-            trainer.request_stop("test stop mid-epoch")
 
 
 def test_tensorboard_has_every_step_once_after_a_mid_epoch_resume(tiny_config, tmp_path):
