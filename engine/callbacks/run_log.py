@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -38,6 +38,7 @@ class LoggingCallback(Callback):
         self.step_lines = step_lines  # False (--progress off): epoch summaries only
         self.writer = None
         self._pending: List[StepOutput] = []
+        self._resumed_at: Optional[int] = None  # completed epochs at a resume, written on the next row
 
     def setup(self, trainer) -> None:
         trainer.add_log_sink(self)
@@ -57,6 +58,7 @@ class LoggingCallback(Callback):
         # A resumed run continues after step G, whose events were written already: purge from G + 1
         # what a previous, interrupted session wrote past the resume point.
         purge_step = trainer.global_step + 1 if trainer.global_step else None
+        self._resumed_at = trainer.epoch if trainer.global_step else None
         self.writer = SummaryWriter(str(self.folder / "runs"), purge_step=purge_step)
         dropped = trim_history(self.folder / "metrics.jsonl", trainer.epoch)
         if dropped:
@@ -96,8 +98,11 @@ class LoggingCallback(Callback):
                 self.writer.add_scalar(f"val/{key}_ema", record[f"val_{key}_ema"], step)
         self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
         self.writer.flush()
+        row = dict(record)
+        if self._resumed_at is not None:  # the first row of a resumed invocation says so (report marks it)
+            row["resumed_after_epoch"], self._resumed_at = self._resumed_at, None
         with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(_finite(record)) + "\n")
+            stream.write(json.dumps(_finite(row)) + "\n")
         ema = f" | EMA IoU {record['val_iou_ema']:.4f}" if record.get("val_iou_ema") is not None else ""
         logger.info("Epoch %d: Loss %.4f | IoU %.4f%s | LR %.3g  (val loss %.4f, Dice %.4f, MAE %.4f, %.0fs)",
                     record["epoch"], record["train_loss"], record["val_iou"], ema, record["lr"],

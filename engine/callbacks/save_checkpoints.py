@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
@@ -14,6 +14,14 @@ from engine.checkpoint.files import atomic_save, capture_rng_state, remove_stale
 from engine.checkpoint.format import FORMAT_VERSION, model_signature
 
 logger = logging.getLogger(__name__)
+
+
+def epoch_best(record: Dict[str, Any]) -> Tuple[float, str]:
+    """The score by which an epoch competes for ``best_model.pth`` and which weights earn it:
+    validation IoU of the base weights, or of the EMA when it is higher. ``report`` marks the best
+    epoch with the same rule."""
+    base_iou, ema_iou = record["val_iou"], record.get("val_iou_ema")
+    return (ema_iou, "ema") if ema_iou is not None and ema_iou > base_iou else (base_iou, "base")
 
 
 def build_payload(trainer) -> Dict[str, Any]:
@@ -65,11 +73,10 @@ class CheckpointCallback(Callback):
         self.save_last(trainer)
 
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
-        base_iou, ema_iou = record["val_iou"], record.get("val_iou_ema")
-        epoch_best, weights = (ema_iou, "ema") if ema_iou is not None and ema_iou > base_iou else (base_iou, "base")
-        improved = epoch_best > self.best_iou or not (self.folder / "best_model.pth").exists()
+        score, weights = epoch_best(record)
+        improved = score > self.best_iou or not (self.folder / "best_model.pth").exists()
         if improved:
-            self.best_iou, self.best_epoch, self.best_weights = epoch_best, record["epoch"], weights
+            self.best_iou, self.best_epoch, self.best_weights = score, record["epoch"], weights
         payload = build_payload(trainer)
         payload["metrics"] = dict(record)
         payload["best_weights"] = self.best_weights
@@ -77,7 +84,7 @@ class CheckpointCallback(Callback):
         if improved:
             payload["best_weights"] = weights
             atomic_save(payload, self.folder / "best_model.pth")
-            logger.info("New best IoU %.4f (%s weights) at epoch %d -> best_model.pth", epoch_best, weights,
+            logger.info("New best IoU %.4f (%s weights) at epoch %d -> best_model.pth", score, weights,
                         record["epoch"])
         if self.keep_epochs > 0:
             atomic_save(payload, self.folder / f"epoch_{record['epoch']}.pth")

@@ -9,11 +9,12 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from engine.config import ConfigError
 
@@ -88,8 +89,22 @@ def plot_loss(scalars: Dict[str, Series], folder: Path) -> Optional[Path]:
     return _save(figure, folder / "loss.png")
 
 
+def epoch_marks(rows: List[dict]) -> Dict[str, Any]:
+    """What the validation figure marks: the first epoch of each later stage, the epochs after which
+    a resume continued, and the best epoch by the checkpoint callback's own rule (``epoch_best``)."""
+    from engine.callbacks.save_checkpoints import epoch_best
+
+    stage_starts = [(b["epoch"], b["stage"]) for a, b in zip(rows, rows[1:])
+                    if "stage" in a and "stage" in b and b["stage"] != a["stage"]]
+    resumes = [row["resumed_after_epoch"] for row in rows if isinstance(row.get("resumed_after_epoch"), int)]
+    scored = [(epoch_best(row)[0], row["epoch"]) for row in rows]
+    best = max(scored)[1] if scored else None  # ties: the later epoch, as a re-saved best_model.pth would be
+    return {"stage_starts": stage_starts, "resumes": resumes, "best_epoch": best}
+
+
 def plot_val_iou(records: List[dict], folder: Path) -> Optional[Path]:
-    """Validation IoU per epoch, base weights and (when kept) weight EMA."""
+    """Validation IoU per epoch, base weights and (when kept) weight EMA, with stage starts,
+    resumes and the best epoch marked; integer epoch ticks."""
     rows = [record for record in records if _finite(record.get("val_iou")) and "epoch" in record]
     if not rows:
         return None
@@ -98,7 +113,17 @@ def plot_val_iou(records: List[dict], folder: Path) -> Optional[Path]:
     ema = [(r["epoch"], r["val_iou_ema"]) for r in rows if _finite(r.get("val_iou_ema"))]
     if ema:
         axes.plot(*zip(*ema), marker="o", markersize=3, label="weight EMA")
-    axes.legend()
+    marks = epoch_marks(rows)
+    for epoch, stage in marks["stage_starts"]:
+        axes.axvline(epoch - 0.5, color="gray", linestyle="--", linewidth=1, label=f"stage {stage} starts")
+    for index, epoch in enumerate(marks["resumes"]):
+        axes.axvline(epoch + 0.5, color="tab:olive", linestyle=":", linewidth=1.2,
+                     label="resumed" if index == 0 else None)
+    best = next(row for row in rows if row["epoch"] == marks["best_epoch"])
+    axes.scatter([best["epoch"]], [max(best["val_iou"], best.get("val_iou_ema") or best["val_iou"])], marker="*",
+                 s=140, color="tab:red", zorder=4, label=f"best (epoch {best['epoch']})")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend(fontsize=8)
     return _save(figure, folder / "val_iou.png")
 
 

@@ -75,8 +75,9 @@ def test_resume_from_an_older_epoch_rewrites_the_history_after_it(first_run, tmp
     folder = copy_run(first_run, tmp_path / "ckpt")
     result = run_cli("train", "--checkpoint-dir", folder, "--resume-from", folder / "epoch_1.pth")
     assert result.returncode == 0, result.stderr[-2000:]
-    epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2]  # epoch 2 replayed once, not appended twice
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]  # epoch 2 replayed once, not appended twice
+    assert rows[1]["resumed_after_epoch"] == 1 and "resumed_after_epoch" not in rows[0]  # report marks it
     assert "dropped 1 row(s) of epochs after 1" in result.stderr
 
 

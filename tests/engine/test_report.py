@@ -92,3 +92,15 @@ def test_empty_and_missing_folders(tmp_path, caplog):
     assert "wrote 0 figure(s)" in caplog.text
     with pytest.raises(ConfigError, match="not a folder"):
         build_report(tmp_path / "missing")
+
+
+def test_validation_figure_marks_stages_resumes_and_the_checkpoints_best(tmp_path):
+    from engine.evaluation.report import epoch_marks
+
+    rows = [{"epoch": 1, "stage": 1, "val_iou": 0.2}, {"epoch": 2, "stage": 1, "val_iou": 0.3},
+            {"epoch": 3, "stage": 2, "val_iou": 0.35, "val_iou_ema": 0.5},
+            {"epoch": 4, "stage": 2, "val_iou": 0.45, "resumed_after_epoch": 3}, {"epoch": 5, "stage": 2, "val_iou": 0.4}]
+    marks = epoch_marks(rows)
+    assert marks == {"stage_starts": [(3, 2)], "resumes": [3], "best_epoch": 3}  # epoch 3 wins by its EMA IoU
+    write_records(tmp_path, rows)
+    assert [path.name for path in build_report(tmp_path)] == ["val_iou.png"]
