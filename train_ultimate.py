@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version ping on offline Kaggle / CI
 
-from engine.config import AMP_MODES, CACHE_MODES, DEVICES, PROGRESS_MODES, SCHEDULERS, TrainConfig  # noqa: E402
+from engine.config import (AMP_MODES, BEST_METRICS, CACHE_MODES, DEVICES, PROGRESS_MODES, SCHEDULERS,  # noqa: E402
+                           TrainConfig)
 
 DEFAULTS = TrainConfig()
 BOOL = "bool"
@@ -95,6 +96,9 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("time-limit", str, "stop cleanly with a checkpoint before this wall time, e.g. 11.5h, 90m, 3600s"),
         ("save-every-minutes", float, "also write last.pth mid-epoch at this period"),
         ("keep-checkpoints", int, "epoch_N.pth files kept (0: none)"),
+        ("best-metric", BEST_METRICS, "what picks best_model.pth: validation IoU, S-measure (sm), MAE or weighted "
+                                      "F (wfm); sm and wfm are scored by pysodmetrics at each mask's own size, as "
+                                      "eval does (costs a little validation time, see the README)"),
     ],
     "monitors": [
         ("loss-ema", BOOL, "bias-corrected loss EMA in TensorBoard (train/loss_ema) and on the console line"),

@@ -71,7 +71,8 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         if config.diagnosis_enabled else None,
         PreviewCallback(),  # val/preview image grid each epoch, through trainer.log_image
         LoggingCallback(folder, config.log_interval, step_lines=config.progress != "off") if is_main else None,
-        CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes) if is_main else None,
+        CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes, config.best_metric)
+        if is_main else None,
     ]
 
 

@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 CACHE_MODES = ("none", "memory", "disk")  # data/cache.py implements them (a test keeps the two equal)
 PROGRESS_MODES = ("auto", "bar", "log", "off")
+BEST_METRICS = ("iou", "sm", "mae", "wfm")  # sm / wfm: pysodmetrics at each validation mask's own size
 EVAL_EPOCHS_OFF = ("none", "off", "")
 
 
@@ -94,6 +95,7 @@ class TrainConfig:
     time_limit: Optional[str] = None
     restart_schedule: bool = False  # on resume: warm-restart the current stage's LR segment
     save_every_minutes: Optional[float] = None
+    best_metric: str = "iou"  # what picks best_model.pth (base or EMA weights, whichever is better)
     # Monitors
     loss_ema: bool = True
     loss_ema_beta: float = 0.99
@@ -293,6 +295,8 @@ def validate(config: TrainConfig) -> None:
              f"--synthetic-difficulty must be in (0, 1] (got {config.synthetic_difficulty})")
     _require(config.scheduler in SCHEDULERS,
              f"--scheduler {config.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
+    _require(config.best_metric in BEST_METRICS,
+             f"--best-metric {config.best_metric!r} is unknown; choose one of {', '.join(BEST_METRICS)}")
     _require(config.progress in PROGRESS_MODES,
              f"--progress {config.progress!r} is unknown; choose one of {', '.join(PROGRESS_MODES)}")
     _require(config.cache in CACHE_MODES, f"--cache {config.cache!r} is unknown; choose one of {', '.join(CACHE_MODES)}")

@@ -24,6 +24,7 @@ from engine.config import TrainConfig
 from engine.distributed import DistributedContext, any_rank, sync_buffers, wrap_model
 from engine.losses import structure_loss
 from engine.evaluation.mask_scores import MetricAccumulator, per_image_scores
+from engine.evaluation.validation_cod import COD_VALIDATION_METRICS, GroundTruthSizeScores
 from engine.nonfinite import NonFiniteGuard
 from engine.precision import Precision
 from engine.schedule import steps_per_epoch
@@ -211,8 +212,12 @@ class Trainer:
             "val_dice": metrics["dice"], "val_mae": metrics["mae"], "val_iou_ema": metrics.get("ema_iou"),
             "val_dice_ema": metrics.get("ema_dice"), "val_mae_ema": metrics.get("ema_mae"),
             "val_loss_ema": metrics.get("ema_loss"), "trainable_params": self.trainable_params,
+            "best_metric": self.config.best_metric,
             "seconds": round(time.monotonic() - self.epoch_started, 2),
         }
+        for key in COD_VALIDATION_METRICS:  # only with --best-metric sm / wfm (they cost validation time)
+            if key in metrics:
+                record[f"val_{key}"], record[f"val_{key}_ema"] = metrics[key], metrics.get(f"ema_{key}")
         self.epoch += 1
         self.restart_epoch()
         return record
@@ -324,14 +329,19 @@ class Trainer:
         was_training = module.training
         module.eval()
         accumulator = MetricAccumulator(self.device)
+        cod_scores = (GroundTruthSizeScores(self.data.val_dataset)
+                      if self.config.best_metric in COD_VALIDATION_METRICS else None)
         loader = self.data.loader(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
         for batch in tqdm(loader, desc="validate", leave=False, disable=not self.show_bars):
             images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = batch["mask"].to(self.device, non_blocking=True)
             with self.precision.autocast():
                 logits = module(images).logits.float()
-            accumulator.update(per_image_scores(torch.sigmoid(logits), masks),
-                               structure_loss(logits, masks, reduction="none").sum())
+            probabilities = torch.sigmoid(logits)
+            scores = per_image_scores(probabilities, masks)
+            if cod_scores is not None:
+                scores.update(cod_scores(probabilities, batch))
+            accumulator.update(scores, structure_loss(logits, masks, reduction="none").sum())
         module.train(was_training)
         return accumulator.compute(self.data.all_reduce(accumulator.totals()))
 

@@ -92,7 +92,9 @@ class LoggingCallback(Callback):
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         self.flush(trainer)
         step = record["global_step"]
-        for key in ("iou", "dice", "mae", "loss"):
+        for key in ("iou", "dice", "mae", "loss", "sm", "wfm"):
+            if f"val_{key}" not in record:  # sm / wfm: only with --best-metric sm | wfm
+                continue
             self.writer.add_scalar(f"val/{key}", record[f"val_{key}"], step)
             if record.get(f"val_{key}_ema") is not None:
                 self.writer.add_scalar(f"val/{key}_ema", record[f"val_{key}_ema"], step)
@@ -104,9 +106,11 @@ class LoggingCallback(Callback):
         with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as stream:
             stream.write(json.dumps(_finite(row)) + "\n")
         ema = f" | EMA IoU {record['val_iou_ema']:.4f}" if record.get("val_iou_ema") is not None else ""
-        logger.info("Epoch %d: Loss %.4f | IoU %.4f%s | LR %.3g  (val loss %.4f, Dice %.4f, MAE %.4f, %.0fs)",
+        cod = "".join(f", {name} {record[key]:.4f}" for key, name in (("val_sm", "S"), ("val_wfm", "wF"))
+                      if record.get(key) is not None)
+        logger.info("Epoch %d: Loss %.4f | IoU %.4f%s | LR %.3g  (val loss %.4f, Dice %.4f, MAE %.4f%s, %.0fs)",
                     record["epoch"], record["train_loss"], record["val_iou"], ema, record["lr"],
-                    record["val_loss"], record["val_dice"], record["val_mae"], record["seconds"])
+                    record["val_loss"], record["val_dice"], record["val_mae"], cod, record["seconds"])
 
     def on_train_end(self, trainer) -> None:
         self.flush(trainer)

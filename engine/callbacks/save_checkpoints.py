@@ -16,12 +16,17 @@ from engine.checkpoint.format import FORMAT_VERSION, model_signature
 logger = logging.getLogger(__name__)
 
 
-def epoch_best(record: Dict[str, Any]) -> Tuple[float, str]:
-    """The score by which an epoch competes for ``best_model.pth`` and which weights earn it:
-    validation IoU of the base weights, or of the EMA when it is higher. ``report`` marks the best
-    epoch with the same rule."""
-    base_iou, ema_iou = record["val_iou"], record.get("val_iou_ema")
-    return (ema_iou, "ema") if ema_iou is not None and ema_iou > base_iou else (base_iou, "base")
+METRIC_NAMES = {"iou": "IoU", "sm": "S-measure", "mae": "MAE", "wfm": "weighted F"}
+
+
+def epoch_best(record: Dict[str, Any], metric: str = "iou") -> Tuple[float, str]:
+    """The score (higher is better: MAE counts negated) by which an epoch competes for
+    ``best_model.pth`` under ``--best-metric``, and which weights earn it: the base weights, or the
+    EMA when it scores better. ``report`` marks the best epoch with the same rule."""
+    sign = -1.0 if metric == "mae" else 1.0
+    base, ema = record[f"val_{metric}"], record.get(f"val_{metric}_ema")
+    base_score, ema_score = sign * base, None if ema is None else sign * ema
+    return (ema_score, "ema") if ema_score is not None and ema_score > base_score else (base_score, "base")
 
 
 def build_payload(trainer) -> Dict[str, Any]:
@@ -33,6 +38,7 @@ def build_payload(trainer) -> Dict[str, Any]:
         "config": trainer.config.to_dict(),
         "world_size": trainer.distributed.world_size,
         "model_signature": model_signature(trainer.config),
+        "best_metric": trainer.config.best_metric,
     }
 
 
@@ -49,11 +55,13 @@ class CheckpointCallback(Callback):
     name = "checkpoint"
     order = Order.CHECKPOINT
 
-    def __init__(self, folder: Path, keep_epochs: int = 3, save_every_minutes: Optional[float] = None):
+    def __init__(self, folder: Path, keep_epochs: int = 3, save_every_minutes: Optional[float] = None,
+                 best_metric: str = "iou"):
         self.folder = Path(folder)
+        self.best_metric = best_metric
         self.keep_epochs = keep_epochs
         self.save_every_seconds = save_every_minutes * 60 if save_every_minutes else None
-        self.best_iou = float("-inf")
+        self.best_score = float("-inf")  # epoch_best's score of the best epoch so far
         self.best_epoch = 0
         self.best_weights = "base"
         self._last_save = time.monotonic()
@@ -73,10 +81,10 @@ class CheckpointCallback(Callback):
         self.save_last(trainer)
 
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
-        score, weights = epoch_best(record)
-        improved = score > self.best_iou or not (self.folder / "best_model.pth").exists()
+        score, weights = epoch_best(record, self.best_metric)
+        improved = score > self.best_score or not (self.folder / "best_model.pth").exists()
         if improved:
-            self.best_iou, self.best_epoch, self.best_weights = score, record["epoch"], weights
+            self.best_score, self.best_epoch, self.best_weights = score, record["epoch"], weights
         payload = build_payload(trainer)
         payload["metrics"] = dict(record)
         payload["best_weights"] = self.best_weights
@@ -84,7 +92,8 @@ class CheckpointCallback(Callback):
         if improved:
             payload["best_weights"] = weights
             atomic_save(payload, self.folder / "best_model.pth")
-            logger.info("New best IoU %.4f (%s weights) at epoch %d -> best_model.pth", score, weights,
+            logger.info("New best %s %.4f (%s weights) at epoch %d -> best_model.pth", METRIC_NAMES[self.best_metric],
+                        abs(score), weights,
                         record["epoch"])
         if self.keep_epochs > 0:
             atomic_save(payload, self.folder / f"epoch_{record['epoch']}.pth")
@@ -106,9 +115,15 @@ class CheckpointCallback(Callback):
             old.unlink(missing_ok=True)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"best_iou": self.best_iou, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+        return {"best_metric": self.best_metric, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.best_iou = float(state.get("best_iou", float("-inf")))
+        saved_metric = str(state.get("best_metric", "iou"))  # checkpoints before --best-metric kept IoU
+        if state and saved_metric != self.best_metric:
+            logger.info("--best-metric changed from %s to %s: the best checkpoint is chosen anew from this epoch on",
+                        saved_metric, self.best_metric)
+            return
+        self.best_score = float(state.get("best_score", state.get("best_iou", float("-inf"))))
         self.best_epoch = int(state.get("best_epoch", 0))
         self.best_weights = str(state.get("best_weights", "base"))

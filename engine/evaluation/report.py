@@ -97,8 +97,9 @@ def epoch_marks(rows: List[dict]) -> Dict[str, Any]:
     stage_starts = [(b["epoch"], b["stage"]) for a, b in zip(rows, rows[1:])
                     if "stage" in a and "stage" in b and b["stage"] != a["stage"]]
     resumes = [row["resumed_after_epoch"] for row in rows if isinstance(row.get("resumed_after_epoch"), int)]
-    scored = [(epoch_best(row)[0], row["epoch"]) for row in rows]
-    best = max(scored)[1] if scored else None  # ties: the later epoch, as a re-saved best_model.pth would be
+    scored = [(epoch_best(row, row.get("best_metric", "iou"))[0], -row["epoch"]) for row in rows
+              if _finite(row.get(f"val_{row.get('best_metric', 'iou')}"))]
+    best = -max(scored)[1] if scored else None  # ties: the earlier epoch, which best_model.pth keeps
     return {"stage_starts": stage_starts, "resumes": resumes, "best_epoch": best}
 
 
