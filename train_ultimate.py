@@ -90,6 +90,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
     "checkpoints, resume and time budget": [
         ("checkpoint-dir", str, "where checkpoints, metrics.jsonl, config.yaml and runs/ go"),
         ("resume-from", str, "checkpoint to resume from, or 'auto' for the newest usable one in --checkpoint-dir"),
+        ("overwrite", BOOL, "let a new run (no --resume-from) replace the checkpoints already in --checkpoint-dir; "
+                            "without it such a run is refused"),
         ("restart-schedule", BOOL, "when resuming: warm-restart the current stage's LR schedule at the resume "
                                    "epoch (warmup, then decay to --epochs) even if no schedule flag changed"),
         ("stop-after-epochs", int, "end this invocation after N more epochs (the schedule still targets --epochs)"),
@@ -307,7 +309,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     """Print the resolved config and the stage/LR plan (re-planned when resuming) without training."""
     import yaml
 
-    from engine.build import resolve_resume_path
+    from engine.build import check_new_run_folder, resolve_resume_path
     from engine.checkpoint import load_checkpoint
     from engine.data_module import count_training_samples
     from engine.checkpoint.resume import planned_state
@@ -317,6 +319,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     for line in notes:
         print(line)
     resume_path = resolve_resume_path(config)
+    check_new_run_folder(config, resume_path)
     payload = load_checkpoint(resume_path) if resume_path else None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     state, epoch, changes = planned_state(payload, config, world_size)

@@ -80,6 +80,19 @@ def resolve_resume_path(config: TrainConfig) -> Optional[Path]:
     return find_resume_path(config.resume_from, config.checkpoint_dir)
 
 
+def check_new_run_folder(config: TrainConfig, resume_path: Optional[Path]) -> None:
+    """Refuse to start a new run over the checkpoints of another one (one forgotten --resume-from
+    would replace a 12-hour run's last.pth and best_model.pth)."""
+    folder = Path(config.checkpoint_dir)
+    if resume_path is not None or config.overwrite or not folder.is_dir():
+        return
+    existing = sorted(path.name for path in folder.glob("*.pth") if not path.name.startswith("."))
+    if existing:
+        raise ConfigError(f"--checkpoint-dir {folder} already holds a run ({', '.join(existing[:3])}"
+                          f"{', ...' if len(existing) > 3 else ''}); continue it with --resume-from auto, choose "
+                          "another --checkpoint-dir, or pass --overwrite to replace it")
+
+
 def build_trainer(config: TrainConfig) -> Trainer:
     """Everything a run needs, resumed from ``--resume-from`` when given."""
     torch.manual_seed(config.seed)
@@ -95,6 +108,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     resume_path = resolve_resume_path(config)
+    check_new_run_folder(config, resume_path)
     payload = load_checkpoint(resume_path) if resume_path else None
     sources = scan_data(config)  # before the model (and any weights download): bad paths fail fast
     synthetic = config.dataset_path is None

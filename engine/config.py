@@ -94,6 +94,7 @@ class TrainConfig:
     stop_after_epochs: Optional[int] = None
     time_limit: Optional[str] = None
     restart_schedule: bool = False  # on resume: warm-restart the current stage's LR segment
+    overwrite: bool = False  # a new run may replace the run already in --checkpoint-dir
     save_every_minutes: Optional[float] = None
     best_metric: str = "iou"  # what picks best_model.pth (base or EMA weights, whichever is better)
     # Monitors
@@ -161,7 +162,7 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Settings that belong to one invocation: a resume never inherits them from the checkpoint.
-PER_INVOCATION_KEYS = ("resume_from", "stop_after_epochs", "time_limit", "restart_schedule")
+PER_INVOCATION_KEYS = ("resume_from", "stop_after_epochs", "time_limit", "restart_schedule", "overwrite")
 # Settings that shape the LR plan: changing any of them on resume re-plans the schedule.
 SCHEDULE_KEYS = (
     "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "scheduler",

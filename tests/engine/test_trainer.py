@@ -25,12 +25,13 @@ def capture_updates(trainer):
 
 
 @pytest.mark.parametrize("micro, accumulation, full", [(1, 4, 4), (3, 2, 6)])
-def test_accumulation_matches_large_batch(tiny_config, micro, accumulation, full):
+def test_accumulation_matches_large_batch(tiny_config, tmp_path, micro, accumulation, full):
     common = dict(synthetic_train_size=10, epochs=1, stage1_epochs=0, router_noise=0.0, moe_loss_weight=0.0)
     runs = []
     for batch, accumulate in ((micro, accumulation), (full, 1)):
         torch.manual_seed(0)
-        trainer = build_trainer(tiny_config(batch_size=batch, accumulation_steps=accumulate, **common))
+        trainer = build_trainer(tiny_config(batch_size=batch, accumulation_steps=accumulate,
+                                            checkpoint_dir=str(tmp_path / f"batch{batch}"), **common))
         runs.append(capture_updates(trainer))
         trainer.fit()
     small, large = runs
