@@ -105,21 +105,13 @@ class Trainer:
                 self.callbacks.call("on_epoch_end", self, record)
             self.callbacks.call("on_train_end", self)
         except BaseException as error:
-            self._call_quietly("on_exception", error)
+            self.callbacks.call_quietly("on_exception", self, error)
             raise
         finally:
             try:
-                self._call_quietly("teardown")
+                self.callbacks.call_quietly("teardown", self)
             finally:
                 self.data.close()  # persistent workers stop here, also when training failed
-
-    def _call_quietly(self, hook: str, *args) -> None:
-        """Run ``hook`` on every callback; a failing one is logged, so the others still clean up."""
-        for callback in self.callbacks:
-            try:
-                getattr(callback, hook)(self, *args)
-            except Exception as error:  # noqa: BLE001 - cleanup must reach every callback
-                logger.warning("%s.%s failed: %s", type(callback).__name__, hook, error)
 
     def _train_epoch(self) -> None:
         stage = self.stage

@@ -30,10 +30,13 @@ Every callback is checkpointed through ``state_dict()`` / ``load_state_dict()`` 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,16 +137,13 @@ class CallbackList:
         for callback in self.callbacks:
             getattr(callback, hook)(*args)
 
-    def call_all(self, hook: str, *args) -> None:
-        """Like ``call`` but every callback runs even when one raises; the first error is re-raised."""
-        first_error: Optional[BaseException] = None
+    def call_quietly(self, hook: str, *args) -> None:
+        """Like ``call``, but a callback that raises is logged and the others still run (cleanup)."""
         for callback in self.callbacks:
             try:
                 getattr(callback, hook)(*args)
-            except BaseException as error:  # noqa: BLE001 - cleanup of the others must still happen
-                first_error = first_error or error
-        if first_error is not None:
-            raise first_error
+            except Exception as error:  # noqa: BLE001 - cleanup must reach every callback
+                logger.warning("%s.%s failed: %s", type(callback).__name__, hook, error)
 
     def state_dict(self) -> Dict[str, Dict[str, Any]]:
         return {callback.name: callback.state_dict() for callback in self.callbacks}

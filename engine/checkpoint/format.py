@@ -15,7 +15,7 @@ users' existing checkpoints resume bitwise. Format 1 weights do not fit the curr
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -34,15 +34,21 @@ def model_signature(config) -> Dict[str, Any]:
     return {key: getattr(config, key) for key in SIGNATURE_KEYS}
 
 
+def signature_conflicts(signature: Mapping[str, Any], values: Mapping[str, Any]) -> List[str]:
+    """The architecture settings on which ``values`` and a checkpoint's ``signature`` disagree."""
+    return [key for key in SIGNATURE_KEYS if key in signature and key in values and signature[key] != values[key]]
+
+
 def check_signature(payload: Dict[str, Any], config, source: str) -> None:
     """Refuse a checkpoint made for another architecture, naming the mismatching setting."""
     signature = payload.get("model_signature") or {}
-    for key in SIGNATURE_KEYS:
-        if key in signature and signature[key] != getattr(config, key):
-            flag = key.replace("_", "-")
-            raise CheckpointError(
-                f"checkpoint {source} was made with --{flag} {signature[key]} but this run uses "
-                f"--{flag} {getattr(config, key)}; pass --{flag} {signature[key]} or another checkpoint")
+    conflicts = signature_conflicts(signature, model_signature(config))
+    if conflicts:
+        key = conflicts[0]
+        flag = key.replace("_", "-")
+        raise CheckpointError(
+            f"checkpoint {source} was made with --{flag} {signature[key]} but this run uses "
+            f"--{flag} {getattr(config, key)}; pass --{flag} {signature[key]} or another checkpoint")
 
 
 def check_model_format(payload: Dict[str, Any], path) -> None:

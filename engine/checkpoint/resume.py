@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from engine.checkpoint.files import find_resumable, load_checkpoint, restore_rng_state
 from engine.checkpoint.format import (SIGNATURE_KEYS, CheckpointError, check_model_format, check_signature, progress,
-                                      trainer_state)
+                                      signature_conflicts, trainer_state)
 from engine.config import (FIELD_NAMES, PER_INVOCATION_KEYS, SCHEDULE_KEYS, ConfigError, TrainConfig, build_config,
                            coerce_value)
 from engine.stages import PlanState
@@ -54,10 +54,10 @@ def resolve_run_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str,
     if path is None:
         return build_config(yaml_values, flag_values), []
     stored = load_checkpoint(path, mmap=True).get("config") or {}
-    conflicts = [key for key in SIGNATURE_KEYS
-                 if key in given and key in stored and coerce_value(key, given[key]) != stored[key]]
+    requested = {key: coerce_value(key, given[key]) for key in SIGNATURE_KEYS if key in given}
+    conflicts = signature_conflicts(stored, requested)
     if conflicts:
-        listed = ", ".join(f"--{key.replace('_', '-')} {coerce_value(key, given[key])} (checkpoint: {stored[key]})"
+        listed = ", ".join(f"--{key.replace('_', '-')} {requested[key]} (checkpoint: {stored[key]})"
                            for key in conflicts)
         raise ConfigError(f"{path} was trained with another architecture: {listed}; drop these settings to "
                           "continue that run, or train anew in another --checkpoint-dir")
