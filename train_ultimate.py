@@ -94,6 +94,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
                             "without it such a run is refused"),
         ("restart-schedule", BOOL, "when resuming: warm-restart the current stage's LR schedule at the resume "
                                    "epoch (warmup, then decay to --epochs) even if no schedule flag changed"),
+        ("restart-epoch", BOOL, "when resuming a checkpoint saved mid-epoch: redo that epoch from its first batch "
+                                "(needed when the training set changed since the save)"),
         ("stop-after-epochs", int, "end this invocation after N more epochs (the schedule still targets --epochs)"),
         ("time-limit", str, "stop cleanly with a checkpoint before this wall time, e.g. 11.5h, 90m, 3600s"),
         ("save-every-minutes", float, "also write last.pth mid-epoch at this period"),
@@ -281,15 +283,16 @@ def run_train(args: argparse.Namespace) -> int:
         return dry_run(config, notes)
     for line in notes:
         log.info(line)
-    trainer = build_trainer(config)
-    for line in describe_run(trainer):
-        log.info(line)
-    try:
-        trainer.fit()
-    finally:
-        from engine.distributed import shutdown
+    with run_lock(config.checkpoint_dir):
+        trainer = build_trainer(config)
+        for line in describe_run(trainer):
+            log.info(line)
+        try:
+            trainer.fit()
+        finally:
+            from engine.distributed import shutdown
 
-        shutdown(trainer.distributed)
+            shutdown(trainer.distributed)
     if trainer.exit_code > 128:  # stopped by a signal (exit code 128 + its number)
         print(f"stopped by {signal_name(trainer.exit_code - 128)}: last.pth saved at epoch {trainer.epoch + 1}, "
               f"step {trainer.global_step}; resume with --resume-from auto", file=sys.stderr)
@@ -297,6 +300,20 @@ def run_train(args: argparse.Namespace) -> int:
     report_after_training(trainer)  # PNG curves in <checkpoint-dir>/report; a failure only logs a warning
     log.info("Done: %s", trainer.stop_reason or f"{trainer.epoch}/{config.epochs} epochs complete")
     return 0
+
+
+def run_lock(folder: str):
+    """The folder's run lock (one live run per --checkpoint-dir), taken by rank 0 only under torchrun."""
+    import contextlib
+    from pathlib import Path
+
+    from engine.build import check_writable
+    from engine.checkpoint.lock import RunLock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    check_writable(Path(folder))
+    return RunLock(folder)
 
 
 def signal_name(signum: int) -> str:
@@ -310,6 +327,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     import yaml
 
     from engine.build import check_new_run_folder, resolve_resume_path
+    from engine.checkpoint.lock import check_unlocked
     from engine.checkpoint import load_checkpoint
     from engine.data_module import count_training_samples
     from engine.checkpoint.resume import planned_state
@@ -320,6 +338,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
         print(line)
     resume_path = resolve_resume_path(config)
     check_new_run_folder(config, resume_path)
+    check_unlocked(config.checkpoint_dir)
     payload = load_checkpoint(resume_path) if resume_path else None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     state, epoch, changes = planned_state(payload, config, world_size)
@@ -418,8 +437,11 @@ def user_errors() -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The error boundary of every command: a user error (flags, files, folders, disks, numbers)
+    ends with one line on stderr and exit code 2; a bug keeps its traceback."""
     args = build_parser().parse_args(argv)  # before any torch import: --help and flag errors answer at once
     setup_logging(args.quiet)
+    from engine.errors import one_line, os_error_message
     from engine.nonfinite import TrainingDivergedError
 
     commands = {"train": run_train, "synth": run_synth, "eval": run_eval, "predict": run_predict,
@@ -427,14 +449,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return commands[args.command](args)
     except user_errors() as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(one_line(error))
+    except OSError as error:  # paths, permissions, full disks: the user's environment, not our code
+        return fail(os_error_message(error))
+    except MemoryError:
+        return fail("out of memory: lower --batch-size, --img-size or --num-workers")
     except TrainingDivergedError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(one_line(error), code=1)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", code=130)
+    except SystemExit as stop:  # a second SIGTERM/SIGINT: the save in progress was finished first
+        if isinstance(stop.code, int) and stop.code > 128:
+            print(f"error: stopped at once by a second {signal_name(stop.code - 128)}; resume from the last "
+                  "saved checkpoint with --resume-from auto", file=sys.stderr)
+        raise
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

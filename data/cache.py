@@ -258,12 +258,13 @@ class CachedSegmentationDataset(SegmentationDataset):
     (seed, epoch, index, base size), never on the cache mode.
     """
 
-    def __init__(self, pairs, transform=None, seed: int = 0, cache: Optional[ResizeCache] = None) -> None:
+    def __init__(self, pairs, transform=None, seed: int = 0, cache: Optional[ResizeCache] = None,
+                 skip_bad: bool = False) -> None:
         """Args:
-        pairs, transform, seed: as for :class:`SegmentationDataset`.
+        pairs, transform, seed, skip_bad: as for :class:`SegmentationDataset`.
         cache: from :func:`build_cache`; None behaves like ``build_cache("none", None)``.
         """
-        super().__init__(pairs, transform, seed)
+        super().__init__(pairs, transform, seed, skip_bad)
         self.cache = cache if cache is not None else ResizeCache(None)
 
     def _reader(self, index: int) -> Reader:

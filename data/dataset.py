@@ -26,15 +26,19 @@ class SegmentationDataset(Dataset):
     :class:`~data.loaders.EpochIndex` (persistent workers), else from :meth:`set_epoch`.
     """
 
-    def __init__(self, pairs: Sequence[SamplePair], transform=None, seed: int = 0) -> None:
+    def __init__(self, pairs: Sequence[SamplePair], transform=None, seed: int = 0, skip_bad: bool = False) -> None:
         """Args:
         pairs: samples, e.g. from :func:`data.layouts.find_pairs`.
         transform: pipeline from :mod:`data.transforms`, or None for [0, 1] tensors at full size.
         seed: augmentation seed (>= 0).
+        skip_bad: a sample that fails to load (``--skip-bad-samples``) is replaced by the next
+            loadable one, with a warning, instead of raising: the header checks before training
+            cannot see every broken file, and a worker must not end the run for one.
         """
         self.pairs = list(pairs)
         self.transform = transform
         self.seed = seed
+        self.skip_bad = skip_bad
         self.epoch = 0
         # Masks whose size differed from their image and were resized (counted in this process
         # only: DataLoader workers keep their own counts).
@@ -78,10 +82,22 @@ class SegmentationDataset(Dataset):
             mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
         return image, mask
 
+    def _load_or_substitute(self, index: int):
+        """``load_arrays(index)``; with ``skip_bad`` a failing sample gives the next one that loads
+        (a pure function of the index, so determinism across workers and resumes holds)."""
+        for offset in range(len(self.pairs) if self.skip_bad else 1):
+            try:
+                return self.load_arrays((index + offset) % len(self.pairs))
+            except DatasetError as error:
+                if not self.skip_bad:
+                    raise
+                logger.warning("Skipped a bad sample (--skip-bad-samples): %s", error)
+        raise DatasetError(f"no sample of the {len(self.pairs)} could be read; check the dataset files")
+
     def __getitem__(self, item: int | EpochIndex) -> dict[str, torch.Tensor | str | int]:
         """Returns {"image": (3, H, W) float32, "mask": (1, H, W) float32 in {0, 1}, "name", "index"}."""
         epoch, index = split_epoch_index(item, self.epoch)
-        image, mask = self.load_arrays(index)
+        image, mask = self._load_or_substitute(index)
         sample_seed = augmentation_seed(self.seed, epoch, index)
         image_tensor, mask_tensor = to_sample(self.transform, image, mask, sample_seed)
         return {"image": image_tensor, "mask": mask_tensor, "name": self.pairs[index].name, "index": index}

@@ -232,8 +232,8 @@ def swapped_sides_problem(image_shape: tuple[int, ...], mask_shape: tuple[int, .
 def find_unreadable(pairs: Iterable[SamplePair]) -> list[tuple[SamplePair, str]]:
     """Find bad pairs before training, reading only each file's ends and header.
 
-    Bad: an image or mask file that is empty or truncated, or a mask whose width and height are
-    swapped relative to its image (:func:`swapped_sides_problem`). Meant for
+    Bad: an image or mask file that is empty, truncated or has no image header Pillow knows
+    (e.g. text saved as ``.jpg``), or a mask whose width and height are swapped relative to its image (:func:`swapped_sides_problem`). Meant for
     ``--skip-bad-samples``: fast enough to run over COD10K before training.
 
     Returns:
@@ -249,8 +249,10 @@ def find_unreadable(pairs: Iterable[SamplePair]) -> list[tuple[SamplePair, str]]
                 break
         if problem is None:
             sizes = _header_size(pair.image), _header_size(pair.mask)
-            swapped = swapped_sides_problem(*sizes) if None not in sizes else None
-            problem = f"{pair.mask}: {swapped}" if swapped else None
+            unknown = [path for path, size in zip((pair.image, pair.mask), sizes) if size is None]
+            swapped = swapped_sides_problem(*sizes) if not unknown else None
+            problem = (f"{unknown[0]}: not an image (no known image header)" if unknown
+                       else f"{pair.mask}: {swapped}" if swapped else None)
         if problem is not None:
             bad.append((pair, problem))
     return bad

@@ -187,6 +187,17 @@ def create_loader(
     )
 
 
+def stop_workers(iterator) -> None:
+    """Shut a DataLoader iterator's worker processes down now (no-op for None or in-process loading).
+
+    Workers ignore SIGTERM (see ``_worker_init``), so they must be told to stop: torch does it when
+    the iterator is garbage-collected, which an exception's reference cycle can delay to exit.
+    """
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own clean shutdown
+    if shutdown is not None:
+        shutdown()
+
+
 def set_loader_epoch(loader: DataLoader, epoch: int, start_index: int = 0) -> None:
     """Point a loader's dataset and sampler at ``epoch``, skipping ``start_index`` samples.
 

@@ -94,6 +94,7 @@ class TrainConfig:
     stop_after_epochs: Optional[int] = None
     time_limit: Optional[str] = None
     restart_schedule: bool = False  # on resume: warm-restart the current stage's LR segment
+    restart_epoch: bool = False  # on a mid-epoch resume: redo the epoch from its first batch
     overwrite: bool = False  # a new run may replace the run already in --checkpoint-dir
     save_every_minutes: Optional[float] = None
     best_metric: str = "iou"  # what picks best_model.pth (base or EMA weights, whichever is better)
@@ -162,7 +163,8 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Settings that belong to one invocation: a resume never inherits them from the checkpoint.
-PER_INVOCATION_KEYS = ("resume_from", "stop_after_epochs", "time_limit", "restart_schedule", "overwrite")
+PER_INVOCATION_KEYS = ("resume_from", "stop_after_epochs", "time_limit", "restart_schedule", "restart_epoch",
+                       "overwrite")
 # Settings that shape the LR plan: changing any of them on resume re-plans the schedule.
 SCHEDULE_KEYS = (
     "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "scheduler",
@@ -191,10 +193,14 @@ def closest_key_hint(key: str, choices) -> str:
 def load_yaml(path: str) -> Dict[str, Any]:
     """Read a YAML config into a dict with normalised (underscore) keys; unknown keys are errors."""
     config_path = Path(path)
+    if config_path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; pass a YAML file (e.g. configs/demo.yaml)")
     if not config_path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        raw = yaml.safe_load(config_path.read_text()) or {}
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?); pass a YAML file") from None
     except yaml.YAMLError as error:
         first_line = str(error).splitlines()[0] if str(error) else "parse error"
         raise ConfigError(f"config file {path} is not valid YAML ({first_line}); fix the syntax") from None
@@ -247,7 +253,7 @@ def coerce_value(key: str, value: Any) -> Any:
         if target is float or "float" in hint:
             return float(value)
         return str(value) if not isinstance(value, str) else value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf) from YAML's .inf
         flag = key.replace("_", "-")
         raise ConfigError(f"--{flag} got {value!r}, which is not a valid {hint.replace('Optional[', '').rstrip(']')}") from None
 
@@ -257,43 +263,99 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: finite, within ``[low, high]`` (ends open when asked)."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    hint: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+HUGE = 1_000_000  # counts beyond this are typos (a run of a million epochs, a million workers...)
+# Every numeric setting and what it accepts (a test keeps this table complete). Combinations, such as
+# --top-k <= --num-experts or --min-lr <= the LRs, are checked in ``validate``.
+NUMBER_RANGES: Dict[str, Range] = {
+    "val_fraction": Range(0, 1, high_open=True),
+    "img_size": Range(32, 4096, hint="4096 px is already about 200 MB of activations per image"),
+    "num_workers": Range(0, 256, hint="a few per CPU core is plenty"),
+    "synthetic_train_size": Range(1, HUGE),
+    "synthetic_val_size": Range(1, HUGE),
+    "synthetic_difficulty": Range(0, 1, low_open=True),
+    "num_experts": Range(1, 64),
+    "top_k": Range(1, 64),
+    "decoder_channels": Range(1, 2048),
+    "router_noise": Range(0, 100),
+    "moe_loss_weight": Range(0, 1000),
+    "deep_supervision_weight": Range(0, 1000),
+    "side_supervision_weight": Range(0, 1000),
+    "min_feature_stride": Range(1, 8),
+    "detail_channels": Range(0, 1024, hint="0 turns it off"),
+    "batch_size": Range(1, 4096),
+    "stage2_batch_size": Range(1, 4096),
+    "accumulation_steps": Range(1, 4096),
+    "epochs": Range(1, HUGE),
+    "stage1_epochs": Range(0, HUGE),
+    "unfreeze_interval": Range(1, HUGE),
+    "lr": Range(0, 1, low_open=True, hint="try 2.5e-4"),
+    "stage2_lr": Range(0, 1, low_open=True, hint="try 2e-4"),
+    "backbone_lr_scale": Range(0, 100, low_open=True, hint="0.5 is the default"),
+    "weight_decay": Range(0, 10, hint="AdamW's usual values are 0.01-0.1"),
+    "grad_clip": Range(0, HUGE, hint="0 disables clipping"),
+    "max_bad_steps": Range(1, HUGE),
+    "min_lr": Range(0, 1),
+    "warmup_epochs": Range(0, HUGE),
+    "ema_decay": Range(0, 1, high_open=True, hint="0.999 is typical"),
+    "stop_after_epochs": Range(1, HUGE),
+    "save_every_minutes": Range(0, HUGE, low_open=True),
+    "loss_ema_beta": Range(0, 1, high_open=True, hint="0.99 is typical"),
+    "grad_monitor_interval": Range(0, HUGE, hint="0 disables it"),
+    "drift_window": Range(1, HUGE),
+    "drift_threshold": Range(0, HUGE, low_open=True, hint="0.1 = +10 percent"),
+    "gain_threshold": Range(0, HUGE, low_open=True),
+    "drift_consecutive": Range(1, HUGE),
+    "seed": Range(0, 2**32 - 1, hint="NumPy and PyTorch seeds are 32-bit"),
+    "keep_checkpoints": Range(0, HUGE, hint="0 keeps none"),
+    "log_interval": Range(1, HUGE),
+}
+
+
+def check_number(name: str, value: float) -> None:
+    """Raise ``ConfigError`` unless ``value`` is finite and in ``NUMBER_RANGES[name]``."""
+    allowed = NUMBER_RANGES[name]
+    if value not in allowed:
+        hint = f"; {allowed.hint}" if allowed.hint else ""
+        raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in {allowed.describe()} "
+                          f"(got {value}){hint}")
+
+
 def validate(config: TrainConfig) -> None:
     """Check ranges and combinations; raise ``ConfigError`` with one actionable line."""
-    for name in ("lr", "stage2_lr"):
+    for name in NUMBER_RANGES:
         value = getattr(config, name)
-        _require(math.isfinite(value) and value > 0, f"--{name.replace('_', '-')} must be > 0 (got {value}); try 2.5e-4")
-    _require(0 <= config.min_lr < max(config.lr, config.stage2_lr),
-             f"--min-lr must be >= 0 and below the base LRs (got {config.min_lr})")
-    for name in ("epochs", "batch_size", "accumulation_steps", "img_size", "num_experts", "unfreeze_interval",
-                 "log_interval", "max_bad_steps", "synthetic_train_size", "synthetic_val_size", "decoder_channels"):
-        value = getattr(config, name)
-        _require(value > 0, f"--{name.replace('_', '-')} must be a positive integer (got {value})")
-    _require(config.stage2_batch_size is None or config.stage2_batch_size > 0,
-             f"--stage2-batch-size must be a positive integer (got {config.stage2_batch_size})")
-    _require(0 <= config.stage1_epochs <= config.epochs,
+        if value is not None:  # None: the documented "unset" of an optional setting
+            check_number(name, value)
+    _require(config.min_lr <= min(config.lr, config.stage2_lr),
+             f"--min-lr ({config.min_lr}) must not exceed --lr ({config.lr}) or --stage2-lr ({config.stage2_lr}): "
+             "the cosine decays from each LR down to it")
+    _require(config.stage1_epochs <= config.epochs,
              f"--stage1-epochs ({config.stage1_epochs}) must be between 0 and --epochs ({config.epochs})")
-    _require(0 <= config.ema_decay < 1, f"--ema-decay must be in [0, 1) (got {config.ema_decay}); 0.999 is typical")
-    _require(1 <= config.top_k <= config.num_experts,
+    _require(config.top_k <= config.num_experts,
              f"--top-k ({config.top_k}) must be between 1 and --num-experts ({config.num_experts})")
-    _require(config.img_size >= 32,
-             f"--img-size must be at least 32 (got {config.img_size})")
-    _require(config.num_workers >= 0, f"--num-workers must be >= 0 (got {config.num_workers})")
-    _require(config.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {config.warmup_epochs})")
-    _require(0 <= config.val_fraction < 1, f"--val-fraction must be in [0, 1) (got {config.val_fraction})")
-    _require(config.backbone_lr_scale > 0, f"--backbone-lr-scale must be > 0 (got {config.backbone_lr_scale})")
-    _require(config.weight_decay >= 0, f"--weight-decay must be >= 0 (got {config.weight_decay})")
-    _require(config.grad_clip >= 0, f"--grad-clip must be >= 0, 0 disables clipping (got {config.grad_clip})")
-    _require(config.router_noise >= 0, f"--router-noise must be >= 0 (got {config.router_noise})")
-    _require(config.deep_supervision_weight >= 0,
-             f"--deep-supervision-weight must be >= 0 (got {config.deep_supervision_weight})")
-    _require(config.side_supervision_weight >= 0,
-             f"--side-supervision-weight must be >= 0 (got {config.side_supervision_weight})")
     _require(config.min_feature_stride in (1, 2, 4, 8),
              f"--min-feature-stride must be 1, 2, 4 or 8 (got {config.min_feature_stride})")
-    _require(config.detail_channels >= 0, f"--detail-channels must be >= 0, 0 turns it off (got {config.detail_channels})")
-    _require(config.moe_loss_weight >= 0, f"--moe-loss-weight must be >= 0 (got {config.moe_loss_weight})")
-    _require(0 < config.synthetic_difficulty <= 1,
-             f"--synthetic-difficulty must be in (0, 1] (got {config.synthetic_difficulty})")
     _require(config.scheduler in SCHEDULERS,
              f"--scheduler {config.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
     _require(config.best_metric in BEST_METRICS,
@@ -307,12 +369,7 @@ def validate(config: TrainConfig) -> None:
 
         reason = compile_unsupported_reason()
         _require(reason is None, f"--compile: {reason}")
-    _require(config.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0 (got {config.keep_checkpoints})")
     _require(config.device in DEVICES, f"--device {config.device!r} is unknown; choose one of {', '.join(DEVICES)}")
-    _require(config.stop_after_epochs is None or config.stop_after_epochs > 0,
-             f"--stop-after-epochs must be a positive integer (got {config.stop_after_epochs})")
-    _require(config.save_every_minutes is None or config.save_every_minutes > 0,
-             f"--save-every-minutes must be > 0 (got {config.save_every_minutes})")
     if config.time_limit is not None:
         _require(parse_duration(config.time_limit) > 0, f"--time-limit must be positive (got {config.time_limit})")
     _validate_monitors(config)
@@ -331,16 +388,6 @@ def _validate_monitors(config: TrainConfig) -> None:
     from engine.loss_normalizer import NORMALIZATION_MODES
     from engine.monitors.post_epoch import parse_epoch_selection
 
-    _require(0 <= config.loss_ema_beta < 1,
-             f"--loss-ema-beta must be in [0, 1) (got {config.loss_ema_beta}); 0.99 is typical")
-    _require(config.grad_monitor_interval >= 0,
-             f"--grad-monitor-interval must be >= 0, 0 disables it (got {config.grad_monitor_interval})")
-    for name in ("drift_window", "drift_consecutive"):
-        _require(getattr(config, name) >= 1,
-                 f"--{name.replace('_', '-')} must be a positive integer (got {getattr(config, name)})")
-    _require(config.drift_threshold > 0, f"--drift-threshold must be > 0 (got {config.drift_threshold}); 0.1 = +10 percent")
-    _require(config.gain_threshold is None or config.gain_threshold > 0,
-             f"--gain-threshold must be > 0 (got {config.gain_threshold})")
     _require(config.loss_normalization in NORMALIZATION_MODES,
              f"--loss-normalization {config.loss_normalization!r} is unknown; choose one of {', '.join(NORMALIZATION_MODES)}")
     try:

@@ -1,10 +1,12 @@
 """Datasets and loaders of a run: the synthetic set or COD10K-style folders, with a seeded split."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +16,7 @@ from data.cache import CachedSegmentationDataset, base_size_for, build_cache
 from data.dataset import SegmentationDataset
 from data.image_io import find_unreadable, masks_all_empty
 from data.layouts import DatasetError, find_pairs
-from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch
+from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, stop_workers
 from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
 from engine.config import TrainConfig
@@ -44,6 +46,7 @@ class DataModule:
     world_size: int = 1
     persistent_workers: bool = False
     _loaders: dict = field(default_factory=dict, repr=False)  # id(dataset) -> DataLoader
+    _iterators: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
 
     @property
     def is_main_process(self) -> bool:
@@ -63,14 +66,38 @@ class DataModule:
         set_loader_epoch(loader, epoch, start_sample)
         return loader
 
+    def batches(self, dataset: Dataset, batch_size: int, epoch: int, shuffle: bool, start_sample: int) -> Iterator:
+        """An iterator over :meth:`loader`'s batches whose workers :meth:`close` stops explicitly."""
+        iterator = iter(self.loader(dataset, batch_size, epoch, shuffle, start_sample))
+        self._iterators.add(iterator)
+        return iterator
+
     def close(self) -> None:
-        """Stop persistent workers (they also stop when this object is garbage-collected)."""
+        """Stop every worker now: persistent ones and those of iterators still referenced.
+
+        Not left to garbage collection: a failing epoch's traceback keeps its iterator alive in a
+        reference cycle until interpreter exit, where multiprocessing would join workers that
+        ignore SIGTERM (see ``data.loaders``) and the run would hang instead of exiting.
+        """
+        for iterator in list(self._iterators):
+            stop_workers(iterator)
+        self._iterators.clear()
+        for loader in self._loaders.values():
+            stop_workers(getattr(loader, "_iterator", None))
         self._loaders.clear()
 
     @property
     def open_loaders(self) -> int:
-        """Loaders whose persistent workers are alive (0 after ``close``)."""
-        return len(self._loaders)
+        """Loaders or iterators whose workers may be alive (0 after ``close``)."""
+        return len(self._loaders) + len(self._iterators)
+
+    def fingerprint(self) -> Dict[str, object]:
+        """What identifies the training set: its size and a hash of its sample names in order
+        (a checkpoint stores it; a resume compares it, see ``engine.checkpoint.resume``)."""
+        pairs = getattr(self.train_dataset, "pairs", None)
+        names = [pair.name for pair in pairs] if pairs is not None else [f"synthetic:{len(self.train_dataset)}"]
+        digest = hashlib.sha1("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+        return {"train_samples": len(self.train_dataset), "names_sha1": digest}
 
     @property
     def samples_per_rank(self) -> int:
@@ -185,10 +212,11 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
     else:
         cache_dir = config.cache_dir or str(Path(config.checkpoint_dir) / "resize-cache")
         cache = build_cache(config.cache, base_size_for(config.img_size), cache_dir if config.cache == "disk" else None)
-        train = CachedSegmentationDataset(sources.train_pairs, train_transform, seed=config.seed, cache=cache)
+        train = CachedSegmentationDataset(sources.train_pairs, train_transform, seed=config.seed, cache=cache,
+                                          skip_bad=config.skip_bad_samples)
         if config.cache == "memory":
             train.warm(threads=max(1, config.num_workers))  # before workers fork, so they share it
-        val = SegmentationDataset(sources.val_pairs, val_transform, seed=config.seed)
+        val = SegmentationDataset(sources.val_pairs, val_transform, seed=config.seed, skip_bad=config.skip_bad_samples)
         description = (f"{config.dataset_path}: {len(train)} training, {len(val)} validation images "
                        f"({sources.val_source})")
     return DataModule(train, val, config.num_workers, config.seed, description,

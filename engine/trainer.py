@@ -71,6 +71,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
         self.batch_in_epoch = 0  # micro-batches of the current epoch already trained (mid-epoch resume)
+        self.closed_epoch = 0  # last epoch whose on_epoch_end hooks all returned (set by fit)
         self.epoch_loss_sum = torch.zeros((), device=device)
         self.epoch_updates = 0
         self.should_stop = False
@@ -95,6 +96,8 @@ class Trainer:
     # ----------------------------------------------------------------------------- the loop
     def fit(self) -> None:
         """Train the remaining epochs; ``teardown`` runs and workers stop whatever happens."""
+        # A failure after an epoch's metrics row but before its save lets the log callback take the row back.
+        self.closed_epoch = self.epoch
         try:
             self.callbacks.call("on_train_start", self)
             while self.epoch < self.config.epochs and not self.should_stop:
@@ -103,6 +106,7 @@ class Trainer:
                     break  # stopped mid-epoch: on_stop_mid_epoch saved the position
                 record = self._end_epoch()
                 self.callbacks.call("on_epoch_end", self, record)
+                self.closed_epoch = record["epoch"]
             self.callbacks.call("on_train_end", self)
         except BaseException as error:
             self.callbacks.call_quietly("on_exception", self, error)
@@ -119,8 +123,8 @@ class Trainer:
         self._wrap_for_trainable()
         self.callbacks.call("on_epoch_start", self)
         batch_size = self.plan.batch_size(stage)
-        loader = self.data.loader(self.data.train_dataset, batch_size, self.epoch, shuffle=True,
-                                  start_sample=self.batch_in_epoch * batch_size)
+        batches = self.data.batches(self.data.train_dataset, batch_size, self.epoch, shuffle=True,
+                                    start_sample=self.batch_in_epoch * batch_size)
         num_batches = math.ceil(self.data.samples_per_rank / batch_size)
         windows = WindowPlan(self.data.samples_per_rank, batch_size, self.config.accumulation_steps)
         self.epoch_started = time.monotonic() if self.batch_in_epoch == 0 else self.epoch_started
@@ -129,7 +133,7 @@ class Trainer:
                              disable=not self.show_bars)
         self.trainable_params = trainable
         window_loss = torch.zeros((), device=self.device)
-        for batch in loader:
+        for batch in batches:
             index = self.batch_in_epoch
             images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = batch["mask"].to(self.device, non_blocking=True)
@@ -323,8 +327,8 @@ class Trainer:
         accumulator = MetricAccumulator(self.device)
         cod_scores = (GroundTruthSizeScores(self.data.val_dataset)
                       if self.config.best_metric in COD_VALIDATION_METRICS else None)
-        loader = self.data.loader(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
-        for batch in tqdm(loader, desc="validate", leave=False, disable=not self.show_bars):
+        batches = self.data.batches(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
+        for batch in tqdm(batches, desc="validate", leave=False, disable=not self.show_bars):
             images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = batch["mask"].to(self.device, non_blocking=True)
             with self.precision.autocast():

@@ -39,6 +39,7 @@ class LoggingCallback(Callback):
         self.writer = None
         self._pending: List[StepOutput] = []
         self._resumed_at: Optional[int] = None  # completed epochs at a resume, written on the next row
+        self._last_row_epoch = 0  # epoch of the last metrics.jsonl row this run wrote
 
     def setup(self, trainer) -> None:
         trainer.add_log_sink(self)
@@ -105,6 +106,7 @@ class LoggingCallback(Callback):
             row["resumed_after_epoch"], self._resumed_at = self._resumed_at, None
         with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as stream:
             stream.write(json.dumps(_finite(row)) + "\n")
+        self._last_row_epoch = record["epoch"]
         ema = f" | EMA IoU {record['val_iou_ema']:.4f}" if record.get("val_iou_ema") is not None else ""
         cod = "".join(f", {name} {record[key]:.4f}" for key, name in (("val_sm", "S"), ("val_wfm", "wF"))
                       if record.get(key) is not None)
@@ -114,6 +116,14 @@ class LoggingCallback(Callback):
 
     def on_train_end(self, trainer) -> None:
         self.flush(trainer)
+
+    def on_exception(self, trainer, error: BaseException) -> None:
+        # The row of an epoch whose checkpoint was not saved (e.g. the disk filled up during the
+        # save) would describe weights that exist nowhere: take it back, as a resume would.
+        if self._last_row_epoch > trainer.closed_epoch:
+            trim_history(self.folder / "metrics.jsonl", trainer.closed_epoch)
+            logger.warning("metrics.jsonl: removed the row of epoch %d, whose checkpoint was not saved",
+                           self._last_row_epoch)
 
     def teardown(self, trainer) -> None:
         if self.writer is not None:

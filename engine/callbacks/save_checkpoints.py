@@ -39,6 +39,7 @@ def build_payload(trainer) -> Dict[str, Any]:
         "world_size": trainer.distributed.world_size,
         "model_signature": model_signature(trainer.config),
         "best_metric": trainer.config.best_metric,
+        "data": trainer.data.fingerprint(),
     }
 
 

@@ -2,7 +2,8 @@
 
 The first signal asks the Trainer to stop after the current optimizer step; the Trainer then
 saves ``last.pth`` at that exact position (mid-epoch resume continues from the next batch). A
-second signal restores the default handler behaviour and exits at once.
+second signal restores the default handler behaviour and exits at once, or right after the
+checkpoint being written when it arrives during a save (the file is never left half-written).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 from typing import Dict, Optional
 
 from engine.callbacks.base import Callback, Order
+from engine.checkpoint.files import exit_after_save, save_in_progress
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +40,11 @@ class SignalStopCallback(Callback):
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:  # second signal: leave now
+        if self.received is not None:  # second signal: leave now, but never in the middle of a save
             self._restore()
+            if save_in_progress():
+                exit_after_save(128 + signum)
+                return
             raise SystemExit(128 + signum)
         self.received = signum
         name = signal.Signals(signum).name

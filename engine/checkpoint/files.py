@@ -24,21 +24,56 @@ from engine.checkpoint.format import CheckpointError, progress, upgrade
 TEMP_PREFIX = ".tmp-ckpt-"
 
 
+class _SaveInProgress:
+    """Counts the saves running in this process and holds an exit asked for during one of them.
+
+    A signal that means "exit now" (a second SIGTERM) must not land inside ``torch.save``: the
+    half-written zip raises a RuntimeError traceback. It waits for the save to finish instead.
+    """
+
+    running = 0
+    deferred_exit: Optional[int] = None
+
+
+def save_in_progress() -> bool:
+    """Whether a checkpoint file is being written right now (signal handlers ask)."""
+    return _SaveInProgress.running > 0
+
+
+def exit_after_save(code: int) -> None:
+    """Raise ``SystemExit(code)`` as soon as the save in progress has finished (or failed)."""
+    _SaveInProgress.deferred_exit = code
+
+
 def atomic_save(payload: Dict[str, Any], path: Path) -> None:
-    """Write ``payload`` to ``path`` via a temp file in the same folder, fsync, then ``os.replace``."""
+    """Write ``payload`` to ``path`` via a temp file in the same folder, fsync, then ``os.replace``.
+
+    The previous file at ``path`` stays intact whatever happens (full disk, a kill, a signal).
+
+    Raises:
+        OSError: the folder is not writable or the disk is full (``errno`` says which); the
+            temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pth", dir=path.parent)
+    _SaveInProgress.running += 1
     try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pth", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(payload, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+    finally:
+        _SaveInProgress.running -= 1
+        code, _SaveInProgress.deferred_exit = _SaveInProgress.deferred_exit, None
+        if code is not None and not save_in_progress():
+            raise SystemExit(code)
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -70,8 +105,10 @@ def load_checkpoint(path: Path, map_location: str = "cpu", mmap: bool = False) -
     With ``mmap`` the tensors are memory-mapped and read only when touched (cheap metadata reads).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; name a .pth file in it (e.g. {path / 'best_model.pth'})")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check --resume-from")
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:

@@ -32,6 +32,9 @@ def find_resume_path(resume_from: Optional[str], checkpoint_dir: str) -> Optiona
             logger.info("--resume-from auto: no checkpoint in %s yet, starting a new run", checkpoint_dir)
         return found
     path = Path(resume_from)
+    if path.is_dir():
+        raise CheckpointError(f"--resume-from {path} is a folder; pass a .pth file in it (e.g. {path / 'last.pth'}) "
+                              f"or --resume-from auto --checkpoint-dir {path}")
     if not path.is_file():
         raise CheckpointError(f"--resume-from {path} does not exist; pass a .pth file or 'auto'")
     return path
@@ -89,6 +92,7 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {source} does not fit this model ({str(error).splitlines()[0]}); "
                               "check --backbone and --num-experts") from None
+    check_training_set(trainer, payload, source)
     world_size = trainer.distributed.world_size
     if int(payload.get("world_size", 1)) != world_size:
         logger.warning("Checkpoint %s was written by %d process(es), this run has %d: the data order and "
@@ -113,6 +117,38 @@ def restore_trainer(trainer, payload: Dict[str, Any], source: str) -> None:
     logger.info("Re-planned the rest of the run from epoch %d:", trainer.epoch + 1)
     for line in trainer.plan.describe():
         logger.info("  %s", line)
+
+
+def check_training_set(trainer, payload: Dict[str, Any], source: str) -> None:
+    """Compare the training set with the one the checkpoint saw (older checkpoints: not recorded).
+
+    At an epoch boundary a changed set is only reported: the next epoch simply draws from the new
+    one. A mid-epoch position indexes the old set's order, so it is refused unless
+    ``--restart-epoch`` redoes that epoch from its first batch.
+
+    Raises:
+        ConfigError: the set changed, the checkpoint is mid-epoch and ``--restart-epoch`` is off.
+    """
+    saved, current = payload.get("data"), trainer.data.fingerprint()
+    if not isinstance(saved, dict) or saved == current:
+        if trainer.config.restart_epoch and trainer.batch_in_epoch:
+            logger.info("--restart-epoch: epoch %d restarts from its first batch", trainer.epoch + 1)
+            trainer.restart_epoch()
+        return
+    change = (f"{saved.get('train_samples')} -> {current['train_samples']} training images"
+              if saved.get("train_samples") != current["train_samples"] else "same size, other files")
+    if trainer.batch_in_epoch == 0:
+        logger.warning("The training set changed since %s was saved (%s); continuing at the epoch boundary "
+                       "with the new set", source, change)
+        return
+    if not trainer.config.restart_epoch:
+        raise ConfigError(f"the training set changed since {source} was saved mid-epoch ({change}), so its position "
+                          f"(batch {trainer.batch_in_epoch} of epoch {trainer.epoch + 1}) cannot be continued; pass "
+                          "--restart-epoch to redo that epoch from its first batch with the new set, or restore the "
+                          "old dataset")
+    logger.warning("The training set changed since %s was saved (%s); --restart-epoch: epoch %d restarts from its "
+                   "first batch with the new set", source, change, trainer.epoch + 1)
+    trainer.restart_epoch()
 
 
 def planned_state(payload: Optional[Dict[str, Any]], config: TrainConfig, world_size: int = 1):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from engine.config import FIELD_NAMES, ConfigError, TrainConfig, build_config, load_yaml
 
-NUMERIC = {"epochs": st.integers(1, 500), "batch_size": st.integers(1, 64), "lr": st.floats(1e-6, 1e-1),
+NUMERIC = {"epochs": st.integers(1, 500), "batch_size": st.integers(1, 64), "lr": st.floats(1e-5, 1e-1),
            "ema_decay": st.floats(0.0, 0.9999), "accumulation_steps": st.integers(1, 16),
            "img_size": st.integers(32, 1024), "num_workers": st.integers(0, 16)}
 
