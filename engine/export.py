@@ -87,6 +87,9 @@ def write_atomically(output: Path, write: Callable[[Path], None]) -> None:
     os.close(handle)
     try:
         write(Path(temp_name))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_name, 0o666 & ~umask)  # mkstemp creates 0600; an export is meant to be shared
         os.replace(temp_name, output)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -40,6 +40,7 @@ class Evaluation:
         scored: ``{dataset: {row: images scored}}`` (fewer than ``images`` when maps are missing).
         missing: ``{dataset: {row: stems without a map}}``, only rows with missing maps.
         per_image: ``(dataset, row, image stem, {metric: value})`` for every scored image.
+        methods: ``{row name: folder}`` of the ``--predictions`` methods.
     """
 
     results: Results = field(default_factory=dict)
@@ -47,6 +48,7 @@ class Evaluation:
     scored: Dict[str, Dict[str, int]] = field(default_factory=dict)
     missing: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
     per_image: List[Tuple[str, str, str, Dict[str, float]]] = field(default_factory=list)
+    methods: Dict[str, Path] = field(default_factory=dict)
 
     def add(self, dataset: str, images: int, rows: Mapping[str, MethodScores]) -> None:
         self.images[dataset] = images
@@ -168,7 +170,7 @@ def evaluate(predictors: Mapping[str, Predictor], roots: Sequence[Path], include
     if maps_dir is not None:
         check_maps_dir(maps_dir, roots, prediction_dirs)
     methods = dict(zip(unique_folder_names(prediction_dirs, taken=list(predictors)), map(Path, prediction_dirs)))
-    evaluation = Evaluation()
+    evaluation = Evaluation(methods=methods)
     for name, root in zip(dataset_names(roots), roots):
         pairs = find_pairs(root, "test", include_noncam, skip_unpaired)
         rows = score_checkpoint(predictors, pairs, Path(root), name, batch_size, num_workers,
