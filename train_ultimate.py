@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Command-line entry point: ``python train_ultimate.py <train|synth|eval|predict|report> [flags]``.
+"""Command-line entry point: ``python train_ultimate.py <train|synth|eval|predict|export|report> [flags]``.
 
 The only place that parses arguments. Flags override the YAML file, which overrides the defaults
 of ``engine.config.TrainConfig``; every user error ends with one line on stderr and exit code 2.
@@ -190,13 +190,21 @@ def _add_inference_flags(group) -> None:
 
 def _add_eval_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="score a checkpoint on test sets: S-measure, E-measure, weighted F, MAE, IoU, Dice",
-        description="Score base and/or EMA weights on one or more test sets with the standard COD metrics "
-                    "(pysodmetrics), each prediction resized to its ground truth's original size. Images with an "
-                    "empty ground truth (COD10K NonCAM, only with --include-noncam): IoU and Dice are 1 when "
-                    "nothing is predicted, else 0; weighted F is 0 (pysodmetrics' convention).")
-    inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("--checkpoint", required=True, help="a .pth written by train (e.g. best_model.pth)")
+        "eval", help="score a checkpoint and/or saved prediction maps on test sets: S-measure, E-measure, "
+                     "weighted F, MAE, IoU, Dice",
+        description="Score base and/or EMA weights of a checkpoint, and/or the saved prediction maps of any "
+                    "method (--predictions), on one or more test sets with the standard COD metrics "
+                    "(pysodmetrics), each prediction resized to its ground truth's original size; one table row "
+                    "per weights or method. Images with an empty ground truth (COD10K NonCAM, only with "
+                    "--include-noncam): IoU and Dice are 1 when nothing is predicted, else 0; weighted F is 0 "
+                    "(pysodmetrics' convention).")
+    inputs = parser.add_argument_group("inputs (--checkpoint, --predictions or both)")
+    inputs.add_argument("--checkpoint", default=None, help="a .pth written by train (e.g. best_model.pth) or a "
+                                                           ".safetensors written by export")
+    inputs.add_argument("--predictions", nargs="+", default=[], metavar="DIR",
+                        help="folders of saved maps, one per method (e.g. AINet/ with a sub-folder per test set "
+                             "named like the set's folder, or the maps themselves for one set); maps pair with "
+                             "ground truths by file stem and are resized to their size")
     inputs.add_argument("--dataset-path", nargs="+", required=True, metavar="DIR",
                         help="test sets: COD10K-v3 roots (their Test/ split), test packs (Imgs+GT, Image+Mask) "
                              "or folders written by synth")
@@ -205,13 +213,40 @@ def _add_eval_parser(subparsers) -> None:
     inputs.add_argument("--skip-unpaired", action="store_true",
                         help="score only the complete image/mask pairs (the count left out is reported) instead of "
                              "stopping at images without masks or masks without images (default: off)")
-    inference = parser.add_argument_group("inference")
+    inference = parser.add_argument_group("inference (with --checkpoint)")
     inference.add_argument("--weights", choices=("base", "ema", "both"), default=None,
                            help="weights to score (default: both when the checkpoint holds EMA weights, else base)")
     _add_inference_flags(inference)
+    inference.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    inference.add_argument("--num-workers", type=int, default=2,
+                           help="DataLoader workers reading the test images (default: 2; 0 reads in the main process)")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None, metavar="FILE.json",
-                        help="write the scores as JSON, and as CSV next to it (default: only print the table)")
+                        help="write the scores and what produced them (checkpoint, weights, TTA, size, image counts, "
+                             "version) as JSON, and the table as CSV next to it (default: only print the table)")
+    output.add_argument("--per-image", default=None, metavar="FILE.csv",
+                        help="write one row of scores per image, weights/method and test set (default: off)")
+    output.add_argument("--save-maps", default=None, metavar="DIR",
+                        help="write the checkpoint's scored maps as DIR/<weights>/<test set>/<stem>.png, the layout "
+                             "--predictions reads (default: off)")
+
+
+def _add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write one weight set as safetensors, or the model as ONNX / torch.export (.pt2)",
+        description="safetensors: the chosen weights (optionally fp16) with the model config as metadata, loaded "
+                    "by engine.api.load_model. onnx / pt2: a logits-only graph taking RGB in [0, 1] at any size, "
+                    "(B, 3, H, W) -> (B, 1, H, W) logits, with dynamic batch, height and width.")
+    parser.add_argument("--checkpoint", required=True, help="a .pth written by train (or an exported .safetensors)")
+    parser.add_argument("--output", required=True, metavar="FILE", help="file to write (never the checkpoint)")
+    parser.add_argument("--format", choices=("safetensors", "onnx", "pt2"), default="safetensors",
+                        help="safetensors (weights + config), onnx or pt2 (torch.export) (default: safetensors)")
+    parser.add_argument("--weights", choices=("best", "base", "ema"), default="best",
+                        help="weights to export (default: best, the ones that scored best in training)")
+    parser.add_argument("--half", action="store_true", help="store safetensors weights as fp16 (default: off)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="inference side stored with the model (default: the checkpoint's training --img-size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file (default: off)")
 
 
 def _add_predict_parser(subparsers) -> None:
@@ -254,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Camouflaged object segmentation: MoE decoder on a timm backbone, COD10K recipe.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (also after the command)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="<command>", parser_class=OneLineParser)
-    for add in (_add_train_parser, _add_synth_parser, _add_eval_parser, _add_predict_parser, _add_report_parser):
+    for add in (_add_train_parser, _add_synth_parser, _add_eval_parser, _add_predict_parser, _add_export_parser,
+                _add_report_parser):
         add(subparsers)
     for command in subparsers.choices.values():  # -q after the command too; SUPPRESS keeps an earlier -q
         command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
@@ -377,27 +413,65 @@ def _inference_setup(args: argparse.Namespace):
     return select_device(args.device)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from engine.evaluation.commands import evaluate, format_table, write_results
+def _load_predictors(args: argparse.Namespace, default_weights: str) -> Dict[str, Any]:
+    """``{weights: Predictor}`` of ``--checkpoint``: a .pth (base/EMA) or an exported .safetensors."""
+    from engine.api import load_model
     from engine.evaluation.predictor import load_predictors
 
     device = _inference_setup(args)
-    predictors = load_predictors(args.checkpoint, args.weights or "auto", device, args.tta, args.img_size)
-    results = evaluate(predictors, args.dataset_path, args.include_noncam, args.skip_unpaired)
-    print(format_table(results))
+    if str(args.checkpoint).endswith(".safetensors"):
+        model = load_model(args.checkpoint, args.weights or "best", device, args.tta, args.img_size)
+        return {model.weights: model.predictor}
+    return load_predictors(args.checkpoint, args.weights or default_weights, device, args.tta, args.img_size)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from engine.config import ConfigError
+    from engine.evaluation.commands import evaluate
+    from engine.evaluation.eval_results import eval_metadata, format_table, write_per_image, write_results
+
+    if not args.checkpoint and not args.predictions:
+        raise ConfigError("eval needs --checkpoint FILE, --predictions DIR [DIR ...] or both")
+    if not args.checkpoint and (args.weights or args.img_size or args.save_maps):
+        raise ConfigError("--weights, --img-size and --save-maps apply to a --checkpoint; pass one or drop them")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise ConfigError(f"--batch-size must be >= 1 and --num-workers >= 0 (got {args.batch_size}, "
+                          f"{args.num_workers})")
+    predictors = _load_predictors(args, "auto") if args.checkpoint else {}
+    evaluation = evaluate(predictors, args.dataset_path, args.include_noncam, args.skip_unpaired, args.predictions,
+                          args.batch_size, args.num_workers, args.save_maps)
+    print(format_table(evaluation.results))
+    log = logging.getLogger("train_ultimate")
     if args.output:
-        csv_path = write_results(results, args.output)
-        logging.getLogger("train_ultimate").info("Wrote %s and %s", args.output, csv_path)
+        side = next(iter(predictors.values())).img_size if predictors else None
+        meta = eval_metadata(evaluation, args.dataset_path, args.checkpoint, list(predictors),
+                             args.tta if predictors else None, side, args.batch_size, evaluation.methods)
+        csv_path = write_results(evaluation.results, meta, args.output)
+        log.info("Wrote %s and %s", args.output, csv_path)
+    if args.per_image:
+        write_per_image(evaluation.per_image, args.per_image)
+        log.info("Wrote %d per-image rows to %s", len(evaluation.per_image), args.per_image)
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from engine.evaluation.commands import predict_images
-    from engine.evaluation.predictor import load_predictors
 
-    device = _inference_setup(args)
-    predictors = load_predictors(args.checkpoint, args.weights or "best", device, args.tta, args.img_size)
+    predictors = _load_predictors(args, "best")
     predict_images(next(iter(predictors.values())), args.input, args.output, args.binary, args.overlay)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from engine.api import load_model
+    from engine.config import ConfigError
+    from engine.export import check_output, export_model
+
+    if args.img_size is not None and args.img_size < 32:
+        raise ConfigError(f"--img-size must be at least 32 (got {args.img_size})")
+    check_output(args.output, [args.checkpoint], args.overwrite)
+    model = load_model(args.checkpoint, args.weights, "cpu", img_size=args.img_size)
+    export_model(model, args.output, args.format, args.half)
     return 0
 
 
@@ -445,7 +519,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from engine.nonfinite import TrainingDivergedError
 
     commands = {"train": run_train, "synth": run_synth, "eval": run_eval, "predict": run_predict,
-                "report": run_report}
+                "export": run_export, "report": run_report}
     try:
         return commands[args.command](args)
     except user_errors() as error:

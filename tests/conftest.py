@@ -30,3 +30,30 @@ def tiny_config(tmp_path):
         return build_config({}, values)
 
     return make
+
+
+# One short real training run (2 epochs, EMA on) shared by every test that needs a trained checkpoint.
+TINY_TRAIN_FLAGS = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
+                    "--img-size", "48", "--synthetic-train-size", "12", "--synthetic-val-size", "6", "--batch-size", "4",
+                    "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1", "--lr", "0.001", "--stage2-lr",
+                    "0.001", "--use-ema", "--ema-decay", "0.5", "--grad-monitor-interval", "1", "--log-interval", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory):
+    """``--checkpoint-dir`` of a finished tiny run: ``best_model.pth`` (base + EMA), ``last.pth``, report."""
+    from tests.cli.in_process import run_main
+
+    folder = tmp_path_factory.mktemp("tiny_run") / "ckpt"
+    assert run_main("train", *TINY_TRAIN_FLAGS, "--checkpoint-dir", folder) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_test_set(tmp_path_factory):
+    """A synthetic test set (``synth`` layout, 6 scenes of 64 px)."""
+    from tests.cli.in_process import run_main
+
+    folder = tmp_path_factory.mktemp("tiny_data") / "synthetic"
+    assert run_main("synth", "--output", folder, "--num-train", 0, "--num-test", 6, "--size", 64) == 0
+    return folder

@@ -78,6 +78,26 @@ class CODMetrics:
             metric.step(pred=prediction, gt=ground_truth)
         self.binary.append(binary_scores(prediction, ground_truth))
 
+    def last_image(self) -> Dict[str, float]:
+        """Scores of the image stepped last, keyed by :data:`METRIC_NAMES` (a ``--per-image`` row).
+
+        ``meanEm`` / ``maxEm`` are the mean and max of that image's own E-measure curve over the 256
+        thresholds; the dataset's ``maxEm`` is the max of the image-averaged curve, so it is not the
+        mean of these per-image maxima (the other metrics average exactly).
+        """
+        if not self.binary:
+            raise ValueError("no images were scored")
+        curve = np.asarray(self.emeasure.changeable_ems[-1], dtype=np.float64)
+        return {
+            "Smeasure": float(self.smeasure.sms[-1]),
+            "meanEm": float(curve.mean()),
+            "maxEm": float(curve.max()),
+            "adpEm": float(self.emeasure.adaptive_ems[-1]),
+            "wFmeasure": float(self.weighted_fmeasure.weighted_fms[-1]),
+            "MAE": float(self.mae.maes[-1]),
+            **self.binary[-1],
+        }
+
     def results(self) -> Dict[str, float]:
         """Mean scores over the images seen, keyed by :data:`METRIC_NAMES`."""
         if not self.binary:

@@ -77,6 +77,7 @@ class Predictor:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         self.model, self.img_size, self.device, self.tta = model.eval(), img_size, device, tta
         mean, std = normalization
+        self.normalization = (tuple(mean), tuple(std))
         self.transform = build_val_transform(img_size, mean, std)
 
     def views(self) -> List[Tuple[float, bool]]:
@@ -114,8 +115,8 @@ class Predictor:
         return total / len(views)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
-        """``(H, W, 3)`` uint8 RGB -> normalised ``(1, 3, S, S)`` on the device (the val pipeline)."""
-        return self.transform(image=image)["image"].unsqueeze(0).to(self.device)
+        """``(H, W, 3)`` uint8 RGB -> normalised ``(3, S, S)`` on the CPU (the val pipeline)."""
+        return self.transform(image=image)["image"]
 
     def predict(self, image: np.ndarray, output_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
         """Probability map of one image, resized (bilinear) to ``output_size``.
@@ -127,10 +128,41 @@ class Predictor:
         Returns:
             ``(height, width)`` float32 probabilities in [0, 1].
         """
-        height, width = output_size if output_size is not None else image.shape[:2]
-        probabilities = self.probabilities(self.prepare(image))
-        probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
-        return probabilities[0, 0].clamp_(0, 1).cpu().numpy()
+        return self.predict_batch([image], None if output_size is None else [output_size])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray],
+                      output_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[np.ndarray]:
+        """Probability maps of several images of any sizes, in one forward pass per TTA view.
+
+        Args:
+            images: ``(H_i, W_i, 3)`` uint8 RGB arrays; sizes may differ (each is resized to the
+                inference side first).
+            output_sizes: ``(height, width)`` of each result; default each image's own size.
+
+        Returns:
+            One ``(height_i, width_i)`` float32 map in [0, 1] per image.
+        """
+        sizes = list(output_sizes) if output_sizes is not None else [image.shape[:2] for image in images]
+        if len(sizes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sizes)} output sizes")
+        batch = torch.stack([self.prepare(image) for image in images]).to(self.device)
+        return resize_maps(self.probabilities(batch), sizes)
+
+
+def resize_maps(probabilities: torch.Tensor, sizes: Sequence[Tuple[int, int]]) -> List[np.ndarray]:
+    """Each ``(1, S, S)`` map of a ``(B, 1, S, S)`` batch resized (bilinear) to its own size.
+
+    Images are resized one at a time, so a map does not depend on the others in its batch.
+
+    Returns:
+        ``B`` float32 arrays ``(height_i, width_i)``, clamped to [0, 1].
+    """
+    maps = []
+    for probability, (height, width) in zip(probabilities, sizes):
+        resized = F.interpolate(probability[None], size=(int(height), int(width)), mode="bilinear",
+                                align_corners=False)
+        maps.append(resized[0, 0].clamp_(0, 1).cpu().numpy())
+    return maps
 
 
 def select_weights(payload: Dict, choice: str) -> List[str]:

@@ -16,7 +16,10 @@ def documented_commands():
     found = []
     for document in DOCUMENTS:
         text = document.read_text()
-        for block in re.findall(r"```(?:bash|sh|shell)?\n(.*?)```", text, flags=re.S):
+        # Every fence is matched with its language (python blocks too), so blocks pair up correctly.
+        for language, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):
+            if language not in ("", "bash", "sh", "shell"):
+                continue
             for command in block.replace("\\\n", " ").splitlines():
                 words = shlex.split(command, comments=True)
                 launcher = words[0] if words else ""

@@ -19,10 +19,6 @@ import torch
 from tests.cli.in_process import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_FLAGS = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-               "--img-size", "48", "--synthetic-train-size", "12", "--synthetic-val-size", "6", "--batch-size", "4",
-               "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1", "--lr", "0.001", "--stage2-lr", "0.001",
-               "--use-ema", "--ema-decay", "0.5", "--grad-monitor-interval", "1", "--log-interval", "1"]
 METRICS = ("Smeasure", "meanEm", "maxEm", "adpEm", "wFmeasure", "MAE", "IoU", "Dice")
 
 
@@ -42,10 +38,8 @@ def single_thread():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run") / "ckpt"
-    assert run_main("train", *TRAIN_FLAGS, "--checkpoint-dir", folder) == 0
-    return folder
+def run_dir(tiny_run_dir):
+    return tiny_run_dir  # the session's tiny run (tests/conftest.py), trained once for every module
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +129,7 @@ def test_eval_json_equals_pysodmetrics_on_predict_pngs(run_dir, synthetic_set, p
                      "--weights", "both", "--tta", "flip", "--output", output)
     assert result.returncode == 0, result.stderr
     assert "synthetic" in result.stdout and "photos" in result.stdout and "Smeasure" in result.stdout
-    scores = json.loads(output.read_text())
+    scores = json.loads(output.read_text())["results"]
     assert set(scores) == {"synthetic", "photos"}
     gt_dirs = {"synthetic": synthetic_set / "Test" / "GT_Object", "photos": photo_pack / "GT"}
     for dataset, gt_dir in gt_dirs.items():
@@ -146,7 +140,7 @@ def test_eval_json_equals_pysodmetrics_on_predict_pngs(run_dir, synthetic_set, p
                 assert scores[dataset][weights][metric] == pytest.approx(expected[metric], abs=1e-4), \
                     (dataset, weights, metric)
     rows = output.with_suffix(".csv").read_text().splitlines()
-    assert rows[0] == "dataset,weights," + ",".join(METRICS) and len(rows) == 5
+    assert rows[0] == "dataset,method," + ",".join(METRICS) and len(rows) == 5
 
 
 def test_predict_writes_masks_of_each_input_size(photo_pack, predictions):
@@ -201,7 +195,7 @@ def test_skip_unpaired_scores_the_complete_pairs(run_dir, photo_pack, tmp_path, 
     assert f"Skipped 2 masks without images and 0 images without masks in {pack} (--skip-unpaired)" \
         in capsys.readouterr().err
     assert run_main(*common, "--dataset-path", photo_pack, "--output", tmp_path / "full.json") == 0
-    skipped, full = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("skip", "full"))
+    skipped, full = (json.loads((tmp_path / f"{name}.json").read_text())["results"] for name in ("skip", "full"))
     assert skipped["camo"] == full["photos"]
 
 

@@ -108,7 +108,7 @@ def test_eval_scores_the_real_test_pack(run_dir, packs, tmp_path):
     output = tmp_path / "eval.json"
     assert run_main("eval", "--checkpoint", run_dir / "best_model.pth", "--dataset-path", packs[1],
                     "--output", output) == 0
-    scores = json.loads(output.read_text())["test"]["base"]
+    scores = json.loads(output.read_text())["results"]["test"]["base"]
     assert set(METRIC_NAMES) <= set(scores)
     assert all(np.isfinite(scores[name]) for name in METRIC_NAMES)
     assert 0 < scores["Smeasure"] < 1 and 0 <= scores["MAE"] < 1
