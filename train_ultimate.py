@@ -166,7 +166,8 @@ def _add_train_parser(subparsers) -> None:
 
 def _add_synth_parser(subparsers) -> None:
     parser = subparsers.add_parser("synth", help="write the synthetic camouflage set in the COD10K-v3 layout")
-    parser.add_argument("--output", required=True, help="folder to create (Train/Image, Train/GT_Object, Test/...)")
+    parser.add_argument("--output", required=True,
+                        help="new or empty folder to create (Train/Image, Train/GT_Object, Test/...)")
     parser.add_argument("--num-train", type=int, default=400, help="training scenes (default: 400)")
     parser.add_argument("--num-test", type=int, default=100, help="test scenes (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
@@ -258,6 +259,9 @@ def _add_predict_parser(subparsers) -> None:
     inputs.add_argument("--output", required=True, metavar="DIR", help="folder for <name>.png masks")
     inputs.add_argument("--binary", action="store_true",
                         help="write 0/255 masks thresholded at 0.5 (default: probability as 0-255)")
+    inputs.add_argument("--overwrite", action="store_true",
+                        help="replace masks in --output that predict did not write, and allow --output to be the "
+                             "images' own folder (an input image is never replaced) (default: off)")
     inputs.add_argument("--overlay", action="store_true",
                         help="also write overlays of the prediction on the image to DIR/overlay (default: off)")
     inference = parser.add_argument_group("inference")
@@ -391,13 +395,21 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from engine.config import ConfigError
+    from pathlib import Path
+
     from data.synthetic import write_synthetic_dataset
+    from engine.config import ConfigError
+    from engine.safe_outputs import check_synth_output
 
     if args.num_train < 0 or args.num_test < 0 or args.size < 32:
         raise ConfigError("--num-train/--num-test must be >= 0 and --size >= 32")
     if not 0 < args.difficulty <= 1:
         raise ConfigError(f"--difficulty must be in (0, 1] (got {args.difficulty})")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be in [0, 2^32) (got {args.seed})")
+    if args.size > 4096 or max(args.num_train, args.num_test) > 1_000_000:
+        raise ConfigError("--size must be at most 4096 and --num-train/--num-test at most 1000000")
+    check_synth_output(Path(args.output))
     counts = write_synthetic_dataset(args.output, args.num_train, args.num_test, seed=args.seed, size=args.size,
                                      difficulty=args.difficulty)
     logging.getLogger("train_ultimate").info("Wrote synthetic set to %s: %s", args.output, counts)
@@ -429,6 +441,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from engine.config import ConfigError
     from engine.evaluation.commands import evaluate
     from engine.evaluation.eval_results import eval_metadata, format_table, write_per_image, write_results
+    from engine.safe_outputs import check_eval_outputs
 
     if not args.checkpoint and not args.predictions:
         raise ConfigError("eval needs --checkpoint FILE, --predictions DIR [DIR ...] or both")
@@ -437,6 +450,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_workers < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --num-workers >= 0 (got {args.batch_size}, "
                           f"{args.num_workers})")
+    check_eval_outputs(args.output, args.per_image,
+                       [args.checkpoint, *args.dataset_path, *(args.predictions or [])])
     predictors = _load_predictors(args, "auto") if args.checkpoint else {}
     evaluation = evaluate(predictors, args.dataset_path, args.include_noncam, args.skip_unpaired, args.predictions,
                           args.batch_size, args.num_workers, args.save_maps)
@@ -455,9 +470,16 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from engine.evaluation.commands import predict_images
+    from engine.evaluation.commands import output_names, predict_images
+    from engine.evaluation.predictor import list_images
+    from engine.safe_outputs import check_predict_output, record_predict_output
 
+    images = list_images(args.input)
+    names = output_names(images)
+    check_predict_output(args.output, images, names, args.overwrite, args.overlay)
     predictors = _load_predictors(args, "best")
+    if images:  # none: predict_images says so, and nothing is created
+        record_predict_output(args.output, names)
     predict_images(next(iter(predictors.values())), args.input, args.output, args.binary, args.overlay)
     return 0
 

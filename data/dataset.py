@@ -90,7 +90,9 @@ class SegmentationDataset(Dataset):
                 return self.load_arrays((index + offset) % len(self.pairs))
             except DatasetError as error:
                 if not self.skip_bad:
-                    raise
+                    if "--skip-bad-samples" in str(error):
+                        raise
+                    raise DatasetError(f"{error} Or pass --skip-bad-samples to skip such files.") from None
                 logger.warning("Skipped a bad sample (--skip-bad-samples): %s", error)
         raise DatasetError(f"no sample of the {len(self.pairs)} could be read; check the dataset files")
 

@@ -25,10 +25,8 @@ _TAIL_BYTES = 1024
 
 
 def _unreadable(path: Path, why: str) -> DatasetError:
-    return DatasetError(
-        f"Cannot read {path}: {why}. Re-download or delete the file, "
-        "or pass --skip-bad-samples to skip unreadable files."
-    )
+    # No flag advice here: which flag skips such files depends on the command (train adds it).
+    return DatasetError(f"Cannot read {path}: {why}. Re-download or delete the file.")
 
 
 def truncation_problem(data: bytes | np.ndarray) -> str | None:

@@ -281,7 +281,10 @@ class Range:
         return above and below
 
     def describe(self) -> str:
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        def show(bound: float) -> str:
+            return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+        return f"{'(' if self.low_open else '['}{show(self.low)}, {show(self.high)}{')' if self.high_open else ']'}"
 
 
 HUGE = 1_000_000  # counts beyond this are typos (a run of a million epochs, a million workers...)
@@ -379,6 +382,10 @@ def validate(config: TrainConfig) -> None:
         check_backbone_name(config.backbone)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    for name in ("cache_dir", "checkpoint_dir"):
+        folder = getattr(config, name)
+        _require(folder is None or not Path(folder).exists() or Path(folder).is_dir(),
+                 f"--{name.replace('_', '-')} {folder} is a file, not a folder; choose another path")
     if config.pretrained_path is not None:
         _require(Path(config.pretrained_path).is_file(),
                  f"--pretrained-path {config.pretrained_path} is not a file; download the weights and point to them")

@@ -137,7 +137,8 @@ def trim_history(path: Path, completed_epochs: int) -> int:
     if not path.is_file():
         return 0
     kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    # surrogateescape: a damaged line (invalid UTF-8) is kept byte for byte instead of stopping the resume
+    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True):
         try:
             epoch = json.loads(line).get("epoch")
         except (ValueError, AttributeError):
@@ -148,7 +149,7 @@ def trim_history(path: Path, completed_epochs: int) -> int:
             kept.append(line)
     if dropped:
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text("".join(kept), encoding="utf-8")
+        temporary.write_text("".join(kept), encoding="utf-8", errors="surrogateescape")
         os.replace(temporary, path)
     return dropped
 

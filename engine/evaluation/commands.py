@@ -225,6 +225,9 @@ def predict_images(predictor: Predictor, source: Path, output: Path, binary: boo
             if ok:
                 encoded.tofile(str(output / "overlay" / (Path(name).stem + ".jpg")))
         written += 1
+    if not written:
+        raise DatasetError(f"none of the {len(images)} image(s) in {source} could be read (see the warnings "
+                           "above); no mask was written")
     logger.info("Wrote %d mask(s) to %s%s", written, output, f" ({len(images) - written} skipped)"
                 if written < len(images) else "")
     return written

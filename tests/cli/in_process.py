@@ -107,3 +107,17 @@ def run_cli(*args) -> subprocess.CompletedProcess:
                 returncode = 1
     return subprocess.CompletedProcess(["train_ultimate.py", *argv], returncode, stdout.getvalue(),
                                        stderr.getvalue())
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes (to check that a command changed nothing)."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def assert_refused(result, *words) -> None:
+    """Exit code 2, exactly one ``error:`` line holding every one of ``words``, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
