@@ -311,7 +311,7 @@ def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.build import build_trainer, describe_run
+    from engine.build import build_trainer, describe_run, run_warnings
     from engine.checkpoint.resume import resolve_run_config
     from engine.config import load_yaml
     from engine.evaluation.report import report_after_training
@@ -329,6 +329,8 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = build_trainer(config)
         for line in describe_run(trainer):
             log.info(line)
+        for line in run_warnings(trainer):
+            log.warning(line)
         try:
             trainer.fit()
         finally:
@@ -372,6 +374,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     from engine.checkpoint.lock import check_unlocked
     from engine.checkpoint import load_checkpoint
     from engine.data_module import count_training_samples
+    from engine.monitors.averaging_windows import averaging_facts
     from engine.checkpoint.resume import planned_state
     from engine.stages import StagePlan
 
@@ -390,8 +393,11 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
                  else ["same schedule settings as the checkpoint: continuing its plan"])
     plan = StagePlan(config, count_training_samples(config), state)
     print(f"plan (starting at epoch {epoch + 1}" + (f", resuming {resume_path}" if resume_path else "") + "):")
-    for line in notes + plan.describe():
+    facts, warnings = averaging_facts(config, plan, epoch)
+    for line in notes + plan.describe() + facts:
         print(f"  {line}")
+    for line in warnings:
+        print(f"warning: {line}")
     print("dry run: configuration is valid; nothing was trained")
     return 0
 

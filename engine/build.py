@@ -18,6 +18,7 @@ from engine.data_module import build_data, scan_data
 from engine.distributed import init_distributed
 from engine.callbacks.run_log import LoggingCallback
 from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
+from engine.monitors.averaging_windows import averaging_facts
 from engine.callbacks.preview import PreviewCallback
 from engine.losses import SegmentationCriterion
 from engine.checkpoint.resume import find_resume_path, restore_trainer
@@ -67,7 +68,8 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
                              config.drift_threshold, config.drift_consecutive, config.grad_clip)
         if config.grad_monitor_interval > 0 else None,
         ExpertUsageMonitor(config.log_interval) if config.expert_monitor else None,
-        PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr)
+        PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr,
+                           warmup_epochs=config.warmup_epochs)
         if config.diagnosis_enabled else None,
         PreviewCallback(),  # val/preview image grid each epoch, through trainer.log_image
         LoggingCallback(folder, config.log_interval, step_lines=config.progress != "off") if is_main else None,
@@ -144,4 +146,10 @@ def describe_run(trainer: Trainer) -> List[str]:
         f"model: {config.backbone} + MoE decoder ({config.num_experts} experts, top-{config.top_k}), "
         f"{parameters / 1e6:.2f} M parameters",
     ]
-    return lines + trainer.plan.describe()
+    facts, _ = averaging_facts(config, trainer.plan, trainer.epoch)
+    return lines + trainer.plan.describe() + facts
+
+
+def run_warnings(trainer: Trainer) -> List[str]:
+    """Start-up warnings about the run's setup (e.g. a weight-EMA window longer than the run)."""
+    return averaging_facts(trainer.config, trainer.plan, trainer.epoch)[1]

@@ -33,6 +33,57 @@ class EpochStats:
     val_iou: Optional[float] = None
 
 
+TAIL_FRACTION = 0.25  # an LR at or below this share of its stage's peak, and decaying: the schedule's tail
+
+
+@dataclass
+class ScheduleContext:
+    """Where the LR schedule stands at the end of the judged epoch (advice depends on it).
+
+    Attributes:
+        stage: 1 (encoder frozen) or 2.
+        lr_flag: the flag that sets this stage's LR: ``--lr`` in stage 1, ``--stage2-lr`` in stage 2
+            (``--lr`` only re-plans stage 1, so advising it in stage 2 would change nothing or
+            raise the LR).
+        lr: the LR of the epoch's last update.
+        peak_lr: the stage's scheduled peak (times a plateau LR scale).
+        min_lr: ``--min-lr``.
+        decaying: the schedule decays (cosine, warmup-constant-cosine), unlike ``constant``.
+        epoch1_all_warmup: epoch 1 was entirely LR warmup (``--warmup-epochs`` >= 1).
+    """
+
+    stage: int = 1
+    lr_flag: str = "--lr"
+    lr: Optional[float] = None
+    peak_lr: Optional[float] = None
+    min_lr: float = 0.0
+    decaying: bool = True
+    epoch1_all_warmup: bool = False
+
+    @property
+    def at_min_lr(self) -> bool:
+        return self.lr is not None and self.lr <= self.min_lr * 1.05 + 1e-12
+
+    @property
+    def in_tail(self) -> bool:
+        """The decay is nearly done: slow improvement is expected, not a problem."""
+        return (self.decaying and self.lr is not None and self.peak_lr is not None
+                and self.lr <= TAIL_FRACTION * self.peak_lr)
+
+    def lower_lr_advice(self) -> str:
+        """The flags that lower this stage's LR to half of today's, when resuming."""
+        return f"resume with {self.lr_flag} {self.lr / 2:.3g} (half of the current {self.lr:.3g})"
+
+
+def schedule_context(plan, epoch_index: int, warmup_epochs: float) -> ScheduleContext:
+    """``ScheduleContext`` of the 0-based ``epoch_index`` from the run's ``StagePlan``."""
+    stage = plan.stage_of(epoch_index)
+    lr = plan.lr_at(epoch_index, plan.steps_per_epoch(stage) - 1)
+    schedule = plan.schedule(stage)
+    return ScheduleContext(stage, "--lr" if stage == 1 else "--stage2-lr", lr, schedule.base_lr * plan.lr_scale(stage),
+                           schedule.min_lr, schedule.kind != "constant", warmup_epochs >= 1.0)
+
+
 def _usable(*values: Optional[float]) -> bool:
     return all(value is not None and math.isfinite(value) for value in values)
 
@@ -57,33 +108,38 @@ def _plateaued(values: List[float], epochs: int, tolerance: float, lower_is_bett
 
 
 def analyse_history(history: Sequence[EpochStats], plateau_epochs: int = 3,
-                    plateau_tolerance: float = 0.01) -> Dict[str, Any]:
+                    plateau_tolerance: float = 0.01, context: Optional[ScheduleContext] = None) -> Dict[str, Any]:
     """Diagnose training health at the last epoch of ``history``.
 
     Args:
         history: epochs in order, the newest last.
         plateau_epochs: epochs over which a plateau is judged.
         plateau_tolerance: relative improvement below which those epochs count as a plateau.
+        context: the schedule at that epoch; slow progress in the cosine tail or at ``--min-lr`` is
+            expected (no plateau, no underfitting, no LR-lowering advice), and advice names the
+            flag of the current stage. None: stage 1, mid-schedule.
 
     Returns:
         A JSON-serialisable dict: ``improvement_rate`` / ``iou_improvement_rate`` (percent, vs the
         previous epoch) with their grades, ``train_val_gap`` (percent) and ``gap`` grade,
         ``plateau`` (bool), ``issues`` and ``suggestions`` (lists of sentences).
     """
+    context = context or ScheduleContext()
     last = history[-1]
-    health: Dict[str, Any] = {"epoch": last.epoch, "plateau": False, "issues": [], "suggestions": []}
+    health: Dict[str, Any] = {"epoch": last.epoch, "plateau": False, "issues": [], "suggestions": [], "notes": []}
     issues, suggestions = health["issues"], health["suggestions"]
+    slow_is_expected = context.in_tail or context.at_min_lr
     previous = history[-2] if len(history) > 1 else None
     if previous is not None and _usable(previous.val_loss, last.val_loss) and previous.val_loss > 0:
         rate = 100.0 * (previous.val_loss - last.val_loss) / previous.val_loss
         health.update(improvement_rate=round(rate, 4), improvement=grade_improvement(rate))
-        if rate < 1.0:
+        if rate < 1.0 and not slow_is_expected:
             issues.append(f"slow improvement: val loss {previous.val_loss:.4f} -> {last.val_loss:.4f} "
                           f"({rate:+.2f} %, below 1 %)")
     if previous is not None and _usable(previous.val_iou, last.val_iou) and previous.val_iou > 0:
         rate = 100.0 * (last.val_iou - previous.val_iou) / previous.val_iou
         health.update(iou_improvement_rate=round(rate, 4), iou_improvement=grade_improvement(rate))
-        if rate < 1.0:
+        if rate < 1.0 and not slow_is_expected:
             issues.append(f"slow IoU progress: val IoU {previous.val_iou:.4f} -> {last.val_iou:.4f} ({rate:+.2f} %)")
     if _usable(last.train_loss, last.val_loss) and last.train_loss > 0:
         gap = 100.0 * (last.val_loss - last.train_loss) / last.train_loss
@@ -96,24 +152,38 @@ def analyse_history(history: Sequence[EpochStats], plateau_epochs: int = 3,
         elif gap > 10.0:
             issues.append(f"mild overfitting: train/val gap {gap:.1f} %")
             suggestions.append("watch the gap; weight EMA (--use-ema) or more weight decay usually help")
-    _add_plateau(health, history, plateau_epochs, plateau_tolerance)
-    _add_capacity(health, history, plateau_epochs)
-    if health.get("improvement") == "poor" and not suggestions:
-        suggestions.append("if the next epochs stay below 1 %, lower the LR (resume with --lr halved) "
+    _add_plateau(health, history, plateau_epochs, plateau_tolerance, context)
+    if not slow_is_expected:
+        _add_capacity(health, history, plateau_epochs)
+    if context.at_min_lr:
+        health["notes"].append(f"the LR is at --min-lr ({context.min_lr:.3g}): the schedule has finished its decay, "
+                               "so progress is slow by design")
+        if health.get("improvement") == "poor":
+            suggestions.append("the run has converged at this LR: stop here (best_model.pth holds the best epoch) or "
+                               f"warm-restart with a higher {context.lr_flag} (see the plateau guide)")
+    elif context.in_tail:
+        health["notes"].append(f"the LR is in its schedule's tail ({context.lr:.3g}, {context.lr / context.peak_lr:.0%} "
+                               "of the stage's peak): slow improvement is expected there")
+    elif health.get("improvement") == "poor" and not suggestions and context.lr is not None:
+        suggestions.append(f"if the next epochs stay below 1 %, lower the LR: {context.lower_lr_advice()}, "
                            "or enable --auto-adjust-lr")
     return health
 
 
-def _add_plateau(health: Dict[str, Any], history: Sequence[EpochStats], epochs: int, tolerance: float) -> None:
+def _add_plateau(health: Dict[str, Any], history: Sequence[EpochStats], epochs: int, tolerance: float,
+                 context: ScheduleContext) -> None:
     loss_plateau = _plateaued([h.val_loss for h in history], epochs, tolerance, lower_is_better=True)
     ious = [h.val_iou for h in history]
     iou_plateau = _plateaued(ious, epochs, tolerance, lower_is_better=False) if _usable(*ious) else None
-    # The IoU still rising means the model still learns, whatever the loss says.
-    health["plateau"] = bool(loss_plateau) and iou_plateau is not False
+    # The IoU still rising means the model still learns, whatever the loss says; a flat loss in the
+    # schedule's tail or at --min-lr is what the schedule does, not a plateau to break.
+    flat = bool(loss_plateau) and iou_plateau is not False
+    health["plateau"] = flat and not (context.in_tail or context.at_min_lr)
     if health["plateau"]:
         health["issues"].append(f"plateau: val loss improved < {tolerance:.0%} over the last {epochs} epochs")
-        health["suggestions"].append("break the plateau: halve the LR (--auto-adjust-lr does it automatically) or "
-                                     "resume with a warm restart (new --lr / --scheduler); see the plateau guide")
+        lower = f" or {context.lower_lr_advice()}" if context.lr is not None else ""
+        health["suggestions"].append(f"break the plateau: halve the LR (--auto-adjust-lr does it automatically{lower}) "
+                                     f"or warm-restart with a new {context.lr_flag} / --scheduler; see the plateau guide")
 
 
 def _add_capacity(health: Dict[str, Any], history: Sequence[EpochStats], epochs: int) -> None:
@@ -128,16 +198,23 @@ def _add_capacity(health: Dict[str, Any], history: Sequence[EpochStats], epochs:
                                      "decoder (--decoder-channels); or raise the LR / train longer")
 
 
-def first_epoch_lr_check(start_loss: float, end_loss: float, peak_loss: float) -> Dict[str, Any]:
+def first_epoch_lr_check(start_loss: float, end_loss: float, peak_loss: float,
+                         all_warmup: bool = False) -> Dict[str, Any]:
     """LR sanity from the first epoch: mean loss of its first and last tenth, and its peak.
 
+    ``all_warmup``: the LR rose from almost 0 during the whole epoch, so a loss that barely moved
+    says nothing about the LR yet (verdict ``warmup``, not an issue); a spike still means too high.
+
     Returns:
-        ``{"verdict": "ok" | "too_low" | "too_high", "loss_change": percent, "message": str}``.
+        ``{"verdict": "ok" | "too_low" | "too_high" | "warmup", "loss_change": percent, "message": str}``.
     """
     change = 100.0 * (start_loss - end_loss) / start_loss if _usable(start_loss, end_loss) and start_loss > 0 else None
     if change is None or not _usable(peak_loss) or peak_loss > 1.5 * start_loss or change < -5.0:
         verdict, message = "too_high", ("the loss spiked or rose in epoch 1: the LR is probably too high; "
                                         "halve --lr or lengthen --warmup-epochs")
+    elif change < 2.0 and all_warmup:
+        verdict, message = "warmup", (f"the loss moved {change:.1f} % in epoch 1, which was all LR warmup: too "
+                                      "early to judge the LR")
     elif change < 2.0:
         verdict, message = "too_low", (f"the loss barely moved in epoch 1 ({change:.1f} %): the LR may be too "
                                        "low; try 2-3x --lr")
@@ -179,14 +256,16 @@ class PostEpochEvaluator(Callback):
             the plan; at most once per ``plateau_epochs`` epochs.
         min_lr: the LR is never lowered below this (``--min-lr``).
         plateau_epochs, plateau_tolerance: see ``analyse_history``.
+        warmup_epochs: ``--warmup-epochs`` (the epoch-1 check does not judge an all-warmup epoch).
     """
 
     name = "post_epoch"
     order = Order.DIAGNOSIS
 
     def __init__(self, epochs: str = "2+", auto_adjust_lr: bool = False, min_lr: float = 0.0,
-                 plateau_epochs: int = 3, plateau_tolerance: float = 0.01):
+                 plateau_epochs: int = 3, plateau_tolerance: float = 0.01, warmup_epochs: float = 0.0):
         self.selected = parse_epoch_selection(epochs)
+        self.warmup_epochs = warmup_epochs
         self.auto_adjust_lr, self.min_lr = auto_adjust_lr, min_lr
         self.plateau_epochs, self.plateau_tolerance = plateau_epochs, plateau_tolerance
         self.history: List[EpochStats] = []
@@ -213,16 +292,18 @@ class PostEpochEvaluator(Callback):
         self.history.append(EpochStats(record["epoch"], record["val_loss"], record.get("train_loss"),
                                        record.get("val_iou")))
         health: Dict[str, Any] = {}
+        context = schedule_context(trainer.plan, record["epoch"] - 1, self.warmup_epochs)
         if record["epoch"] == 1 and self._first_epoch is not None:
             start, end, peak = self._first_epoch.tolist()
-            health["lr_sanity"] = first_epoch_lr_check(start / self._tenth, end / self._tenth, peak)
+            health["lr_sanity"] = first_epoch_lr_check(start / self._tenth, end / self._tenth, peak,
+                                                       context.epoch1_all_warmup)
             self._first_epoch = None
         if self.selected(record["epoch"]) and len(self.history) > 1:
-            health.update(analyse_history(self.history, self.plateau_epochs, self.plateau_tolerance))
+            health.update(analyse_history(self.history, self.plateau_epochs, self.plateau_tolerance, context))
             self._write(trainer, health, record["global_step"])
             if self.auto_adjust_lr and health["plateau"]:
                 self._halve_lr(trainer, health, record["epoch"])
-        if health.get("lr_sanity", {}).get("verdict", "ok") != "ok":
+        if health.get("lr_sanity", {}).get("verdict", "ok") in ("too_low", "too_high"):
             health.setdefault("issues", []).append(health["lr_sanity"]["message"])
         if health:
             record["health"] = health
@@ -260,7 +341,7 @@ def _report(epoch: int, health: Dict[str, Any]) -> None:
     parts = [f"{key.replace('_', ' ')} {health[key]:+.2f} % ({health[grade]})" for key, grade in
              (("improvement_rate", "improvement"), ("iou_improvement_rate", "iou_improvement"),
               ("train_val_gap", "gap")) if key in health]
-    if health.get("lr_sanity", {}).get("verdict") == "ok":
+    if health.get("lr_sanity", {}).get("verdict") in ("ok", "warmup"):
         parts.append(f"epoch-1 LR check: {health['lr_sanity']['message']}")
     logger.info("Health after epoch %d: %s%s", epoch, "; ".join(parts) or "no comparison yet",
                 " | plateau" if health.get("plateau") else "")
@@ -268,5 +349,7 @@ def _report(epoch: int, health: Dict[str, Any]) -> None:
         logger.warning("  issue: %s", issue)
     for suggestion in health.get("suggestions", []):
         logger.info("  suggestion: %s", suggestion)
+    for note in health.get("notes", []):
+        logger.info("  note: %s", note)
     if "lr_adjustment" in health:
         logger.info("  %s", health["lr_adjustment"])

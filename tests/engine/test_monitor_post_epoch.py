@@ -83,17 +83,18 @@ class RecordingWriter:
         self.tags.append(tag)
 
 
-def make_plan(min_lr=1e-4):
+def make_plan(min_lr=1e-4, scheduler="cosine"):
     from engine.config import build_config
     from engine.stages import PlanState, StagePlan
     from tests.conftest import TINY_SETTINGS
 
-    config = build_config({}, dict(TINY_SETTINGS, epochs=20, stage1_epochs=10, min_lr=min_lr, warmup_epochs=0))
+    config = build_config({}, dict(TINY_SETTINGS, epochs=20, stage1_epochs=10, min_lr=min_lr, warmup_epochs=0,
+                                   scheduler=scheduler))
     return StagePlan(config, 12, PlanState.fresh(config))
 
 
-def fake_trainer(writer=None, lr=1e-3):
-    return trainer_services(writer, epoch=0, stage=1, current_lr=lr, plan=make_plan())
+def fake_trainer(writer=None, lr=1e-3, scheduler="cosine"):
+    return trainer_services(writer, epoch=0, stage=1, current_lr=lr, plan=make_plan(scheduler=scheduler))
 
 
 def run_epochs(evaluator, trainer, val_losses, train_losses=None):
@@ -130,21 +131,23 @@ def test_records_health_and_writes_tensorboard_from_epoch_two():
 
 def test_auto_adjust_halves_lr_on_plateau_never_below_min_lr():
     evaluator = PostEpochEvaluator("2+", auto_adjust_lr=True, min_lr=1e-4, plateau_epochs=3)
-    trainer = fake_trainer(lr=1e-3)
+    trainer = fake_trainer(lr=1e-3, scheduler="constant")  # a constant LR: every flat stretch is a plateau
     flat = [1.0, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
     records = run_epochs(evaluator, trainer, flat)
     halvings = [r["epoch"] for r in records if "halved" in r.get("health", {}).get("lr_adjustment", "")]
     assert halvings == [6, 9]  # plateau first seen at epoch 6, then a 3-epoch cooldown
-    plan, unscaled = trainer.plan, make_plan()
+    plan = trainer.plan
     assert plan.lr_scale(1) == 0.25 and plan.lr_scale(2) == 1.0  # the scale belongs to the stage it was set in
-    for epoch, step in ((0, 0), (4, 1), (9, 2), (12, 0)):
-        scheduled = unscaled.lr_at(epoch, step)
-        expected = scheduled if epoch >= 10 else max(0.25 * scheduled, min(scheduled, 1e-4))  # never below min LR
-        assert plan.lr_at(epoch, step) == pytest.approx(expected)
-    assert plan.lr_at(9, 2) == pytest.approx(1e-4)  # the cosine tail, clamped at min LR
+    assert plan.lr_at(4, 1) == pytest.approx(2.5e-4) and plan.lr_at(12, 0) == pytest.approx(1e-3)
+    cosine = make_plan()  # the floor: a scaled cosine never goes below --min-lr
+    cosine.scale_lr(1, 0.25)
+    for epoch, step in ((0, 0), (4, 1), (9, 2)):
+        scheduled = make_plan().lr_at(epoch, step)
+        assert cosine.lr_at(epoch, step) == pytest.approx(max(0.25 * scheduled, min(scheduled, 1e-4)))
+    assert cosine.lr_at(9, 2) == pytest.approx(1e-4)  # the cosine tail, clamped at min LR
     trainer.current_lr = 1.5e-4  # halving would cross min LR: refused
     assert "not halved" in run_epochs(evaluator, trainer, flat + [0.7, 0.7, 0.7])[-1]["health"]["lr_adjustment"]
-    untouched = fake_trainer()
+    untouched = fake_trainer(scheduler="constant")
     run_epochs(PostEpochEvaluator(), untouched, flat)  # off by default
     assert untouched.plan.lr_scale(1) == 1.0
 

@@ -1,0 +1,95 @@
+"""Every message the health report can print, each produced by the situation it describes, and
+advice that names the flag acting in the current stage."""
+import logging
+
+import pytest
+
+from engine.monitors.post_epoch import (EpochStats, ScheduleContext, _report, analyse_history, first_epoch_lr_check,
+                                        schedule_context)
+
+MID_STAGE1 = ScheduleContext(stage=1, lr_flag="--lr", lr=5e-4, peak_lr=1e-3, min_lr=1e-5)
+MID_STAGE2 = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=1.2e-4, peak_lr=2e-4, min_lr=1e-5)
+TAIL = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=3e-5, peak_lr=2e-4, min_lr=1e-5)
+AT_MIN = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=1e-5, peak_lr=2e-4, min_lr=1e-5)
+CONSTANT = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=2e-4, peak_lr=2e-4, min_lr=1e-5, decaying=False)
+
+
+def history(val_losses, train_losses=None, ious=None):
+    return [EpochStats(index + 1, val, (train_losses or val_losses)[index], (ious or [None] * len(val_losses))[index])
+            for index, val in enumerate(val_losses)]
+
+
+FLAT = [1.0, 0.8, 0.7, 0.7, 0.7, 0.7]
+STEADY_SLOW = [1.0, 0.995, 0.99, 0.985, 0.98]
+
+# (situation, history, context, where the text is, words it must hold)
+CASES = [
+    ("slow improvement", history(FLAT), MID_STAGE1, "issues", "slow improvement: val loss 0.7000 -> 0.7000"),
+    ("slow IoU", history([1.0, 0.9], ious=[0.500, 0.501]), MID_STAGE1, "issues", "slow IoU progress"),
+    ("severe overfitting", history([1.0, 0.9], [0.9, 0.5]), MID_STAGE1, "issues", "severe overfitting"),
+    ("severe overfitting advice", history([1.0, 0.9], [0.9, 0.5]), MID_STAGE1, "suggestions", "regularise"),
+    ("mild overfitting", history([1.0, 0.9], [0.9, 0.8]), MID_STAGE1, "issues", "mild overfitting"),
+    ("mild overfitting advice", history([1.0, 0.9], [0.9, 0.8]), MID_STAGE1, "suggestions", "watch the gap"),
+    ("plateau", history(FLAT), MID_STAGE1, "issues", "plateau: val loss improved < 1%"),
+    ("plateau advice, stage 1", history(FLAT), MID_STAGE1, "suggestions", "resume with --lr 0.00025"),
+    ("plateau advice, stage 2", history(FLAT), MID_STAGE2, "suggestions", "resume with --stage2-lr 6e-05"),
+    ("plateau at a constant LR", history(FLAT), CONSTANT, "issues", "plateau"),
+    ("underfitting", history(STEADY_SLOW), MID_STAGE1, "issues", "underfitting"),
+    ("underfitting advice", history(STEADY_SLOW), MID_STAGE1, "suggestions", "add capacity"),
+    ("poor improvement advice", history([1.0, 0.7, 0.72, 0.719]), MID_STAGE2, "suggestions",
+     "lower the LR: resume with --stage2-lr 6e-05 (half of the current 0.00012)"),
+    ("cosine tail", history(FLAT), TAIL, "notes", "tail (3e-05, 15% of the stage's peak)"),
+    ("at min LR", history(FLAT), AT_MIN, "notes", "at --min-lr (1e-05)"),
+    ("converged at min LR", history(FLAT), AT_MIN, "suggestions", "converged at this LR"),
+]
+
+
+@pytest.mark.parametrize("situation, epochs, context, where, words", CASES, ids=[case[0] for case in CASES])
+def test_each_message_is_produced_and_printed(situation, epochs, context, where, words, caplog):
+    health = analyse_history(epochs, context=context)
+    assert any(words in text for text in health[where]), (situation, health)
+    with caplog.at_level(logging.INFO):
+        _report(epochs[-1].epoch, health)
+    assert words in caplog.text
+
+
+@pytest.mark.parametrize("context", [TAIL, AT_MIN], ids=["tail", "min-lr"])
+def test_the_schedule_tail_is_no_plateau_and_no_reason_to_lower_the_lr(context):
+    for epochs in (history(FLAT), history(STEADY_SLOW)):
+        health = analyse_history(epochs, context=context)
+        assert not health["plateau"] and not health["issues"]
+        assert not any("lower the LR" in text or "halve" in text or "capacity" in text for text in health["suggestions"])
+
+
+def test_stage_two_advice_never_names_the_stage_one_flag():
+    for epochs in (history(FLAT), history([1.0, 0.7, 0.72, 0.719])):
+        advice = " ".join(analyse_history(epochs, context=MID_STAGE2)["suggestions"])
+        assert "--stage2-lr" in advice and "--lr " not in advice
+
+
+@pytest.mark.parametrize("start, end, peak, all_warmup, verdict, words", [
+    (1.0, 0.995, 1.0, False, "too_low", "the LR may be too low; try 2-3x --lr"),
+    (1.0, 0.995, 1.0, True, "warmup", "all LR warmup: too early to judge"),
+    (1.0, 1.2, 1.3, True, "too_high", "probably too high"),  # a spike counts even in warmup
+    (1.0, 0.8, 1.05, False, "ok", "the loss fell 20.0 % during epoch 1"),
+])
+def test_first_epoch_lr_messages(start, end, peak, all_warmup, verdict, words, caplog):
+    check = first_epoch_lr_check(start, end, peak, all_warmup)
+    assert check["verdict"] == verdict and words in check["message"]
+    health = {"lr_sanity": check, "issues": [check["message"]] if verdict in ("too_low", "too_high") else []}
+    with caplog.at_level(logging.INFO):
+        _report(1, health)
+    assert words in caplog.text
+
+
+def test_context_from_a_real_plan_names_the_stage_and_sees_the_tail():
+    from engine.config import build_config
+    from engine.stages import PlanState, StagePlan
+    from tests.conftest import TINY_SETTINGS
+
+    config = build_config({}, dict(TINY_SETTINGS, epochs=10, stage1_epochs=4, warmup_epochs=1, min_lr=1e-5))
+    plan = StagePlan(config, 12, PlanState.fresh(config))
+    first, mid_stage2, last = (schedule_context(plan, index, config.warmup_epochs) for index in (0, 5, 9))
+    assert (first.stage, first.lr_flag, first.epoch1_all_warmup) == (1, "--lr", True)
+    assert (mid_stage2.stage, mid_stage2.lr_flag, mid_stage2.in_tail) == (2, "--stage2-lr", False)
+    assert last.at_min_lr and last.in_tail
