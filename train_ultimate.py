@@ -61,7 +61,10 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("deep-supervision-weight", float, "weight of the per-expert structure losses (0: off)"),
         ("side-supervision-weight", float, "weight of the structure losses of each decoder level's side output "
                                            "(multi-level deep supervision; 0: off)"),
-        ("loss-normalization", str, "loss combination: none | ema (each term divided by its own bias-corrected EMA)"),
+        ("loss-normalization", str, "loss combination: none | ema (each term divided by its own bias-corrected EMA); "
+                                    "TensorBoard gets loss/<term>_raw, and loss/<term>_normalized with ema"),
+        ("loss-normalization-beta", float, "EMA decay of --loss-normalization ema; window about 1/(1-beta) "
+                                         "micro-batches (one EMA update per forward pass)"),
     ],
     "optimisation and stages": [
         ("batch-size", int, "stage-1 batch size"),
@@ -103,6 +106,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("best-metric", BEST_METRICS, "what picks best_model.pth: validation IoU, S-measure (sm), MAE or weighted "
                                       "F (wfm); sm and wfm are scored by pysodmetrics at each mask's own size, as "
                                       "eval does (costs a little validation time, see the README)"),
+        ("early-stop-patience", int, "stop cleanly (last.pth saved, exit code 0) after N epochs in a row without a "
+                                     "better --best-metric score, judged as best_model.pth is (unset or 0: off)"),
     ],
     "monitors": [
         ("loss-ema", BOOL, "bias-corrected loss EMA in TensorBoard (train/loss_ema) and on the console line"),

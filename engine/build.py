@@ -10,6 +10,7 @@ from typing import List, Optional
 import torch
 
 from engine.callbacks import Callback
+from engine.callbacks.early_stopping import EarlyStoppingCallback
 from engine.checkpoint import load_checkpoint
 from engine.callbacks.save_checkpoints import CheckpointCallback
 from engine.compile import compile_model
@@ -63,6 +64,8 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         WeightEMACallback(config.ema_decay, config.ema_warmup) if config.use_ema else None,
         TimeLimitCallback(config.time_limit_seconds) if config.time_limit else None,
         StopAfterEpochsCallback(config.stop_after_epochs) if config.stop_after_epochs else None,
+        # on every rank: validation metrics are all-reduced, so all ranks stop at the same epoch
+        EarlyStoppingCallback(config.early_stop_patience, config.best_metric) if config.early_stop_patience else None,
         LossEMAMonitor(config.loss_ema_beta, config.log_interval) if config.loss_ema else None,
         GradientDriftMonitor(config.grad_monitor_interval, config.drift_window, config.gain_threshold,
                              config.drift_threshold, config.drift_consecutive, config.grad_clip)
@@ -124,7 +127,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
     if distributed.is_main:
         check_writable(Path(config.checkpoint_dir))
     criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
-                                      config.loss_normalization, config.side_supervision_weight).to(device)
+                                      config.loss_normalization, config.side_supervision_weight,
+                                      config.loss_normalization_beta).to(device)
     trainer = Trainer(config, model, criterion, data, build_callbacks(config, distributed.is_main), device,
                       distributed)
     if payload is not None:

@@ -98,6 +98,7 @@ class TrainConfig:
     overwrite: bool = False  # a new run may replace the run already in --checkpoint-dir
     save_every_minutes: Optional[float] = None
     best_metric: str = "iou"  # what picks best_model.pth (base or EMA weights, whichever is better)
+    early_stop_patience: Optional[int] = None  # None or 0: off; N: stop after N epochs without a better --best-metric
     # Monitors
     loss_ema: bool = True
     loss_ema_beta: float = 0.99
@@ -110,6 +111,7 @@ class TrainConfig:
     auto_adjust_lr: bool = False
     expert_monitor: bool = True
     loss_normalization: str = "none"  # none | ema
+    loss_normalization_beta: float = 0.99  # EMA decay of --loss-normalization ema (per criterion call)
     # Runtime
     seed: int = 42
     deterministic: bool = False
@@ -323,6 +325,7 @@ NUMBER_RANGES: Dict[str, Range] = {
     "ema_decay": Range(0, 1, high_open=True, hint="0.999 is typical"),
     "stop_after_epochs": Range(1, HUGE),
     "save_every_minutes": Range(0, HUGE, low_open=True),
+    "early_stop_patience": Range(0, HUGE, hint="0 turns it off"),
     "loss_ema_beta": Range(0, 1, high_open=True, hint="0.99 is typical"),
     "grad_monitor_interval": Range(0, HUGE, hint="0 disables it"),
     "drift_window": Range(1, HUGE),
@@ -332,6 +335,7 @@ NUMBER_RANGES: Dict[str, Range] = {
     "seed": Range(0, 2**32 - 1, hint="NumPy and PyTorch seeds are 32-bit"),
     "keep_checkpoints": Range(0, HUGE, hint="0 keeps none"),
     "log_interval": Range(1, HUGE),
+    "loss_normalization_beta": Range(0, 1, high_open=True, hint="0.99 averages over ~100 micro-batches"),
 }
 
 

@@ -61,7 +61,8 @@ class SegmentationCriterion(nn.Module):
     """
 
     def __init__(self, moe_loss_weight: float = 0.01, deep_supervision_weight: float = 0.0,
-                 normalization: str = "none", side_supervision_weight: float = 0.0) -> None:
+                 normalization: str = "none", side_supervision_weight: float = 0.0,
+                 normalization_beta: float = 0.99) -> None:
         """Create the criterion.
 
         Args:
@@ -70,6 +71,7 @@ class SegmentationCriterion(nn.Module):
             side_supervision_weight: weight of the per-level side-output structure loss (0 = off).
             normalization: ``none``, or ``ema``: backpropagate ``objective``, where each term is
                 divided by its own bias-corrected EMA before weighting (``loss`` stays raw).
+            normalization_beta: EMA decay of the ``ema`` normalisation (one update per call).
         """
         super().__init__()
         if min(moe_loss_weight, deep_supervision_weight, side_supervision_weight) < 0:
@@ -82,7 +84,8 @@ class SegmentationCriterion(nn.Module):
             weights["side_supervision"] = side_supervision_weight
         if deep_supervision_weight > 0:
             weights["deep_supervision"] = deep_supervision_weight
-        self.normalizer = LossNormalizer(weights) if normalization == "ema" else None
+        self.term_names = tuple(weights)  # the terms a log shows as loss/<term>_raw (and _normalized)
+        self.normalizer = LossNormalizer(weights, beta=normalization_beta) if normalization == "ema" else None
 
     def forward(self, output: SegmentationOutput, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Compute the losses.
@@ -92,8 +95,10 @@ class SegmentationCriterion(nn.Module):
             mask: ground truth ``(B, 1, H, W)``, float in ``{0, 1}``.
 
         Returns:
-            Scalars ``loss`` (total, to backpropagate), ``structure``, ``balance`` and, when
-            on, ``side_supervision`` and ``deep_supervision``.
+            Scalars ``loss`` (the raw weighted total), ``structure``, ``balance`` and, when
+            on, ``side_supervision`` and ``deep_supervision``. With ``ema`` normalisation also
+            ``objective`` (what is backpropagated) and ``<term>_normalized`` for every term in
+            ``term_names`` (the term divided by its EMA scale, as it enters ``objective``).
         """
         losses = {
             "structure": structure_loss(output.logits, mask),
@@ -118,5 +123,8 @@ class SegmentationCriterion(nn.Module):
             total = total + self.deep_supervision_weight * losses["deep_supervision"]
         losses["loss"] = total
         if self.normalizer is not None:
-            losses["objective"] = self.normalizer({name: losses[name] for name in self.normalizer.names})
+            normalized = self.normalizer.normalized_terms({name: losses[name] for name in self.normalizer.names})
+            losses["objective"] = (self.normalizer.weights * normalized).sum()
+            for index, name in enumerate(self.normalizer.names):
+                losses[f"{name}_normalized"] = normalized[index]
         return losses

@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -133,6 +133,8 @@ class Trainer:
                              disable=not self.show_bars)
         self.trainable_params = trainable
         window_loss = torch.zeros((), device=self.device)
+        term_names: Tuple[str, ...] = ()  # known after the first forward (the criterion's output keys)
+        window_terms: Optional[torch.Tensor] = None
         for batch in batches:
             index = self.batch_in_epoch
             images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -144,12 +146,17 @@ class Trainer:
                     losses = self.criterion(output, masks)
                 self.precision.backward(losses.get("objective", losses["loss"]) * share)
             window_loss += losses["loss"].detach().float() * share
+            if self.is_logging:  # per-term log values, on the device like window_loss (no host sync)
+                term_names = term_names or self.loss_term_names(losses)
+                if term_names:
+                    terms = torch.stack([losses[_term_key(name)].detach().float().reshape(()) for name in term_names])
+                    window_terms = terms * share if window_terms is None else window_terms + terms * share
             self.batch_in_epoch += 1
             self.progress.update(1)
             if windows.is_window_end(index):
                 self._optimizer_step(window_loss, windows.window_of(index), windows.num_windows,
-                                     getattr(output, "expert_fractions", None))
-                window_loss = torch.zeros((), device=self.device)
+                                     getattr(output, "expert_fractions", None), window_terms, term_names)
+                window_loss, window_terms = torch.zeros((), device=self.device), None
                 if self.distributed.enabled:  # every rank must stop at the same step
                     self.should_stop = any_rank(self.should_stop, self.distributed, self.device)
                 if self.should_stop:
@@ -157,8 +164,18 @@ class Trainer:
                     break
         self.progress.close()
 
+    def loss_term_names(self, losses: Dict[str, torch.Tensor]) -> Tuple[str, ...]:
+        """Log names of the criterion's terms in ``losses``: ``<term>_raw`` for each of its
+        ``term_names``, and ``<term>_normalized`` where the criterion returned one (``ema`` mode;
+        with ``none`` a "normalised" copy of the raw value would only mislead)."""
+        names = tuple(getattr(self.criterion, "term_names", ()))
+        raw = tuple(f"{name}_raw" for name in names if name in losses)
+        normalized = tuple(f"{name}_normalized" for name in names if f"{name}_normalized" in losses)
+        return raw + normalized
+
     def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int,
-                        expert_fractions: Optional[torch.Tensor]) -> None:
+                        expert_fractions: Optional[torch.Tensor], loss_terms: Optional[torch.Tensor] = None,
+                        loss_term_names: Tuple[str, ...] = ()) -> None:
         lr = self.plan.lr_at(self.epoch, window_index)
         self._set_lr(lr)
         grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
@@ -175,7 +192,8 @@ class Trainer:
         self.epoch_updates += 1
         step = StepOutput(loss=window_loss, lr=lr, grad_norm=grad_norm, step=self.global_step,
                           step_in_epoch=window_index + 1, steps_in_epoch=num_windows,
-                          expert_fractions=None if expert_fractions is None else expert_fractions.detach())
+                          expert_fractions=None if expert_fractions is None else expert_fractions.detach(),
+                          loss_terms=loss_terms, loss_term_names=loss_term_names if loss_terms is not None else ())
         self.callbacks.call("on_optimizer_step", self, step)
 
     def _gradient_sync(self, sync: bool):
@@ -340,6 +358,11 @@ class Trainer:
             accumulator.update(scores, structure_loss(logits, masks, reduction="none").sum())
         module.train(was_training)
         return accumulator.compute(self.data.all_reduce(accumulator.totals()))
+
+
+def _term_key(log_name: str) -> str:
+    """``structure_raw`` -> the criterion's ``structure``; ``structure_normalized`` stays as it is."""
+    return log_name[:-len("_raw")] if log_name.endswith("_raw") else log_name
 
 
 class WindowPlan:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -52,6 +52,11 @@ class StepOutput:
         steps_in_epoch: updates in this epoch.
         expert_fractions: ``(E,)`` the router's dispatch-share EMA after the window's last
             micro-batch (from ``SegmentationOutput``), or None for a model without experts.
+        loss_terms: per-term losses of the window, ``(K,)`` detached, in the order of
+            ``loss_term_names`` (``<term>_raw``, and ``<term>_normalized`` under
+            ``--loss-normalization ema``); each the window's sample-weighted mean, like ``loss``.
+            None when nothing logs them (no log sink, or a criterion without ``term_names``).
+        loss_term_names: tag suffixes of ``loss_terms`` (TensorBoard ``loss/<name>``).
     """
 
     loss: torch.Tensor
@@ -61,6 +66,8 @@ class StepOutput:
     step_in_epoch: int
     steps_in_epoch: int
     expert_fractions: Optional[torch.Tensor] = None
+    loss_terms: Optional[torch.Tensor] = None
+    loss_term_names: Tuple[str, ...] = ()
 
     def is_log_step(self, log_interval: int) -> bool:
         """The steps at which logging copies buffered values to the host: an epoch's first and last

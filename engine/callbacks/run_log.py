@@ -1,8 +1,9 @@
 """Run log: console lines, tqdm postfix, TensorBoard and ``metrics.jsonl``.
 
 It is the Trainer's log sink: ``trainer.log_scalar`` / ``trainer.log_image`` from any callback land
-in its ``SummaryWriter``. Step losses stay on the device in a buffer and are copied to the host
-once per log interval, so logging costs no host sync on the other steps.
+in its ``SummaryWriter``. Step losses and per-term losses (``StepOutput.loss_terms``, written as
+``loss/<term>_raw`` / ``loss/<term>_normalized``) stay on the device in a buffer and are copied to
+the host together, once per log interval, so logging costs no host sync on the other steps.
 """
 from __future__ import annotations
 
@@ -72,13 +73,16 @@ class LoggingCallback(Callback):
             self.flush(trainer)
 
     def flush(self, trainer) -> None:
-        """Copy the buffered step losses to the host (one sync) and write them."""
+        """Copy the buffered step losses and per-term losses to the host (one sync) and write them."""
         if not self._pending:
             return
-        losses = torch.stack([pending.loss for pending in self._pending]).tolist()
-        for pending, loss in zip(self._pending, losses):
-            self.writer.add_scalar("train/step_loss", loss, pending.step)
+        rows = host_rows(self._pending)
+        losses = [row[0] for row in rows]
+        for pending, row in zip(self._pending, rows):
+            self.writer.add_scalar("train/step_loss", row[0], pending.step)
             self.writer.add_scalar("train/lr", pending.lr, pending.step)
+            for name, value in zip(pending.loss_term_names, row[1:]):
+                self.writer.add_scalar(f"loss/{name}", value, pending.step)
         last = self._pending[-1]
         self._pending = []
         extra = trainer.console_extras()
@@ -129,6 +133,19 @@ class LoggingCallback(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def host_rows(steps: List[StepOutput]) -> List[List[float]]:
+    """``[loss, *loss_terms]`` of every buffered step, copied to the host in one transfer."""
+    flat = torch.cat([step.loss.reshape(1) if step.loss_terms is None
+                      else torch.cat([step.loss.reshape(1), step.loss_terms.to(step.loss.dtype)]) for step in steps])
+    values = flat.tolist()
+    rows, start = [], 0
+    for step in steps:
+        width = 1 + (0 if step.loss_terms is None else step.loss_terms.numel())
+        rows.append(values[start:start + width])
+        start += width
+    return rows
 
 
 def trim_history(path: Path, completed_epochs: int) -> int:

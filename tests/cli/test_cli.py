@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.in_process import run_cli
+from tests.cli.in_process import assert_refused, run_cli
 from train_ultimate import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +115,20 @@ def test_train_on_synthetic_without_dataset_path(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "synthetic camouflage scenes" in result.stderr
     assert (tmp_path / "ckpt" / "last.pth").exists() and (tmp_path / "ckpt" / "best_model.pth").exists()
+
+
+def test_loss_normalization_beta_and_early_stop_flags_in_help_and_range_checked(tmp_path):
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "--loss-normalization-beta" in help_text and "1/(1-beta) micro-batches" in help_text
+    assert "(one EMA update per forward pass) (default: 0.99)" in help_text
+    assert "--early-stop-patience" in help_text and "(unset or 0: off)" in help_text
+    folder = tmp_path / "run"
+    for flags, words in ((["--loss-normalization-beta", "1"], ["--loss-normalization-beta", "[0, 1)"]),
+                         (["--early-stop-patience", "-1"], ["--early-stop-patience", "0 turns it off"])):
+        assert_refused(run_cli("train", "--dry-run", "--checkpoint-dir", folder, *flags), *words)
+    accepted = run_cli("train", "--dry-run", "--checkpoint-dir", folder, "--loss-normalization", "ema",
+                       "--loss-normalization-beta", "0.9", "--early-stop-patience", "5")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "loss_normalization_beta: 0.9" in accepted.stdout and "early_stop_patience: 5" in accepted.stdout
