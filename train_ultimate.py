@@ -114,9 +114,10 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("loss-ema-beta", float, "loss EMA decay; window about 1/(1-beta) optimizer steps"),
         ("grad-monitor-interval", int, "optimizer steps between gradient-gain measurements (0: drift monitor off)"),
         ("drift-window", int, "gain checks kept for the moving average and the drift reference"),
-        ("drift-threshold", float, "relative rise of the mean gain vs the oldest check in the window that flags "
-                                   "a check (0.1 = +10 percent)"),
-        ("gain-threshold", float, "absolute mean-gain threshold; unset: 1 + 0.05*sqrt(number of measured blocks)"),
+        ("drift-threshold", float, "rise of the relative gradient gain vs the oldest check in the window that flags "
+                                   "a check (0.5 = +50 percent)"),
+        ("gain-threshold", float, "bound on the relative gradient gain: each block's gain over its own early gains "
+                                  "in the stage, geometric mean over the blocks (default: 2.0)"),
         ("drift-consecutive", int, "flagged checks in a row before a drift warning"),
         ("eval-epochs", str, "epochs with a post-epoch health report: 2+ (from epoch 2 on), 1,5,10, 3-8 or none"),
         ("auto-adjust-lr", BOOL, "halve the LR when the health report detects a plateau, never below --min-lr"),

@@ -138,14 +138,22 @@ def plot_lr(scalars: Dict[str, Series], folder: Path) -> Optional[Path]:
     return _save(figure, folder / "lr.png")
 
 
+def gain_series(scalars: Dict[str, Series]) -> Tuple[str, str]:
+    """``(series tag, moving-average tag)`` the drift monitor judged: the relative gain (runs from this
+    version on; it starts after the baseline checks) or, for older runs, the raw mean gain."""
+    if "gradient_monitor/relative_gain" in scalars:
+        return "gradient_monitor/relative_gain", "gradient_monitor/relative_gain_ma"
+    return "gradient_monitor/mean_gain", "gradient_monitor/mean_gain_ma"
+
+
 def recorded_checks(scalars: Dict[str, Series]) -> Tuple[np.ndarray, np.ndarray]:
-    """Per drift check (aligned with ``gradient_monitor/mean_gain``): flagged, and alert raised.
+    """Per drift check (aligned with the judged gain series): flagged, and alert raised.
 
     The monitor records both decisions itself (``gradient_monitor/flagged`` / ``alert``), so the
     report shows what happened in the run instead of re-deriving it; runs from before these tags
     get no markers.
     """
-    steps = scalars["gradient_monitor/mean_gain"][0]
+    steps = scalars[gain_series(scalars)[0]][0]
 
     def aligned(tag: str) -> np.ndarray:
         if tag not in scalars:
@@ -157,14 +165,18 @@ def recorded_checks(scalars: Dict[str, Series]) -> Tuple[np.ndarray, np.ndarray]
 
 
 def plot_gradient_gain(scalars: Dict[str, Series], folder: Path) -> Optional[Path]:
-    """Mean gradient gain with its moving average, the threshold the monitor used and its alerts."""
-    if "gradient_monitor/mean_gain" not in scalars:
+    """The gain the drift monitor judged, its moving average, the threshold it used and its alerts."""
+    series, average = gain_series(scalars)
+    if series not in scalars:
         return None
-    gains = scalars["gradient_monitor/mean_gain"]
-    figure, axes = _axes("Gradient flow: mean block gain", "optimizer step", "||grad in|| / ||grad out||")
-    axes.plot(*gains, color="tab:purple", alpha=0.6, marker=".", label="mean gain")
-    if "gradient_monitor/mean_gain_ma" in scalars:
-        axes.plot(*scalars["gradient_monitor/mean_gain_ma"], color="tab:purple", linewidth=1.8, label="moving average")
+    gains = scalars[series]
+    relative = series.endswith("relative_gain")
+    figure, axes = _axes("Gradient flow: " + ("relative block gain" if relative else "mean block gain"),
+                         "optimizer step", "gain / early gain (geometric mean)" if relative else
+                         "||grad in|| / ||grad out||")
+    axes.plot(*gains, color="tab:purple", alpha=0.6, marker=".", label="relative gain" if relative else "mean gain")
+    if average in scalars:
+        axes.plot(*scalars[average], color="tab:purple", linewidth=1.8, label="moving average")
     if "gradient_monitor/gain_threshold" in scalars:
         axes.step(*scalars["gradient_monitor/gain_threshold"], where="post", color="tab:red", linestyle="--",
                   linewidth=1, label="threshold")

@@ -20,49 +20,84 @@ class RecordingWriter:
         self.scalars.setdefault(tag, []).append((step, value))
 
 
-def test_noisy_flat_gain_never_alerts():
+BLOCKS = ("encoder.stage0", "encoder.stage1", "decoder.fusion.smooth.0", "decoder.experts.0")
+SCALES = (0.3, 1.0, 21.0, 2.4)  # raw gains of very different sizes, as measured on healthy runs
+
+
+def gains_at(relative: float, noise: float = 0.0, rng=None):
+    """Block gains that are ``relative`` x each block's own scale (times optional noise)."""
+    rng = rng or random.Random(0)
+    return {name: scale * relative * (1 + rng.uniform(-noise, noise)) for name, scale in zip(BLOCKS, SCALES)}
+
+
+def test_raw_gain_sizes_do_not_matter_only_their_change():
+    detector = DriftDetector(window=10, consecutive=3)
+    checks = [detector.check(gains_at(1.0)) for _ in range(50)]
+    assert [check.relative_gain for check in checks[:3]] == [None] * 3  # the baseline checks
+    assert all(check.relative_gain == pytest.approx(1.0) and not check.reasons for check in checks[3:])
+    assert checks[-1].mean_gain > 2  # the raw mean (24.7 / 4) would have alarmed the old absolute rule
+
+
+def test_noisy_healthy_gains_that_settle_below_the_start_never_alert():
     rng = random.Random(0)
-    detector = DriftDetector(window=10, gain_threshold=1.3, drift_threshold=0.10, consecutive=3)
-    checks = [detector.check(1.18 + rng.uniform(-0.05, 0.05), num_blocks=16) for _ in range(1000)]
+    detector = DriftDetector()
+    settle = [1.0] * 3 + [0.9 - 0.2 * min(1.0, i / 20) for i in range(1000)]  # 0.9 -> 0.7, as measured
+    checks = [detector.check(gains_at(level, noise=0.15, rng=rng)) for level in settle]
     assert not any(check.alert for check in checks)
 
 
 @pytest.mark.parametrize("consecutive", [1, 3, 5])
-def test_ramp_alerts_within_consecutive_checks_of_crossing(consecutive):
-    detector = DriftDetector(window=10, gain_threshold=1.3, consecutive=consecutive)
-    ramp = [1.18 + (1.40 - 1.18) * i / 199 for i in range(200)]
-    alerts = [i for i, gain in enumerate(ramp) if detector.check(gain, num_blocks=16).alert]
-    crossing = next(i for i, gain in enumerate(ramp) if gain > 1.3)
-    assert alerts == [crossing + consecutive - 1]  # once per streak, not on every later check
+def test_amplifying_gradients_alert_within_consecutive_checks_of_crossing(consecutive):
+    detector = DriftDetector(window=10, gain_threshold=2.0, drift_threshold=100.0, consecutive=consecutive,
+                             rewarn_every=1000)
+    ramp = [1.0] * 3 + [1.0 + 2.0 * i / 199 for i in range(200)]
+    alerts = [i for i, level in enumerate(ramp) if detector.check(gains_at(level)).alert]
+    crossing = next(i for i, level in enumerate(ramp) if level > 2.0)
+    assert alerts == [crossing + consecutive - 1]
 
 
-def test_relative_drift_alerts_below_the_absolute_threshold():
-    detector = DriftDetector(window=10, gain_threshold=5.0, drift_threshold=0.10, consecutive=3)
-    gains = [1.0] * 10 + [1.05, 1.12, 1.14, 1.16]  # +12 %, +14 %, +16 % vs the oldest in the window
-    checks = [detector.check(gain, num_blocks=4) for gain in gains]
-    assert [i for i, check in enumerate(checks) if check.alert] == [13]
-    assert checks[-1].drift == pytest.approx(0.16)
-    assert "+16.0 %" in checks[-1].reasons[0].replace("%", " %")
+def test_a_lasting_streak_warns_again_every_rewarn_checks():
+    detector = DriftDetector(gain_threshold=2.0, drift_threshold=100.0, consecutive=3, rewarn_every=10)
+    levels = [1.0] * 3 + [3.0] * 40
+    alerts = [i for i, level in enumerate(levels) if detector.check(gains_at(level)).alert]
+    first = 3 + 2  # the third flagged check
+    assert alerts == [first, first + 10, first + 20, first + 30]
 
 
-def test_default_threshold_scales_with_depth():
-    detector = DriftDetector()
-    assert detector.threshold_for(16) == pytest.approx(1.2)
-    assert detector.threshold_for(36) == pytest.approx(1.3)
-    assert DriftDetector(gain_threshold=1.5).threshold_for(36) == 1.5
+def test_a_relative_rise_alerts_below_the_bound():
+    detector = DriftDetector(window=10, gain_threshold=5.0, drift_threshold=0.5, consecutive=3)
+    levels = [1.0] * 3 + [0.8] * 10 + [1.0, 1.25, 1.3, 1.35]  # +56 %, +63 %, +69 % vs the oldest in the window
+    checks = [detector.check(gains_at(level)) for level in levels]
+    assert [i for i, check in enumerate(checks) if check.alert] == [16]
+    assert checks[-1].drift == pytest.approx(0.55 / 0.8)
+    assert "relative gain +69% vs 9 checks ago" in checks[-1].reasons[0]
 
 
-def test_detector_state_round_trips():
-    first = DriftDetector(window=4, gain_threshold=1.3)
-    for gain in (1.2, 1.35, 1.4):
-        first.check(gain, 8)
+def test_a_new_stage_sets_new_baselines():
+    detector = DriftDetector(gain_threshold=2.0, consecutive=1)
+    for _ in range(5):
+        detector.check(gains_at(1.0), stage=1)
+    # stage 2 trains the encoder: every gain triples, and more blocks are measured
+    unfrozen = dict(gains_at(3.0), **{"encoder.stage2": 7.0})
+    checks = [detector.check(unfrozen, stage=2) for _ in range(6)]
+    assert [check.relative_gain for check in checks[:3]] == [None] * 3
+    assert all(check.relative_gain == pytest.approx(1.0) and not check.alert for check in checks[3:])
+
+
+def test_resume_keeps_the_history_and_rearms_the_warning():
+    first = DriftDetector(gain_threshold=2.0, drift_threshold=100.0, consecutive=3, rewarn_every=1000)
+    levels = [1.0] * 3 + [3.0] * 6
+    assert sum(first.check(gains_at(level)).alert for level in levels) == 1  # warned once, streak goes on
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    second = DriftDetector(window=4, gain_threshold=1.3)
+    second = DriftDetector(gain_threshold=2.0, drift_threshold=100.0, consecutive=3, rewarn_every=1000)
     second.load_state_dict(torch.load(buffer, weights_only=True))
-    assert list(second.history) == list(first.history) and second.streak == first.streak == 2
-    assert second.check(1.45, 8).alert and first.check(1.45, 8).alert
+    assert list(second.history) == list(first.history) and second.baseline(BLOCKS[2]) == pytest.approx(21.0)
+    resumed = [second.check(gains_at(3.0)).alert for _ in range(3)]
+    continued = [first.check(gains_at(3.0)).alert for _ in range(3)]
+    assert resumed == [False, False, True], "the problem outlived the interruption: it is reported again"
+    assert continued == [False, False, False]
 
 
 def hooks_left(model):
@@ -118,36 +153,39 @@ def toy_model():
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # block "0": its input has no gradient
 def test_monitor_hooks_only_the_measured_update(caplog):
-    """Drive the callbacks as the Trainer does: 6 updates of 2 micro-batches, measuring every 3rd."""
+    """Drive the callbacks as the Trainer does: 9 updates of 2 micro-batches, measuring every 3rd."""
     model = toy_model()
     assert [name for name, _ in find_blocks(model)] == ["0", "2", "4"]  # children holding parameters
     writer = RecordingWriter()
-    monitor = GradientDriftMonitor(interval=3, gain_threshold=1e-3, consecutive=2, grad_clip=1.0)
+    monitor = GradientDriftMonitor(interval=3, gain_threshold=1e-3, consecutive=2, grad_clip=1.0, baseline_checks=1)
     trainer = fake_trainer(model, writer)
     attached_during = []
     monitor.on_epoch_start(trainer)
     with caplog.at_level(logging.WARNING, logger="engine.monitors.gradient_drift"):
-        for step in range(1, 7):
+        for step in range(1, 10):
             for _ in range(2):  # micro-batches of one accumulation window
                 attached_during.append(bool(hooks_left(model)))
                 model(torch.randn(2, 4)).square().mean().backward()
             grad_norm = torch.tensor(20.0 if step == 2 else 0.5)
-            monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, grad_norm, step, step, 6))
+            monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 1e-3, grad_norm, step, step, 9))
             model.zero_grad(set_to_none=True)
     monitor.on_epoch_end(trainer, {})
-    assert attached_during == [False] * 4 + [True] * 2 + [False] * 4 + [True] * 2
+    assert attached_during == ([False] * 4 + [True] * 2) * 3
     assert hooks_left(model) == []
-    for tag in ("mean_gain", "mean_gain_ma", "mean_gain_drift", "grad_norm", "gain_threshold", "flagged", "alert"):
-        assert [step for step, _ in writer.scalars[f"gradient_monitor/{tag}"]] == [3, 6], tag
-    # the decisions are recorded as made: both checks above the 1e-3 threshold, the second alerts
-    assert writer.scalars["gradient_monitor/gain_threshold"] == [(3, 1e-3), (6, 1e-3)]
-    assert writer.scalars["gradient_monitor/flagged"] == [(3, 1.0), (6, 1.0)]
-    assert writer.scalars["gradient_monitor/alert"] == [(3, 0.0), (6, 1.0)]
-    assert all(math.isfinite(value) and value > 0 for _, value in writer.scalars["gradient_monitor/mean_gain"])
+    assert [step for step, _ in writer.scalars["gradient_monitor/mean_gain"]] == [3, 6, 9]
+    assert [step for step, _ in writer.scalars["gradient_monitor/grad_norm"]] == [3, 6, 9]
+    # check 1 measures the baseline; the relative gain and the decisions start with check 2
+    for tag in ("relative_gain", "relative_gain_ma", "relative_gain_drift", "gain_threshold", "flagged", "alert"):
+        assert [step for step, _ in writer.scalars[f"gradient_monitor/{tag}"]] == [6, 9], tag
+    # the decisions are recorded as made: both checks above the 1e-3 bound, the second alerts
+    assert writer.scalars["gradient_monitor/gain_threshold"] == [(6, 1e-3), (9, 1e-3)]
+    assert writer.scalars["gradient_monitor/flagged"] == [(6, 1.0), (9, 1.0)]
+    assert writer.scalars["gradient_monitor/alert"] == [(6, 0.0), (9, 1.0)]
+    assert all(math.isfinite(value) and value > 0 for _, value in writer.scalars["gradient_monitor/relative_gain"])
     messages = [record.getMessage() for record in caplog.records]
     exploding = [message for message in messages if message.startswith("Exploding gradients: 1 of the last 3 updates")]
     assert len(exploding) == 1 and "--grad-clip 1 scaled these updates down" in exploding[0]
-    drift = [message for message in messages if message.startswith("Gradient drift at step 6")]
+    drift = [message for message in messages if message.startswith("Gradient drift at step 9")]
     assert len(drift) == 1 and "LR 0.001" in drift[0] and "halve the LR" in drift[0] and "1 -> 0.7" in drift[0]
 
 

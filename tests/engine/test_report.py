@@ -32,8 +32,9 @@ def finished_run(tmp_path):
         for expert in range(3):
             writer.add_scalar(f"moe/expert_{expert}", (expert + 1) / 6, step)
     for check, (gain, flagged, alert) in enumerate(zip(GAINS, FLAGGED, ALERTS), 1):
-        writer.add_scalar("gradient_monitor/mean_gain", gain, check * 2)
-        writer.add_scalar("gradient_monitor/mean_gain_drift", gain / GAINS[0] - 1, check * 2)
+        writer.add_scalar("gradient_monitor/mean_gain", 5 * gain, check * 2)  # raw gains: any scale
+        writer.add_scalar("gradient_monitor/relative_gain", gain, check * 2)  # what the monitor judged
+        writer.add_scalar("gradient_monitor/relative_gain_drift", gain / GAINS[0] - 1, check * 2)
         writer.add_scalar("gradient_monitor/gain_threshold", 1.3, check * 2)
         writer.add_scalar("gradient_monitor/flagged", float(flagged), check * 2)
         writer.add_scalar("gradient_monitor/alert", float(alert), check * 2)

@@ -7,7 +7,8 @@ from engine.build import build_trainer
 
 EXPECTED_TAGS = [
     "train/step_loss", "train/loss_ema", "train/lr", "val/iou", "val/dice", "val/mae", "val/loss", "val/iou_ema",
-    "gradient_monitor/mean_gain", "gradient_monitor/mean_gain_ma", "gradient_monitor/mean_gain_drift",
+    "gradient_monitor/mean_gain", "gradient_monitor/relative_gain", "gradient_monitor/relative_gain_ma",
+    "gradient_monitor/relative_gain_drift",
     "gradient_monitor/grad_norm", "gradient_monitor/gain_threshold", "gradient_monitor/flagged",
     "gradient_monitor/alert", "evaluation/improvement_rate", "evaluation/train_val_gap",
     "evaluation/plateau_detected", "moe/expert_0", "moe/expert_1", "moe/expert_2",
@@ -15,7 +16,8 @@ EXPECTED_TAGS = [
 
 
 def test_short_run_writes_every_tag(tiny_config, tmp_path):
-    trainer = build_trainer(tiny_config(epochs=2, use_ema=True, grad_monitor_interval=1, log_interval=1))
+    # epochs 2-3 (stage 2): 6 checks, the first 3 measure the baselines, the relative gain follows
+    trainer = build_trainer(tiny_config(epochs=3, use_ema=True, grad_monitor_interval=1, log_interval=1))
     trainer.fit()
     folder = tmp_path / "ckpt"
     events = EventAccumulator(str(folder / "runs"))
