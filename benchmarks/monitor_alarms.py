@@ -98,14 +98,17 @@ class ShuffledMasks(torch.utils.data.Dataset):
         return dict(sample, mask=other["mask"])
 
 
-def inject_nan(trainer, first_step: int, steps: int) -> None:
-    """The loss is NaN for ``steps`` optimizer steps from ``first_step`` on (all their micro-batches)."""
+def inject_nan(trainer, first_call: int, calls: int) -> None:
+    """The loss is NaN for ``calls`` forward passes from the ``first_call``-th on (1-based; counted in
+    micro-batches, since skipped updates do not advance the step counter)."""
     criterion = trainer.criterion
     forward = criterion.forward
+    count = [0]
 
     def poisoned(*args, **kwargs):
         losses = forward(*args, **kwargs)
-        if first_step <= trainer.global_step + 1 < first_step + steps:
+        count[0] += 1
+        if first_call <= count[0] < first_call + calls:
             losses = {key: value * float("nan") for key, value in losses.items()}
         return losses
 
@@ -121,7 +124,7 @@ def run(name: str, settings: Dict[str, Any], folder: Path, sabotage: Optional[st
     if sabotage == "masks_shuffled":
         trainer.data.train_dataset = ShuffledMasks(trainer.data.train_dataset)
     if sabotage == "nan_loss":
-        inject_nan(trainer, first_step=25, steps=3)
+        inject_nan(trainer, first_call=25, calls=3)  # 3 updates of epoch 2 (20 per epoch)
     recorder = WarningRecorder(clock)
     logging.getLogger().addHandler(recorder)
     started = time.monotonic()

@@ -24,8 +24,10 @@ STEADY_SLOW = [1.0, 0.995, 0.99, 0.985, 0.98]
 
 # (situation, history, context, where the text is, words it must hold)
 CASES = [
-    ("slow improvement", history(FLAT), MID_STAGE1, "issues", "slow improvement: val loss 0.7000 -> 0.7000"),
-    ("slow IoU", history([1.0, 0.9], ious=[0.500, 0.501]), MID_STAGE1, "issues", "slow IoU progress"),
+    ("slow improvement", history(FLAT), MID_STAGE1, "issues",
+     "slow improvement for 2 epochs: val loss 0.7000 -> 0.7000 -> 0.7000"),
+    ("slow IoU", history([1.0, 0.9, 0.8], ious=[0.500, 0.501, 0.502]), MID_STAGE1, "issues",
+     "slow IoU progress for 2 epochs"),
     ("severe overfitting", history([1.0, 0.9], [0.9, 0.5]), MID_STAGE1, "issues", "severe overfitting"),
     ("severe overfitting advice", history([1.0, 0.9], [0.9, 0.5]), MID_STAGE1, "suggestions", "regularise"),
     ("mild overfitting", history([1.0, 0.9], [0.9, 0.8]), MID_STAGE1, "issues", "mild overfitting"),
@@ -69,7 +71,7 @@ def test_stage_two_advice_never_names_the_stage_one_flag():
 
 @pytest.mark.parametrize("start, end, peak, all_warmup, verdict, words", [
     (1.0, 0.995, 1.0, False, "too_low", "the LR may be too low; try 2-3x --lr"),
-    (1.0, 0.995, 1.0, True, "warmup", "all LR warmup: too early to judge"),
+    (1.0, 0.995, 1.0, True, "warmup", "mostly LR warmup: too early to judge"),
     (1.0, 1.2, 1.3, True, "too_high", "probably too high"),  # a spike counts even in warmup
     (1.0, 0.8, 1.05, False, "ok", "the loss fell 20.0 % during epoch 1"),
 ])
@@ -93,3 +95,8 @@ def test_context_from_a_real_plan_names_the_stage_and_sees_the_tail():
     assert (first.stage, first.lr_flag, first.epoch1_all_warmup) == (1, "--lr", True)
     assert (mid_stage2.stage, mid_stage2.lr_flag, mid_stage2.in_tail) == (2, "--stage2-lr", False)
     assert last.at_min_lr and last.in_tail
+
+
+def test_one_noisy_epoch_is_not_an_issue():
+    noisy = history([1.0, 0.8, 0.7, 0.74], ious=[0.30, 0.35, 0.40, 0.28])  # a dip, measured on healthy runs
+    assert not analyse_history(noisy, context=MID_STAGE1)["issues"]
