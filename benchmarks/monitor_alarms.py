@@ -124,7 +124,8 @@ def run(name: str, settings: Dict[str, Any], folder: Path, sabotage: Optional[st
     if sabotage == "masks_shuffled":
         trainer.data.train_dataset = ShuffledMasks(trainer.data.train_dataset)
     if sabotage == "nan_loss":
-        inject_nan(trainer, first_call=25, calls=3)  # 3 updates of epoch 2 (20 per epoch)
+        # 3 updates early in epoch 2
+        inject_nan(trainer, first_call=trainer.plan.steps_per_epoch(1) + 5, calls=3)
     recorder = WarningRecorder(clock)
     logging.getLogger().addHandler(recorder)
     started = time.monotonic()
@@ -159,8 +160,11 @@ def visible_step(result: Dict[str, Any], healthy: Dict[str, Any]) -> Optional[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=SYNTHETIC["epochs"], help="epochs per run (default: 5)")
+    parser.add_argument("--scenes", type=int, default=SYNTHETIC["synthetic_train_size"],
+                        help="synthetic training scenes per epoch (default: 160)")
+    parser.add_argument("--img-size", type=int, default=SYNTHETIC["img_size"], help="image side (default: 96)")
     args = parser.parse_args()
-    settings = dict(SYNTHETIC, epochs=args.epochs)
+    settings = dict(SYNTHETIC, epochs=args.epochs, synthetic_train_size=args.scenes, img_size=args.img_size)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     results: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -188,6 +192,7 @@ def main() -> None:
     sabotaged = [result for result in results if result["sabotage"]]
     print(json.dumps({
         "benchmark": "monitor_alarms", "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "budget": {"epochs": args.epochs, "scenes_per_epoch": args.scenes, "img_size": args.img_size},
         "healthy_runs": len(healthy), "healthy_runs_with_warnings": false_positives,
         "false_positive_rate": round(false_positives / len(healthy), 3),
         "sabotaged_runs": len(sabotaged), "caught_in_time": sum(r["caught_in_time"] for r in sabotaged),
