@@ -41,9 +41,8 @@ def select_device(name: str) -> torch.device:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before training if ``--checkpoint-dir`` cannot hold checkpoints."""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--checkpoint-dir {folder} exists and is not a folder; choose another path")
+    """Fail before training if ``--checkpoint-dir`` cannot hold checkpoints (a file in its place is
+    refused earlier, by ``engine.config.validate``)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):

@@ -47,6 +47,7 @@ class DataModule:
     persistent_workers: bool = False
     _loaders: dict = field(default_factory=dict, repr=False)  # id(dataset) -> DataLoader
     _iterators: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
+    _fingerprint: Optional[Dict[str, object]] = field(default=None, repr=False)
 
     @property
     def is_main_process(self) -> bool:
@@ -93,7 +94,13 @@ class DataModule:
 
     def fingerprint(self) -> Dict[str, object]:
         """What identifies the training set: its size and a hash of its sample names in order
-        (a checkpoint stores it; a resume compares it, see ``engine.checkpoint.resume``)."""
+        (a checkpoint stores it; a resume compares it, see ``engine.checkpoint.resume``). Computed
+        once: every checkpoint save asks, and the set does not change during a run."""
+        if self._fingerprint is None:
+            self._fingerprint = self._hash_training_set()
+        return dict(self._fingerprint)
+
+    def _hash_training_set(self) -> Dict[str, object]:
         pairs = getattr(self.train_dataset, "pairs", None)
         names = [pair.name for pair in pairs] if pairs is not None else [f"synthetic:{len(self.train_dataset)}"]
         digest = hashlib.sha1("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()

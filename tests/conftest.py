@@ -57,3 +57,14 @@ def tiny_test_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_data") / "synthetic"
     assert run_main("synth", "--output", folder, "--num-train", 0, "--num-test", 6, "--size", 64) == 0
     return folder
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module's inference tests (batched and per-image paths compare exactly)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data.layouts import DatasetError
-from tests.cli.in_process import run_cli
+from tests.cli.in_process import run_cli, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
@@ -28,10 +28,6 @@ def run_train_subprocess(*args):
 
 RUNNERS = {"in-process": run_train, "subprocess": run_train_subprocess}
 pytestmark = pytest.mark.timeout(300)  # in-process runs lost subprocess.run's timeout: pytest-timeout instead
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write_pair(folder: Path, stem: str, image=True, mask=True, size=(40, 30)):

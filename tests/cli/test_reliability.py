@@ -186,20 +186,14 @@ def test_a_second_live_run_in_the_same_folder_is_refused(tmp_path):
 def _mid_epoch_checkpoint(data: Path, folder: Path) -> None:
     """A tiny run on ``data`` stopped by a signal after its first optimizer step of epoch 1."""
     from engine.build import build_trainer
-    from engine.callbacks.base import Callback
     from engine.config import build_config
     from tests.conftest import TINY_SETTINGS
-
-    class StopAfterFirstStep(Callback):
-        name = "stop_after_first_step"
-
-        def on_optimizer_step(self, trainer, step):
-            trainer.request_stop("test stop", exit_code=143)
+    from tests.engine.test_resume import StopAtStep
 
     config = build_config({}, dict(TINY_SETTINGS, dataset_path=str(data), checkpoint_dir=str(folder), batch_size=2,
                                    epochs=2, val_fraction=0.0))
     trainer = build_trainer(config)
-    trainer.add_callback(StopAfterFirstStep())
+    trainer.add_callback(StopAtStep(1))
     trainer.fit()
     assert trainer.batch_in_epoch == 1
 

@@ -6,8 +6,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine.build import build_trainer
-from engine.callbacks import Callback
 from engine.checkpoint import load_checkpoint
+from tests.engine.test_resume import StopAtStep
 
 TERMS = ("structure", "balance", "side_supervision")  # the tiny config: side supervision on (0.5), no deep
 
@@ -57,17 +57,6 @@ def test_none_mode_logs_raw_terms_only(tiny_config, tmp_path):
     assert loss_tags == sorted(f"loss/{term}_raw" for term in TERMS)
     assert sorted(tags["loss/balance_raw"]) == list(range(1, trainer.global_step + 1))
     assert_raw_terms_add_up_to_the_step_loss(tags, config)  # window means under accumulation 2 (windows 2 + 1)
-
-
-class StopAtStep(Callback):
-    name = "stop_at_step"
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_optimizer_step(self, trainer, step):
-        if step.step == self.step:
-            trainer.request_stop("test stop mid-epoch")
 
 
 def test_normalizer_is_restored_from_a_mid_epoch_checkpoint(tiny_config, tmp_path):
