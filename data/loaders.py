@@ -8,6 +8,7 @@ epoch (:class:`EpochIndex`); datasets read the epoch from the index they are giv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from collections.abc import Iterator, Sized
@@ -133,6 +134,32 @@ def _worker_init(worker_id: int) -> None:
     # Workers still exit with the main process: they watch their parent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        # Forked with these signals blocked (see stop_signals_blocked); one that arrived meanwhile
+        # is pending and is now discarded, being ignored.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Block SIGINT/SIGTERM in the calling thread while DataLoader workers are forked.
+
+    A group signal (Kaggle, ``docker stop``, Ctrl-C) landing between a worker's fork and its
+    ``_worker_init`` would kill the worker before it ignores the signal, and the main process would
+    die in torch's worker watchdog with a traceback instead of saving. Children inherit the mask, so
+    the signal waits until the worker ignores it; the main thread receives its copy on unblock.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no process-group signals
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def create_loader(

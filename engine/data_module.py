@@ -16,7 +16,7 @@ from data.cache import CachedSegmentationDataset, base_size_for, build_cache
 from data.dataset import SegmentationDataset
 from data.image_io import find_unreadable, masks_all_empty
 from data.layouts import DatasetError, find_pairs
-from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, stop_workers
+from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, stop_signals_blocked, stop_workers
 from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
 from engine.config import TrainConfig
@@ -69,7 +69,9 @@ class DataModule:
 
     def batches(self, dataset: Dataset, batch_size: int, epoch: int, shuffle: bool, start_sample: int) -> Iterator:
         """An iterator over :meth:`loader`'s batches whose workers :meth:`close` stops explicitly."""
-        iterator = iter(self.loader(dataset, batch_size, epoch, shuffle, start_sample))
+        loader = self.loader(dataset, batch_size, epoch, shuffle, start_sample)
+        with stop_signals_blocked():  # workers fork inside iter()
+            iterator = iter(loader)
         self._iterators.add(iterator)
         return iterator
 
