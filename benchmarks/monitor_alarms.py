@@ -40,7 +40,7 @@ from engine.callbacks.base import Callback, Order  # noqa: E402
 from engine.config import build_config  # noqa: E402
 
 SYNTHETIC = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, top_k=2, decoder_channels=32,
-                 img_size=96, synthetic_train_size=160, synthetic_val_size=40, batch_size=8, epochs=5,
+                 img_size=96, synthetic_train_size=320, synthetic_val_size=40, batch_size=8, epochs=8,
                  stage1_epochs=1, lr=2e-3, stage2_lr=2e-3, backbone_lr_scale=1.0, min_lr=1e-4, warmup_epochs=0.5,
                  num_workers=0, keep_checkpoints=0, log_interval=10, grad_monitor_interval=5, progress="off")
 REAL_DATA = REPO.parent / "shared" / "data" / "camo-train"
@@ -144,6 +144,7 @@ def run(name: str, settings: Dict[str, Any], folder: Path, sabotage: Optional[st
         entry["warnings"] += 1
     return {"run": name, "sabotage": sabotage, "seed": config.seed, "error": error,
             "val_iou": [row.get("val_iou") for row in rows], "epoch_end_steps": [row["global_step"] for row in rows],
+            "image_blind_iou": rows[0].get("val_image_blind_iou") if rows else None,
             "monitors": by_monitor, "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -159,10 +160,10 @@ def visible_step(result: Dict[str, Any], healthy: Dict[str, Any]) -> Optional[in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=SYNTHETIC["epochs"], help="epochs per run (default: 5)")
+    parser.add_argument("--epochs", type=int, default=SYNTHETIC["epochs"], help="epochs per run (default: %(default)s)")
     parser.add_argument("--scenes", type=int, default=SYNTHETIC["synthetic_train_size"],
-                        help="synthetic training scenes per epoch (default: 160)")
-    parser.add_argument("--img-size", type=int, default=SYNTHETIC["img_size"], help="image side (default: 96)")
+                        help="synthetic training scenes per epoch (default: %(default)s)")
+    parser.add_argument("--img-size", type=int, default=SYNTHETIC["img_size"], help="image side (default: %(default)s)")
     args = parser.parse_args()
     settings = dict(SYNTHETIC, epochs=args.epochs, synthetic_train_size=args.scenes, img_size=args.img_size)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

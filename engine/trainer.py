@@ -23,6 +23,7 @@ from engine.callbacks import Callback, CallbackList, StepOutput
 from engine.config import TrainConfig
 from engine.distributed import DistributedContext, any_rank, sync_buffers, wrap_model
 from engine.losses import structure_loss
+from engine.evaluation.mask_prior import ImageBlindBaseline
 from engine.evaluation.mask_scores import MetricAccumulator, per_image_scores
 from engine.evaluation.validation_cod import COD_VALIDATION_METRICS, GroundTruthSizeScores
 from engine.nonfinite import NonFiniteGuard
@@ -81,6 +82,7 @@ class Trainer:
         self.epoch_started = time.monotonic()
         self.trainable_params = 0
         self.current_lr = 0.0
+        self.image_blind_iou: Optional[float] = None  # set by the first validation (mask_prior.py)
         self.averaged_models: Dict[str, nn.Module] = {}  # e.g. {"ema": shadow}: validated and previewed too
         self._log_sinks: List[Any] = []
         self.callbacks = CallbackList()
@@ -225,7 +227,8 @@ class Trainer:
             "train_loss": train_loss, "val_loss": metrics["loss"], "val_iou": metrics["iou"],
             "val_dice": metrics["dice"], "val_mae": metrics["mae"], "val_iou_ema": metrics.get("ema_iou"),
             "val_dice_ema": metrics.get("ema_dice"), "val_mae_ema": metrics.get("ema_mae"),
-            "val_loss_ema": metrics.get("ema_loss"), "trainable_params": self.trainable_params,
+            "val_loss_ema": metrics.get("ema_loss"), "val_image_blind_iou": self.image_blind_iou,
+            "trainable_params": self.trainable_params,
             "best_metric": self.config.best_metric,
             "seconds": round(time.monotonic() - self.epoch_started, 2),
         }
@@ -345,10 +348,14 @@ class Trainer:
         accumulator = MetricAccumulator(self.device)
         cod_scores = (GroundTruthSizeScores(self.data.val_dataset)
                       if self.config.best_metric in COD_VALIDATION_METRICS else None)
+        # The validation masks are the same every epoch: their image-blind bar is measured once.
+        baseline = ImageBlindBaseline() if self.image_blind_iou is None else None
         batches = self.data.batches(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
         for batch in tqdm(batches, desc="validate", leave=False, disable=not self.show_bars):
             images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = batch["mask"].to(self.device, non_blocking=True)
+            if baseline is not None:
+                baseline.update(masks)
             with self.precision.autocast():
                 logits = module(images).logits.float()
             probabilities = torch.sigmoid(logits)
@@ -357,6 +364,8 @@ class Trainer:
                 scores.update(cod_scores(probabilities, batch))
             accumulator.update(scores, structure_loss(logits, masks, reduction="none").sum())
         module.train(was_training)
+        if baseline is not None:
+            self.image_blind_iou = baseline.compute(self.data.all_reduce)
         return accumulator.compute(self.data.all_reduce(accumulator.totals()))
 
 

@@ -31,8 +31,15 @@ class EpochStats:
     val_loss: float
     train_loss: Optional[float] = None
     val_iou: Optional[float] = None
+    image_blind_iou: Optional[float] = None  # the best IoU of one fixed mask (evaluation/mask_prior.py)
 
 
+# Val IoU must beat the image-blind bar by this much (absolute) in one of the last NO_SIGNAL_EPOCHS
+# epochs to count as learning from the images. Measured on synthetic runs from random weights
+# (benchmarks/monitor_alarms.py): healthy seeds sat at the bar for up to 2 epochs before rising;
+# shuffled masks and a 1000x too low LR stayed 0.06-0.26 below it.
+NO_SIGNAL_MARGIN = 0.02
+NO_SIGNAL_EPOCHS = 3
 TAIL_FRACTION = 0.25  # an LR at or below this share of its stage's peak, and decaying: the schedule's tail
 
 
@@ -170,6 +177,7 @@ def analyse_history(history: Sequence[EpochStats], plateau_epochs: int = 3,
         elif gap > 10.0:
             issues.append(f"mild overfitting: train/val gap {gap:.1f} %")
             suggestions.append("watch the gap; weight EMA (--use-ema) or more weight decay usually help")
+    _add_no_signal(health, history)
     _add_plateau(health, history, plateau_epochs, plateau_tolerance, context)
     if not slow_is_expected:
         _add_capacity(health, history, plateau_epochs)
@@ -186,6 +194,25 @@ def analyse_history(history: Sequence[EpochStats], plateau_epochs: int = 3,
         suggestions.append(f"if the next epochs stay below 1 %, lower the LR: {context.lower_lr_advice()}, "
                            "or enable --auto-adjust-lr")
     return health
+
+
+def _add_no_signal(health: Dict[str, Any], history: Sequence[EpochStats]) -> None:
+    """Val IoU no better than one fixed mask for every image, epochs in a row: nothing learnt from the images."""
+    recent = history[-NO_SIGNAL_EPOCHS:]
+    bar = history[-1].image_blind_iou
+    if len(recent) < NO_SIGNAL_EPOCHS or not _usable(bar, *(epoch.val_iou for epoch in recent)):
+        return
+    if max(epoch.val_iou for epoch in recent) >= bar + NO_SIGNAL_MARGIN:
+        return
+    ious = ", ".join(f"{epoch.val_iou:.4f}" for epoch in recent)
+    health["issues"].append(
+        f"no signal from the images: val IoU stayed below {bar + NO_SIGNAL_MARGIN:.4f} for {len(recent)} epochs "
+        f"({ious}), while one fixed mask for every image (the validation set's mean mask) scores {bar:.4f}: the "
+        "model has learnt where objects usually are, not what they look like")
+    health["suggestions"].append(
+        "check that each mask belongs to its image (the same file stem in the image and mask folders, none "
+        "shifted, renamed or from another dataset: open a few pairs side by side); an LR far too low looks the "
+        "same, see the epoch-1 LR check")
 
 
 def _add_plateau(health: Dict[str, Any], history: Sequence[EpochStats], epochs: int, tolerance: float,
@@ -308,7 +335,7 @@ class PostEpochEvaluator(Callback):
 
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         self.history.append(EpochStats(record["epoch"], record["val_loss"], record.get("train_loss"),
-                                       record.get("val_iou")))
+                                       record.get("val_iou"), record.get("val_image_blind_iou")))
         health: Dict[str, Any] = {}
         context = schedule_context(trainer.plan, record["epoch"] - 1, self.warmup_epochs)
         if record["epoch"] == 1 and self._first_epoch is not None:

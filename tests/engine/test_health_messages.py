@@ -14,9 +14,9 @@ AT_MIN = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=1e-5, peak_lr=2e-4, 
 CONSTANT = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=2e-4, peak_lr=2e-4, min_lr=1e-5, decaying=False)
 
 
-def history(val_losses, train_losses=None, ious=None):
-    return [EpochStats(index + 1, val, (train_losses or val_losses)[index], (ious or [None] * len(val_losses))[index])
-            for index, val in enumerate(val_losses)]
+def history(val_losses, train_losses=None, ious=None, image_blind_iou=None):
+    return [EpochStats(index + 1, val, (train_losses or val_losses)[index], (ious or [None] * len(val_losses))[index],
+                       image_blind_iou) for index, val in enumerate(val_losses)]
 
 
 FLAT = [1.0, 0.8, 0.7, 0.7, 0.7, 0.7]
@@ -43,6 +43,11 @@ CASES = [
     ("cosine tail", history(FLAT), TAIL, "notes", "tail (3e-05, 15% of the stage's peak)"),
     ("at min LR", history(FLAT), AT_MIN, "notes", "at --min-lr (1e-05)"),
     ("converged at min LR", history(FLAT), AT_MIN, "suggestions", "converged at this LR"),
+    ("no signal", history([1.0, 0.9, 0.8], ious=[0.30, 0.27, 0.32], image_blind_iou=0.31), MID_STAGE1, "issues",
+     "no signal from the images: val IoU stayed below 0.3300 for 3 epochs (0.3000, 0.2700, 0.3200), while one fixed "
+     "mask for every image (the validation set's mean mask) scores 0.3100"),
+    ("no signal advice", history([1.0, 0.9, 0.8], ious=[0.30, 0.27, 0.32], image_blind_iou=0.31), MID_STAGE1,
+     "suggestions", "check that each mask belongs to its image"),
 ]
 
 
@@ -100,3 +105,11 @@ def test_context_from_a_real_plan_names_the_stage_and_sees_the_tail():
 def test_one_noisy_epoch_is_not_an_issue():
     noisy = history([1.0, 0.8, 0.7, 0.74], ious=[0.30, 0.35, 0.40, 0.28])  # a dip, measured on healthy runs
     assert not analyse_history(noisy, context=MID_STAGE1)["issues"]
+
+
+def test_learning_from_the_images_is_no_signal_issue():
+    # one epoch above the bar (+0.02) among the last three, too few epochs to judge, or no bar at all
+    for ious, bar in (([0.30, 0.29, 0.34], 0.31), ([0.25, 0.24], 0.31), ([0.2, 0.2, 0.2], None)):
+        epochs = history([1.0] * len(ious), ious=ious, image_blind_iou=bar)
+        health = analyse_history(epochs, context=MID_STAGE1)
+        assert not any("no signal" in issue for issue in health["issues"]), health

@@ -183,8 +183,7 @@ def test_monitor_hooks_only_the_measured_update(caplog):
     assert writer.scalars["gradient_monitor/alert"] == [(6, 0.0), (9, 1.0)]
     assert all(math.isfinite(value) and value > 0 for _, value in writer.scalars["gradient_monitor/relative_gain"])
     messages = [record.getMessage() for record in caplog.records]
-    exploding = [message for message in messages if message.startswith("Exploding gradients: 1 of the last 3 updates")]
-    assert len(exploding) == 1 and "--grad-clip 1 scaled these updates down" in exploding[0]
+    assert not any(message.startswith("Exploding") for message in messages)  # clipped, and the loss is flat
     drift = [message for message in messages if message.startswith("Gradient drift at step 9")]
     assert len(drift) == 1 and "LR 0.001" in drift[0] and "halve the LR" in drift[0] and "1 -> 0.7" in drift[0]
 
@@ -199,17 +198,36 @@ def test_vanishing_grad_norm_warns(caplog):
     assert monitor.probe is None
 
 
-@pytest.mark.parametrize("grad_clip, advice", [
-    (1.0, "--grad-clip 1 scaled these updates down, which is harmless while the loss EMA falls; if it rises or "
-          "val IoU drops, halve the LR (--lr 0.002 -> 0.001); tighten gradient clipping (--grad-clip 1 -> 0.7)."),
-    (0.0, "Actions: halve the LR (--lr 0.002 -> 0.001); enable gradient clipping (--grad-clip 1.0)."),
-])
-def test_exploding_norm_advice_depends_on_clipping(caplog, grad_clip, advice):
-    monitor = GradientDriftMonitor(interval=5, grad_clip=grad_clip)
+SPIKES = [30.0, 0.5, 12.0, 0.5, 0.5]
+
+
+def run_norms(monitor, losses, norms, caplog):
     trainer = fake_trainer(toy_model(), RecordingWriter())
-    with caplog.at_level(logging.WARNING, logger="engine.monitors.gradient_drift"):
-        for step, norm in enumerate([30.0, 0.5, 12.0, 0.5, 0.5], start=1):
-            monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(1.0), 2e-3, torch.tensor(norm), step, step, 10))
-    assert [record.getMessage() for record in caplog.records] == [
+    with caplog.at_level(logging.INFO, logger="engine.monitors.gradient_drift"):
+        for step, (loss, norm) in enumerate(zip(losses, norms), start=1):
+            monitor.on_optimizer_step(trainer, StepOutput(torch.tensor(loss), 2e-3, torch.tensor(norm), step, step, 10))
+    return [(record.levelno, record.getMessage()) for record in caplog.records]
+
+
+def test_clipped_spikes_while_the_loss_falls_are_not_a_warning(caplog):
+    """Measured: healthy from-scratch runs clip 1-16 spikes (norms up to 27) while learning well."""
+    messages = run_norms(GradientDriftMonitor(interval=5, grad_clip=1.0), [1.0, 0.9, 0.95, 0.85, 0.8], SPIKES, caplog)
+    assert [level for level, _ in messages] == [logging.INFO]
+    assert messages[0][1].startswith("Clipped gradient spikes: 2 of the last 5 updates had a total grad norm > 10 "
+                                     "(max 30) up to step 5; --grad-clip 1 scaled them down")
+
+
+def test_clipped_spikes_while_the_loss_rises_warn_with_the_actions(caplog):
+    losses, norms = [1.0] * 5 + [3.0] * 5, [0.5] * 5 + SPIKES  # quiet first check: the stage's lowest loss
+    messages = run_norms(GradientDriftMonitor(interval=5, grad_clip=1.0), losses, norms, caplog)
+    assert messages == [(logging.WARNING,
+        "Exploding gradients: 2 of the last 5 updates had a total grad norm > 10 (max 30) up to step 10 (LR 0.002). "
+        "--grad-clip 1 scaled these updates down, but the loss is rising (short loss EMA above 1.2 x its lowest in "
+        "this stage). Actions: halve the LR (--lr 0.002 -> 0.001); tighten gradient clipping (--grad-clip 1 -> 0.7).")]
+
+
+def test_unclipped_spikes_always_warn(caplog):
+    messages = run_norms(GradientDriftMonitor(interval=5, grad_clip=0.0), [1.0, 0.9, 0.95, 0.85, 0.8], SPIKES, caplog)
+    assert messages == [(logging.WARNING,
         "Exploding gradients: 2 of the last 5 updates had a total grad norm > 10 (max 30) up to step 5 (LR 0.002). "
-        + advice]
+        "Actions: halve the LR (--lr 0.002 -> 0.001); enable gradient clipping (--grad-clip 1.0).")]
