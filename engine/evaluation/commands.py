@@ -109,7 +109,8 @@ def score_checkpoint(predictors: Mapping[str, Predictor], pairs: Sequence[Sample
     rows: Dict[str, List[tuple]] = {name: [] for name in predictors}
     mismatched = with_object = 0
     loader = build_test_loader(pairs, first.transform, str(root), batch_size, num_workers)
-    with tqdm(total=len(pairs), desc=f"eval {Path(root).name}", leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=len(pairs), desc=f"eval {Path(root).name}", leave=False, dynamic_ncols=True,
+              disable=not logger.isEnabledFor(logging.INFO)) as bar:  # -q: no bar either
         for samples in loader:
             for sample in samples:
                 if sample.problem:
@@ -207,7 +208,8 @@ def predict_images(predictor: Predictor, source: Path, output: Path, binary: boo
     except OSError as error:
         raise ConfigError(f"cannot create --output {output} ({error.strerror}); pass a writable folder") from None
     written = 0
-    for path, name in tqdm(list(zip(images, output_names(images))), desc="predict", leave=False, dynamic_ncols=True):
+    for path, name in tqdm(list(zip(images, output_names(images))), desc="predict", leave=False, dynamic_ncols=True,
+                           disable=not logger.isEnabledFor(logging.INFO)):
         try:
             image = read_image(path)
         except DatasetError as error:

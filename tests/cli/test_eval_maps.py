@@ -166,3 +166,11 @@ def test_export_cli_writes_safetensors_that_eval_scores_the_same(tiny_run_dir, t
         results[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]["synthetic"]["ema"]
     for metric in METRICS:
         assert results["st"][metric] == pytest.approx(results["pth"][metric], abs=2e-3), metric
+
+
+def test_quiet_eval_prints_no_progress_bar(tiny_test_set, tmp_path):
+    write_method(tmp_path / "MethodA", tiny_test_set, seed=1)
+    result = run_cli("eval", "--predictions", tmp_path / "MethodA", "--dataset-path", tiny_test_set,
+                     "--output", tmp_path / "scores.json", "-q")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines()[0].split()[:2] == ["dataset", "method"]  # the table is the result: kept

@@ -168,3 +168,30 @@ def test_state_and_the_plan_scale_round_trip_through_weights_only_load():
     restored.load_state_dict(saved["evaluator"])
     assert restored.history == evaluator.history and restored.adjusted_at_epoch == evaluator.adjusted_at_epoch == 6
     assert PlanState.from_state_dict(saved["plan"]).lr_scales == {1: 0.5}
+
+
+def test_the_gap_compares_the_structure_term_with_the_val_loss_not_the_total():
+    """Side supervision adds 0.5 x the side losses to the training total only: a total of 1.5 with a
+    structure term of 0.8 against a val loss of 1.0 is 25 % overfitting, not -33 %."""
+    evaluator, trainer = PostEpochEvaluator("2+"), fake_trainer()
+    names = ("structure_raw", "balance_raw", "side_supervision_raw")
+    records = []
+    for epoch, structure in enumerate((0.9, 0.8)):
+        trainer.epoch = epoch
+        for step in range(1, 11):
+            terms = torch.tensor([structure, 1.0, 1.2])
+            evaluator.on_optimizer_step(trainer, StepOutput(torch.tensor(1.5), 1e-3, None, 10 * epoch + step, step, 10,
+                                                            loss_terms=terms, loss_term_names=names))
+        record = {"epoch": epoch + 1, "global_step": 10 * (epoch + 1), "val_loss": 1.0, "val_iou": None,
+                  "train_loss": 1.5}
+        evaluator.on_epoch_end(trainer, record)
+        records.append(record)
+    assert [round(r["train_structure_loss"], 6) for r in records] == [0.9, 0.8]
+    assert records[1]["health"]["train_val_gap"] == pytest.approx(25.0)
+    assert any("mild overfitting" in issue for issue in records[1]["health"]["issues"])
+
+
+def test_without_loss_terms_the_gap_falls_back_to_the_total():
+    records = run_epochs(PostEpochEvaluator("2+"), fake_trainer(), [1.0, 1.0], [0.5, 0.5])
+    assert "train_structure_loss" not in records[1]
+    assert records[1]["health"]["train_val_gap"] == pytest.approx(100.0)
