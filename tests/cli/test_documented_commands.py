@@ -21,6 +21,8 @@ def documented_commands():
             if language not in ("", "bash", "sh", "shell"):
                 continue
             for command in block.replace("\\\n", " ").splitlines():
+                if "train_ultimate.py" not in command:  # log excerpts may hold a lone apostrophe
+                    continue
                 words = shlex.split(command, comments=True)
                 launcher = words[0] if words else ""
                 if "train_ultimate.py" in words and (launcher.endswith(("python", "python3")) or launcher == "torchrun"):
