@@ -245,6 +245,7 @@ def test_a_full_disk_during_the_save_is_one_line_and_takes_the_metrics_row_back(
     result = run_cli("train", *TINY, "--synthetic-train-size", "8", "--num-workers", "0", "--checkpoint-dir", folder)
     monkeypatch.undo()
     assert_refused(result, "disk is full")
+    assert str(folder) in result.stderr, "the line names the checkpoint that could not be written"
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1], "no row for the epoch whose checkpoint failed"
     assert torch.load(folder / "last.pth", weights_only=True)["trainer"]["progress"]["epoch"] == 1
