@@ -31,6 +31,7 @@ from engine.precision import Precision
 from engine.schedule import steps_per_epoch
 from engine.stages import PlanState, StagePlan
 from engine.optim import build_optimizer
+from engine.modes import evaluating
 from engine.unfreeze import apply_unfreezing
 
 logger = logging.getLogger(__name__)
@@ -214,9 +215,9 @@ class Trainer:
 
     def _set_lr(self, lr: float) -> None:
         self.current_lr = lr
-        encoder_scale = self.plan.encoder_lr_scale(self.stage)
+        scales = self.plan.group_lr_scales(self.stage)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * (encoder_scale if group["name"] == "encoder" else 1.0)
+            group["lr"] = lr * scales[group["name"]]
 
     def _end_epoch(self) -> Dict[str, Any]:
         train_loss = (self.epoch_loss_sum / max(self.epoch_updates, 1)).item()
@@ -343,8 +344,10 @@ class Trainer:
         ``on_validation`` callbacks call it for other weights (e.g. ``averaged_models["ema"]``).
         """
         module = self.unwrapped_model if module is self.model else module  # no DDP hooks in eval
-        was_training = module.training
-        module.eval()
+        with evaluating(module):
+            return self._validate(module)
+
+    def _validate(self, module: nn.Module) -> Dict[str, float]:
         accumulator = MetricAccumulator(self.device)
         cod_scores = (GroundTruthSizeScores(self.data.val_dataset)
                       if self.config.best_metric in COD_VALIDATION_METRICS else None)
@@ -363,7 +366,6 @@ class Trainer:
             if cod_scores is not None:
                 scores.update(cod_scores(probabilities, batch))
             accumulator.update(scores, structure_loss(logits, masks, reduction="none").sum())
-        module.train(was_training)
         if baseline is not None:
             self.image_blind_iou = baseline.compute(self.data.all_reduce)
         return accumulator.compute(self.data.all_reduce(accumulator.totals()))

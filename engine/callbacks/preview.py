@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from engine.callbacks.base import Callback, Order
+from engine.modes import evaluating
 from engine.monitors import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -67,12 +68,8 @@ class PreviewCallback(Callback):
 
     @torch.no_grad()
     def _predict(self, trainer, module: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        was_training = module.training
-        module.eval()
-        with trainer.precision.autocast():
-            probabilities = torch.sigmoid(module(images).logits.float())
-        module.train(was_training)
-        return probabilities
+        with evaluating(module), trainer.precision.autocast():
+            return torch.sigmoid(module(images).logits.float())
 
     def render(self, trainer) -> torch.Tensor:
         """The grid for the current weights: image | GT | base | averaged weights (EMA)."""
