@@ -65,13 +65,11 @@ def atomic_save(payload: Dict[str, Any], path: Path) -> None:
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temp_name, path)
-        except OSError as error:
+        except BaseException as error:
             Path(temp_name).unlink(missing_ok=True)
-            if error.filename is None:  # a failed write inside torch.save names no file: name ours
+            if isinstance(error, OSError) and error.filename is None:
+                # A failed write inside torch.save names no file: name the checkpoint.
                 raise OSError(error.errno, error.strerror, str(path)) from error
-            raise
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
             raise
         _fsync_directory(path.parent)
     finally:
