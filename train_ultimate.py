@@ -47,7 +47,7 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
     "model": [
         ("backbone", str, "timm encoder name (created with features_only=True)"),
         ("num-experts", int, "experts in the MoE decoder"),
-        ("top-k", int, "experts each image is routed to"),
+        ("top-k", int, "experts each image is routed to (default: 3, or --num-experts when that is smaller)"),
         ("decoder-channels", int, "width of the FPN fusion and of every expert"),
         ("min-feature-stride", int, "finest encoder stride of the FPN and the experts: 4 leaves the stride-2 "
                                     "level of EfficientNet/MobileNet/ResNet-style backbones to the detail "
@@ -75,9 +75,16 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("skip-stage1", BOOL, "start at stage 2 (encoder trainable)"),
         ("progressive-unfreeze", BOOL, "unfreeze encoder stages deepest-first in stage 2"),
         ("unfreeze-interval", int, "epochs between two unfrozen encoder stages"),
-        ("lr", float, "stage-1 (decoder) learning rate"),
-        ("stage2-lr", float, "stage-2 decoder learning rate"),
-        ("backbone-lr-scale", float, "encoder LR = stage-2 LR x this"),
+        ("lr", float, "stage-1 learning rate (the decoder trains at this x --decoder-lr-scale)"),
+        ("stage2-lr", float, "stage-2 learning rate (encoder at this x --backbone-lr-scale, decoder at this x "
+                             "--decoder-lr-scale)"),
+        ("backbone-lr-scale", float, "encoder LR in stage 2 = --stage2-lr x this"),
+        ("decoder-lr-scale", float, "decoder and head LR = the stage's LR x this, in both stages: a random "
+                                    "decoder learns faster than a pretrained encoder (default: 4 when the encoder "
+                                    "starts from pretrained weights, 1 otherwise)"),
+        ("freeze-encoder-bn", BOOL, "the encoder's BatchNorm layers keep their pretrained running statistics "
+                                    "(eval mode; their weights still train): small batches give noisy statistics, "
+                                    "batch 1 none (default: on when the encoder starts from pretrained weights)"),
         ("weight-decay", float, "AdamW weight decay (not applied to norms and biases)"),
         ("grad-clip", float, "max total gradient norm (0: no clipping)"),
         ("max-bad-steps", int, "stop after this many non-finite (NaN/Inf) updates in a row"),

@@ -15,8 +15,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import yaml
 
-from models.config import ModelConfig
+from models.config import ModelConfig, default_top_k
 
+PRETRAINED_DECODER_LR_SCALE = 4.0  # decoder LR / encoder LR when the encoder is pretrained (README, real_data.py)
 SCHEDULERS = ("cosine", "constant", "warmup-constant-cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
@@ -56,9 +57,9 @@ class TrainConfig:
     # Model
     backbone: str = "edgenext_base"
     num_experts: int = 7
-    top_k: int = 2
+    top_k: Optional[int] = None  # None: models.config.default_top_k(num_experts), resolved on construction
     decoder_channels: int = 64
-    router_noise: float = 1.0
+    router_noise: float = 0.1
     pretrained: Optional[bool] = None  # None: on for real datasets, off for the synthetic set
     pretrained_path: Optional[str] = None
     moe_loss_weight: float = 0.01
@@ -77,7 +78,11 @@ class TrainConfig:
     unfreeze_interval: int = 2
     lr: float = 2.5e-4
     stage2_lr: float = 2e-4
-    backbone_lr_scale: float = 0.5  # measured on real CAMO photographs: 0.1 left the encoder barely adapted
+    # Measured on real CAMO photographs with ImageNet weights (README, real_data.py): an encoder
+    # scale of 0.1 left the encoder barely adapted, and the random decoder learns best at 4x.
+    backbone_lr_scale: float = 1.0  # encoder LR in stage 2 = the stage LR x this
+    decoder_lr_scale: Optional[float] = None  # decoder + head LR = the stage LR x this; None: 4 if pretrained, else 1
+    freeze_encoder_bn: Optional[bool] = None  # None: on when the encoder starts from pretrained weights
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
     max_bad_steps: int = 20
@@ -124,6 +129,18 @@ class TrainConfig:
     log_interval: int = 20
     progress: str = "auto"  # auto: bars on a terminal, plain log lines otherwise (Kaggle's saved logs)
 
+    def __post_init__(self) -> None:
+        # Resolved here, so the saved config and the checkpoint signature hold the number used.
+        if self.top_k is None:
+            self.top_k = default_top_k(self.num_experts)
+        # Both exist for a pretrained encoder: its BatchNorm statistics are worth keeping (random ones
+        # are not), and a random decoder beside it learns faster than it; from scratch, neither.
+        pretrained = self.model_config(synthetic=self.dataset_path is None).pretrained
+        if self.freeze_encoder_bn is None:
+            self.freeze_encoder_bn = pretrained
+        if self.decoder_lr_scale is None:
+            self.decoder_lr_scale = PRETRAINED_DECODER_LR_SCALE if pretrained else 1.0
+
     def model_config(self, synthetic: bool, weights_from_checkpoint: bool = False) -> ModelConfig:
         """The model's settings; ``pretrained`` defaults to on for real data, off for synthetic.
 
@@ -169,9 +186,19 @@ PER_INVOCATION_KEYS = ("resume_from", "stop_after_epochs", "time_limit", "restar
                        "overwrite")
 # Settings that shape the LR plan: changing any of them on resume re-plans the schedule.
 SCHEDULE_KEYS = (
-    "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "scheduler",
+    "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "decoder_lr_scale", "scheduler",
     "min_lr", "warmup_epochs", "batch_size", "stage2_batch_size", "accumulation_steps",
 )
+
+
+# Settings added after runs could be saved, with the value those runs trained with: a stored
+# config without one (an older checkpoint) keeps training and predicting as it did.
+LEGACY_VALUES: Dict[str, Any] = {"decoder_lr_scale": 1.0, "freeze_encoder_bn": False}
+
+
+def with_legacy_values(stored: Mapping[str, Any]) -> Dict[str, Any]:
+    """``stored`` (a checkpoint's config) with ``LEGACY_VALUES`` filled in where it lacks them."""
+    return {**LEGACY_VALUES, **stored}
 
 
 def parse_duration(text: str) -> float:
@@ -316,7 +343,8 @@ NUMBER_RANGES: Dict[str, Range] = {
     "unfreeze_interval": Range(1, HUGE),
     "lr": Range(0, 1, low_open=True, hint="try 2.5e-4"),
     "stage2_lr": Range(0, 1, low_open=True, hint="try 2e-4"),
-    "backbone_lr_scale": Range(0, 100, low_open=True, hint="0.5 is the default"),
+    "backbone_lr_scale": Range(0, 100, low_open=True, hint="1 is the default"),
+    "decoder_lr_scale": Range(0, 100, low_open=True, hint="4 is the default for a pretrained encoder"),
     "weight_decay": Range(0, 10, hint="AdamW's usual values are 0.01-0.1"),
     "grad_clip": Range(0, HUGE, hint="0 disables clipping"),
     "max_bad_steps": Range(1, HUGE),

@@ -103,6 +103,12 @@ class StagePlan:
     def encoder_lr_scale(self, stage: int) -> float:
         return 0.0 if stage == 1 else self.config.backbone_lr_scale
 
+    def group_lr_scales(self, stage: int) -> Dict[str, float]:
+        """Multiplier of the scheduled LR for each optimizer group (``engine.optim``) in ``stage``:
+        the pretrained encoder at ``--backbone-lr-scale`` (frozen in stage 1), the randomly
+        initialised decoder and head at ``--decoder-lr-scale``."""
+        return {"encoder": self.encoder_lr_scale(stage), "decoder": self.config.decoder_lr_scale}
+
     def unfrozen_encoder_stages(self, epoch_index: int, num_encoder_stages: int) -> int:
         """How many encoder stages (deepest first) train in ``epoch_index``."""
         if self.stage_of(epoch_index) == 1:
@@ -129,6 +135,7 @@ class StagePlan:
                 f"{schedule.kind} LR {self.lr_at(first_epoch, 0):.3g} -> {schedule.base_lr:.3g} (peak) -> "
                 f"{self.lr_at(end - 1, self.steps_per_epoch(stage) - 1):.3g}"
                 + (f", plateau LR scale x{self.lr_scale(stage):.3g}" if self.lr_scale(stage) != 1.0 else "")
+                + (f", decoder LR x{self.config.decoder_lr_scale:g}" if self.config.decoder_lr_scale != 1.0 else "")
                 + (", encoder frozen" if stage == 1 else
                    f", encoder LR x{self.config.backbone_lr_scale}"
                    + (f", unfreezing deepest-first every {self.config.unfreeze_interval} epochs"

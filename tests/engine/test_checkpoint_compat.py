@@ -13,7 +13,9 @@ from tests.engine.test_resume import assert_same_tensors
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format2_mid_epoch.pth"
 SETTINGS = dict(backbone="test_efficientnet", decoder_channels=8, num_experts=2, top_k=1, detail_channels=4,
-                epochs=3, stage1_epochs=1, use_ema=True, ema_decay=0.9, batch_size=4, accumulation_steps=2)
+                epochs=3, stage1_epochs=1, use_ema=True, ema_decay=0.9, batch_size=4, accumulation_steps=2,
+                # the defaults of the version that wrote the fixture (later versions changed them)
+                backbone_lr_scale=0.5, decoder_lr_scale=1.0, router_noise=1.0)
 
 
 def _resume(tiny_config, source: Path, folder: Path):

@@ -89,10 +89,29 @@ def test_stage1_freezes_encoder_and_stage2_keeps_optimizer(tiny_config):
     assert trainer.optimizer is optimizer  # never re-created: AdamW moments survive unfreezing
     changed = any(not torch.equal(v, encoder_before[k]) for k, v in trainer.model.encoder.state_dict().items())
     assert changed
-    decoder_lr = next(g["lr"] for g in trainer.optimizer.param_groups if g["name"] == "decoder")
+    scales = {"encoder": config.backbone_lr_scale, "decoder": config.decoder_lr_scale}
     for group in trainer.optimizer.param_groups:
-        if group["name"] == "encoder":
-            assert group["lr"] == pytest.approx(decoder_lr * config.backbone_lr_scale)
+        assert group["lr"] == pytest.approx(trainer.current_lr * scales[group["name"]]), group["name"]
+
+
+@pytest.mark.parametrize("decoder_scale, backbone_scale", [(4.0, 1.0), (1.0, 0.25)])
+def test_each_parameter_group_trains_at_its_scale_of_the_scheduled_lr(tiny_config, decoder_scale, backbone_scale):
+    trainer = build_trainer(tiny_config(epochs=2, stage1_epochs=1, decoder_lr_scale=decoder_scale,
+                                        backbone_lr_scale=backbone_scale))
+    seen = []
+    original_step = trainer.precision.step
+
+    def spy(optimizer):
+        seen.append((trainer.stage, trainer.current_lr, {g["name"]: g["lr"] for g in optimizer.param_groups}))
+        original_step(optimizer)
+
+    trainer.precision.step = spy
+    trainer.fit()
+    assert {stage for stage, _, _ in seen} == {1, 2}
+    for stage, scheduled, group_lrs in seen:
+        assert scheduled > 0
+        assert group_lrs["decoder"] == pytest.approx(scheduled * decoder_scale)
+        assert group_lrs["encoder"] == pytest.approx(0.0 if stage == 1 else scheduled * backbone_scale)
 
 
 def test_checkpoint_loads_weights_only_and_holds_everything(tiny_config, tmp_path):
