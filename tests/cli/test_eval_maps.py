@@ -118,8 +118,10 @@ def test_batched_eval_with_workers_equals_the_image_by_image_loop(tiny_run_dir, 
         for pair in find_pairs(tiny_test_set, "test"):
             ground_truth = read_mask(pair.mask) * np.uint8(255)
             reference.step(to_uint8_map(predictor.predict(read_image(pair.image), ground_truth.shape)), ground_truth)
+        # Batched convolutions round differently in the last float bits, which can move a pixel
+        # of the uint8 map by one level (~1e-6 on a score); a batching bug moves scores by 1e-2.
         for metric, value in reference.results().items():
-            assert batched[name][metric] == pytest.approx(value, abs=1e-6), (name, metric)
+            assert batched[name][metric] == pytest.approx(value, abs=1e-5), (name, metric)
 
 
 def test_eval_json_cites_its_inputs_and_saved_maps_rescore_the_same(tiny_run_dir, tiny_test_set, tmp_path):
