@@ -437,12 +437,19 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_inference_img_size(img_size: Optional[int]) -> None:
+    """``--img-size`` of eval/predict/export: the training range (a huge side fails inside OpenCV)."""
+    from engine.config import NUMBER_RANGES, ConfigError
+
+    allowed = NUMBER_RANGES["img_size"]
+    if img_size is not None and img_size not in allowed:
+        raise ConfigError(f"--img-size must be in {allowed.describe()} (got {img_size}); {allowed.hint}")
+
+
 def _inference_setup(args: argparse.Namespace):
     from engine.build import select_device
-    from engine.config import ConfigError
 
-    if args.img_size is not None and args.img_size < 32:
-        raise ConfigError(f"--img-size must be at least 32 (got {args.img_size})")
+    _check_inference_img_size(args.img_size)
     return select_device(args.device)
 
 
@@ -510,11 +517,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from engine.api import load_model
-    from engine.config import ConfigError
     from engine.export import check_output, export_model
 
-    if args.img_size is not None and args.img_size < 32:
-        raise ConfigError(f"--img-size must be at least 32 (got {args.img_size})")
+    _check_inference_img_size(args.img_size)
     check_output(args.output, [args.checkpoint], args.overwrite)
     model = load_model(args.checkpoint, args.weights, "cpu", img_size=args.img_size)
     export_model(model, args.output, args.format, args.half)

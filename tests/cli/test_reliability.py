@@ -330,3 +330,24 @@ def test_report_reads_a_damaged_metrics_file(tmp_path, tiny_run_dir):
     (folder / "config.yaml").write_text("- a\n- b\n")
     result = run_cli("report", "--checkpoint-dir", folder)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("side", ["8", "18446744073709551616"])
+def test_inference_img_size_out_of_range_is_one_line_and_touches_nothing(side, tmp_path, tiny_run_dir):
+    """eval/predict/export take the training range of --img-size; a huge side used to reach OpenCV's
+    resize as a traceback after predict had already rewritten its output folder's manifest."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((40, 40, 3), 90, np.uint8))
+    output = tmp_path / "masks"
+    checkpoint = tiny_run_dir / "best_model.pth"
+    assert run_cli("predict", "--checkpoint", checkpoint, "--input", images, "--output", output).returncode == 0
+    before = snapshot(tmp_path)
+    commands = [
+        ["predict", "--checkpoint", checkpoint, "--input", images, "--output", output, "--overwrite"],
+        ["eval", "--checkpoint", checkpoint, "--dataset-path", tmp_path],
+        ["export", "--checkpoint", checkpoint, "--output", tmp_path / "model.safetensors"],
+    ]
+    for command in commands:
+        assert_refused(run_cli(*command, "--img-size", side), "--img-size", "[32, 4096]")
+    assert snapshot(tmp_path) == before
