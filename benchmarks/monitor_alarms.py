@@ -41,10 +41,12 @@ from engine.build import build_trainer  # noqa: E402
 from engine.callbacks.base import Callback, Order  # noqa: E402
 from engine.config import build_config  # noqa: E402
 
-SYNTHETIC = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, top_k=2, decoder_channels=32,
-                 img_size=96, synthetic_train_size=320, synthetic_val_size=40, batch_size=8, epochs=8,
-                 stage1_epochs=1, lr=2e-3, stage2_lr=2e-3, backbone_lr_scale=1.0, min_lr=1e-4, warmup_epochs=0.5,
-                 num_workers=0, keep_checkpoints=0, log_interval=10, grad_monitor_interval=5, progress="off")
+# The demo's recipe (configs/demo.yaml), smaller.
+SYNTHETIC = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, top_k=2, router_noise=1.0,
+                 decoder_channels=32, img_size=96, synthetic_train_size=320, synthetic_val_size=40, batch_size=8,
+                 epochs=8, stage1_epochs=1, lr=2e-3, stage2_lr=2e-3, backbone_lr_scale=1.0, min_lr=1e-4,
+                 warmup_epochs=0.5, num_workers=0, keep_checkpoints=0, log_interval=10, grad_monitor_interval=5,
+                 progress="off")
 REAL_DATA = REPO.parent / "shared" / "data" / "camo-train"
 # Real photographs: documented defaults except these (a CPU-sized budget) and a drift check every
 # 10 updates, so that a 160-update run has checks past its baselines.
