@@ -439,11 +439,10 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def _check_inference_img_size(img_size: Optional[int]) -> None:
     """``--img-size`` of eval/predict/export: the training range (a huge side fails inside OpenCV)."""
-    from engine.config import NUMBER_RANGES, ConfigError
+    from engine.config import check_number
 
-    allowed = NUMBER_RANGES["img_size"]
-    if img_size is not None and img_size not in allowed:
-        raise ConfigError(f"--img-size must be in {allowed.describe()} (got {img_size}); {allowed.hint}")
+    if img_size is not None:
+        check_number("img_size", img_size)
 
 
 def _inference_setup(args: argparse.Namespace):
