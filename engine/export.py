@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, NamedTuple, Sequence, Tuple
 
@@ -73,7 +74,40 @@ def check_output(output: Path, sources: Sequence[Path], overwrite: bool) -> Path
         raise ConfigError(f"--output {output} is a folder; pass a file name such as {output / 'model.safetensors'}")
     if output.exists() and not overwrite:
         raise ConfigError(f"--output {output} already exists; choose another file or pass --overwrite")
+    if output.exists() and not is_export(output):
+        raise ConfigError(f"--output {output} exists and is not an export (--overwrite replaces only a file that "
+                          "export wrote, never a training checkpoint or another file); choose another file")
     return output
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is a file ``export`` writes: a safetensors file with our metadata, a
+    ``torch.export`` archive, or an ONNX graph (recognised only where the ``onnx`` package is)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        read_metadata(path)
+        return True
+    except CheckpointError:
+        pass
+    if zipfile.is_zipfile(path):  # a .pt2 archive, or a torch.save checkpoint (also a zip)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.rsplit("/", 1)[-1] == "archive_format" and archive.read(name).strip() == b"pt2"
+                           for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+    try:
+        from google.protobuf.message import DecodeError
+        from onnx import ModelProto
+    except ImportError:
+        return False
+    try:  # as protobuf whatever the suffix (onnx.load_model reads a .json name as JSON)
+        graph = ModelProto.FromString(path.read_bytes()).graph
+    except (DecodeError, OSError):
+        return False
+    return len(graph.node) > 0  # protobuf parses some foreign bytes (an empty file included) as an empty model
 
 
 def write_atomically(output: Path, write: Callable[[Path], None]) -> None:
@@ -228,8 +262,15 @@ def save_onnx(wrapper: LogitsOnly, output: Path, opset: int = 18) -> None:
     """Write the wrapper as ONNX (input ``images`` (B, 3, H, W), output ``logits`` (B, 1, H, W), all dynamic).
 
     Raises:
-        ConfigError: the ``onnx`` / ``onnxscript`` packages (torch's ONNX exporter) are missing.
+        ConfigError: the ``onnx`` / ``onnxscript`` packages (torch's ONNX exporter) are missing, or
+            the model holds the frequency expert, whose complex FFT filter torch's ONNX exporter
+            cannot convert (it failed after ~15 s with a traceback).
     """
+    from models.experts import FrequencyExpert
+
+    if any(isinstance(module, FrequencyExpert) for module in wrapper.modules()):
+        raise ConfigError("--format onnx cannot express the frequency expert's FFT filter (every model with "
+                          "--num-experts >= 4 has one); export with --format pt2 or --format safetensors")
     for package in ("onnx", "onnxscript"):
         try:
             __import__(package)

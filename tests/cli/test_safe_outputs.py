@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from tests.cli.in_process import assert_refused, run_cli, snapshot
 
@@ -133,3 +134,48 @@ def test_synth_refuses_a_file_or_a_non_empty_folder(tmp_path, tiny_test_set):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli("synth", "--output", empty, "--num-train", "2", "--num-test", "1", "--size", "32").returncode == 0
+
+
+# ----------------------------------------------------------------------------- export
+def test_export_overwrite_replaces_an_earlier_export_and_nothing_else(run_copy, tmp_path):
+    checkpoint = run_copy / "best_model.pth"
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("my notes\n")
+    earlier = tmp_path / "model.safetensors"
+    assert run_cli("export", "--checkpoint", checkpoint, "--output", earlier).returncode == 0
+    before = snapshot(tmp_path)
+    for target in (run_copy / "last.pth", notes):  # a training checkpoint, a file export did not write
+        assert_refused(run_cli("export", "--checkpoint", checkpoint, "--output", target, "--overwrite"),
+                       str(target), "not an export")
+    assert snapshot(tmp_path) == before
+    assert run_cli("export", "--checkpoint", checkpoint, "--output", earlier, "--overwrite", "--half").returncode == 0
+    assert earlier.read_bytes() != before[earlier.relative_to(tmp_path)]
+
+
+def test_export_recognises_its_own_formats_only(model_file_kinds):
+    from engine.export import is_export
+
+    assert {name: is_export(path) for name, path in model_file_kinds.items()} == {
+        "safetensors export": True, "pt2 export": True, "training checkpoint": False, "checkpoint named .pt2": False,
+        "foreign safetensors": False, "text": False, "empty": False, "missing": False, "folder": False}
+
+
+@pytest.fixture
+def model_file_kinds(run_copy, tmp_path):
+    from safetensors.torch import save_file
+
+    from engine.api import load_model
+    from engine.export import export_model
+
+    model = load_model(run_copy / "best_model.pth", device="cpu")
+    kinds = {"safetensors export": tmp_path / "a.safetensors", "pt2 export": tmp_path / "a.pt2",
+             "training checkpoint": run_copy / "last.pth", "checkpoint named .pt2": tmp_path / "ckpt.pt2",
+             "foreign safetensors": tmp_path / "foreign.safetensors", "text": tmp_path / "notes.txt",
+             "empty": tmp_path / "empty.onnx", "missing": tmp_path / "missing.pt2", "folder": tmp_path}
+    export_model(model, kinds["safetensors export"], "safetensors")
+    export_model(model, kinds["pt2 export"], "pt2")
+    shutil.copy(run_copy / "last.pth", kinds["checkpoint named .pt2"])
+    save_file({"w": torch.zeros(2)}, str(kinds["foreign safetensors"]))
+    kinds["text"].write_text("just text\n")
+    kinds["empty"].write_bytes(b"")
+    return kinds

@@ -104,6 +104,9 @@ def test_onnx_matches_pytorch_under_onnxruntime(model, tmp_path):
     pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (requirements-dev.txt)")
     onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime runs the exported graph")
     path = export_to(model, tmp_path / "m.onnx", "onnx")
+    from engine.export import is_export
+
+    assert is_export(path)  # so export --overwrite may replace it
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_inputs()] == ["images"]
     wrapper = model.logits_module()
@@ -117,3 +120,16 @@ def test_onnx_matches_pytorch_under_onnxruntime(model, tmp_path):
         worst = max(worst, float(np.abs(logits - expected).max()))
     print(f"onnxruntime vs torch max abs difference: {worst:.2e}")
     assert worst <= 1e-4
+
+
+def test_onnx_refuses_a_model_with_the_frequency_expert_in_one_line(tmp_path):
+    """torch's ONNX exporter cannot convert the frequency expert's complex FFT filter: every model
+    with 4+ experts (the default 7, the demo's 4) failed after ~15 s with a traceback."""
+    from engine.config import ConfigError
+    from engine.export import LogitsOnly, save_onnx
+    from models import ModelConfig, build_model
+
+    model = build_model(ModelConfig(backbone="test_convnext", pretrained=False, num_experts=4, decoder_channels=16))
+    with pytest.raises(ConfigError, match="frequency expert"):
+        save_onnx(LogitsOnly(model, 48, ((0.5,) * 3, (0.5,) * 3)), tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
