@@ -135,11 +135,17 @@ class TrainConfig:
             self.top_k = default_top_k(self.num_experts)
         # Both exist for a pretrained encoder: its BatchNorm statistics are worth keeping (random ones
         # are not), and a random decoder beside it learns faster than it; from scratch, neither.
-        pretrained = self.model_config(synthetic=self.dataset_path is None).pretrained
+        pretrained = self.pretrained_encoder(synthetic=self.dataset_path is None)
         if self.freeze_encoder_bn is None:
             self.freeze_encoder_bn = pretrained
         if self.decoder_lr_scale is None:
             self.decoder_lr_scale = PRETRAINED_DECODER_LR_SCALE if pretrained else 1.0
+
+    def pretrained_encoder(self, synthetic: bool) -> bool:
+        """Whether the encoder starts from pretrained weights: ``--pretrained-path``, or
+        ``--pretrained`` (default: on for real data, off for the synthetic set)."""
+        pretrained = self.pretrained if self.pretrained is not None else not synthetic
+        return pretrained or self.pretrained_path is not None
 
     def model_config(self, synthetic: bool, weights_from_checkpoint: bool = False) -> ModelConfig:
         """The model's settings; ``pretrained`` defaults to on for real data, off for synthetic.
@@ -147,7 +153,6 @@ class TrainConfig:
         ``weights_from_checkpoint``: a checkpoint will overwrite every weight, so nothing pretrained
         is loaded or downloaded (resume, eval, predict work offline).
         """
-        pretrained = self.pretrained if self.pretrained is not None else not synthetic
         if weights_from_checkpoint:
             return dataclasses.replace(self.model_config(synthetic), pretrained=False, pretrained_path=None)
         return ModelConfig(
@@ -159,7 +164,7 @@ class TrainConfig:
             detail_channels=self.detail_channels,
             router_noise=self.router_noise,
             deep_supervision=self.deep_supervision_weight > 0,
-            pretrained=pretrained or self.pretrained_path is not None,
+            pretrained=self.pretrained_encoder(synthetic),
             pretrained_path=self.pretrained_path,
         )
 
@@ -189,16 +194,6 @@ SCHEDULE_KEYS = (
     "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "decoder_lr_scale", "scheduler",
     "min_lr", "warmup_epochs", "batch_size", "stage2_batch_size", "accumulation_steps",
 )
-
-
-# Settings added after runs could be saved, with the value those runs trained with: a stored
-# config without one (an older checkpoint) keeps training and predicting as it did.
-LEGACY_VALUES: Dict[str, Any] = {"decoder_lr_scale": 1.0, "freeze_encoder_bn": False}
-
-
-def with_legacy_values(stored: Mapping[str, Any]) -> Dict[str, Any]:
-    """``stored`` (a checkpoint's config) with ``LEGACY_VALUES`` filled in where it lacks them."""
-    return {**LEGACY_VALUES, **stored}
 
 
 def parse_duration(text: str) -> float:

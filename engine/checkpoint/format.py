@@ -24,6 +24,9 @@ FORMAT_VERSION = 3
 SIGNATURE_KEYS = ("backbone", "num_experts", "top_k", "decoder_channels", "min_feature_stride",
                   "detail_channels")
 EMA_CALLBACK = "weight_ema"
+# Settings added after runs could be saved, with the value those runs trained with: a stored
+# config without one (an older checkpoint) keeps training and predicting as it did.
+LEGACY_VALUES: Dict[str, Any] = {"decoder_lr_scale": 1.0, "freeze_encoder_bn": False}
 
 
 class CheckpointError(ValueError):
@@ -88,6 +91,11 @@ def upgrade(payload: Dict[str, Any]) -> Dict[str, Any]:
     upgraded = {key: payload[key] for key in ("rng", "config", "world_size", "model_signature", "metrics",
                                               "best_weights") if key in payload}
     return dict(upgraded, version=FORMAT_VERSION, trainer=trainer)
+
+
+def stored_config(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """The run config saved in ``payload``, with ``LEGACY_VALUES`` where the writing version had no such setting."""
+    return {**LEGACY_VALUES, **(payload.get("config") or {})}
 
 
 def trainer_state(payload: Dict[str, Any]) -> Dict[str, Any]:

@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from engine.checkpoint.files import find_resumable, load_checkpoint, restore_rng_state
 from engine.checkpoint.format import (SIGNATURE_KEYS, CheckpointError, check_model_format, check_signature, progress,
-                                      signature_conflicts, trainer_state)
+                                      signature_conflicts, stored_config, trainer_state)
 from engine.config import (FIELD_NAMES, PER_INVOCATION_KEYS, SCHEDULE_KEYS, ConfigError, TrainConfig, build_config,
-                           coerce_value, with_legacy_values)
+                           coerce_value)
 from engine.stages import PlanState
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def resolve_run_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str,
     path = find_resume_path(given.get("resume_from"), given.get("checkpoint_dir", TrainConfig.checkpoint_dir))
     if path is None:
         return build_config(yaml_values, flag_values), []
-    stored = with_legacy_values(load_checkpoint(path, mmap=True).get("config") or {})
+    stored = stored_config(load_checkpoint(path, mmap=True))
     requested = {key: coerce_value(key, given[key]) for key in SIGNATURE_KEYS if key in given}
     conflicts = signature_conflicts(stored, requested)
     if conflicts:
@@ -162,7 +162,7 @@ def planned_state(payload: Optional[Dict[str, Any]], config: TrainConfig, world_
     epoch = int(progress(payload).get("epoch", 0))
     saved_plan = trainer_state(payload).get("plan")
     saved = PlanState.from_state_dict(saved_plan) if saved_plan else PlanState.fresh(config)
-    changes = schedule_changes(with_legacy_values(payload.get("config") or {}), config)
+    changes = schedule_changes(stored_config(payload), config)
     if config.restart_schedule:
         changes.append("--restart-schedule: the current stage's LR schedule restarts here")
     saved_world = int(payload.get("world_size", 1))

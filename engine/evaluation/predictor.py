@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from data.layouts import IMAGE_EXTENSIONS
 from data.transforms import build_val_transform
 from engine.checkpoint import CheckpointError, check_model_format, load_checkpoint
-from engine.checkpoint.format import has_ema, saved_weights
-from engine.config import FIELD_NAMES, TrainConfig, with_legacy_values
+from engine.checkpoint.format import has_ema, saved_weights, stored_config
+from engine.config import FIELD_NAMES, TrainConfig
 from models import build_model
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,9 @@ TTA_SCALES = (1.0, 0.75, 1.25)
 
 def checkpoint_config(payload: Dict, path: Path) -> TrainConfig:
     """The run's ``TrainConfig`` stored in a checkpoint (keys of other versions are ignored)."""
-    stored = payload.get("config")
-    if not isinstance(stored, dict):
+    if not isinstance(payload.get("config"), dict):
         raise CheckpointError(f"checkpoint {path} holds no run config; use a .pth written by train_ultimate.py train")
-    return TrainConfig(**{key: value for key, value in with_legacy_values(stored).items() if key in FIELD_NAMES})
+    return TrainConfig(**{key: value for key, value in stored_config(payload).items() if key in FIELD_NAMES})
 
 
 def build_checkpoint_model(payload: Dict, path: Path, weights: str, device: torch.device) -> torch.nn.Module:

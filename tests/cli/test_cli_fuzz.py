@@ -1,6 +1,7 @@
 """Property test of the CLI contract over every command: whatever paths, files, numbers and YAML a
 user gives, the command exits 0 or 2, never prints a traceback, and leaves every file that existed
-before byte-identical (new outputs are allowed, and ``export --overwrite`` may replace an earlier export). ``LONG_FUZZ=1`` adds a longer search."""
+before byte-identical (new outputs are allowed, and ``export --overwrite`` may replace an earlier
+export). ``LONG_FUZZ=1`` adds a longer search."""
 import os
 import shutil
 from pathlib import Path

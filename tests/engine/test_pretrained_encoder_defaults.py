@@ -6,7 +6,8 @@ from torch import nn
 
 from engine.build import build_trainer
 from engine.checkpoint.resume import resolve_run_config
-from engine.config import LEGACY_VALUES, TrainConfig, build_config
+from engine.checkpoint.format import LEGACY_VALUES
+from engine.config import TrainConfig, build_config
 from engine.modes import evaluating
 from engine.unfreeze import freeze_batch_norm_statistics
 
