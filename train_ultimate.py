@@ -33,7 +33,9 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("val-fraction", float, "fraction of the training images held out (seeded) for validation; "
                                 "0 validates on the Test split instead"),
         ("img-size", int, "training/validation image side in pixels"),
-        ("num-workers", int, "DataLoader worker processes"),
+        ("num-workers", int, "DataLoader worker processes per rank (default: the CPU cores / the number of "
+                             "torchrun ranks, at most 4; a larger number warns when all ranks' workers "
+                             "outnumber the cores)"),
         ("persistent-workers", BOOL, "keep workers alive between epochs (no start-up cost per epoch; each "
                                      "keeps its own copy of the dataset)"),
         ("cache", CACHE_MODES, "resize cache for training images (decoded and shrunk once to "
@@ -324,7 +326,7 @@ def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.build import build_trainer, describe_run, run_warnings
+    from engine.build import build_trainer, describe_run, run_warnings, select_device
     from engine.checkpoint.resume import resolve_run_config
     from engine.config import load_yaml
     from engine.evaluation.report import report_after_training
@@ -338,18 +340,21 @@ def run_train(args: argparse.Namespace) -> int:
         return dry_run(config, notes)
     for line in notes:
         log.info(line)
+    select_device(config.device, config.amp, config.compile)  # an unusable GPU is refused before any file is written
     with run_lock(config.checkpoint_dir):
         trainer = build_trainer(config)
         for line in describe_run(trainer):
             log.info(line)
         for line in run_warnings(trainer):
             log.warning(line)
+        from engine.distributed import shutdown
+
         try:
             trainer.fit()
-        finally:
-            from engine.distributed import shutdown
-
-            shutdown(trainer.distributed)
+        except BaseException:
+            shutdown(trainer.distributed, failed=True)  # no barrier: the other ranks may wait in a collective
+            raise
+        shutdown(trainer.distributed)
     if trainer.exit_code > 128:  # stopped by a signal (exit code 128 + its number)
         print(f"stopped by {signal_name(trainer.exit_code - 128)}: last.pth saved at epoch {trainer.epoch + 1}, "
               f"step {trainer.global_step}; resume with --resume-from auto", file=sys.stderr)
@@ -383,7 +388,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     """Print the resolved config and the stage/LR plan (re-planned when resuming) without training."""
     import yaml
 
-    from engine.build import check_new_run_folder, resolve_resume_path
+    from engine.build import check_new_run_folder, resolve_resume_path, select_device
     from engine.checkpoint.lock import check_unlocked
     from engine.checkpoint import load_checkpoint
     from engine.data_module import count_training_samples
@@ -391,6 +396,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     from engine.checkpoint.resume import planned_state
     from engine.stages import StagePlan
 
+    select_device(config.device, config.amp, config.compile)
     print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
     for line in notes:
         print(line)
@@ -555,9 +561,17 @@ def user_errors() -> tuple:
     from data.layouts import DatasetError
     from engine.checkpoint import CheckpointError
     from engine.config import ConfigError
+    from engine.errors import DeviceOutOfMemoryError
     from models import PretrainedWeightsError, UnknownBackboneError
 
-    return ConfigError, DatasetError, CheckpointError, PretrainedWeightsError, UnknownBackboneError
+    return (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError, UnknownBackboneError,
+            DeviceOutOfMemoryError)
+
+
+def cuda_out_of_memory() -> type:
+    import torch
+
+    return torch.cuda.OutOfMemoryError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -578,6 +592,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(os_error_message(error))
     except MemoryError:
         return fail("out of memory: lower --batch-size, --img-size or --num-workers")
+    except cuda_out_of_memory():  # outside training (eval, predict, export); train names its settings
+        return fail("CUDA out of memory: lower --img-size or eval's --batch-size, use a lighter --tta, or run "
+                    "with --device cpu")
     except TrainingDivergedError as error:
         return fail(one_line(error), code=1)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from engine.checkpoint import load_checkpoint
 from engine.callbacks.save_checkpoints import CheckpointCallback
 from engine.compile import compile_model
 from engine.config import ConfigError, TrainConfig
+from engine.cuda_device import check_cuda_device
 from engine.data_module import build_data, scan_data
 from engine.distributed import init_distributed
 from engine.callbacks.run_log import LoggingCallback
@@ -32,12 +33,16 @@ from models import build_model
 logger = logging.getLogger(__name__)
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, amp: str = "off", compile: bool = False) -> torch.device:
+    """The device ``--device name`` means here, refused in one line when this PyTorch cannot run it
+    (or cannot run ``--amp`` / ``--compile`` on it) before any CUDA work (``engine.cuda_device``)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    check_cuda_device(device, amp, compile)
+    return device
 
 
 def check_writable(folder: Path) -> None:
@@ -103,7 +108,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     distributed = init_distributed(config.device)
     if not distributed.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # user-facing output from rank 0 only
-    device = select_device(config.device)
+    device = select_device(config.device, config.amp, config.compile)
     if device.type == "cuda" and distributed.enabled:
         device = torch.device("cuda", distributed.local_rank)
     if config.deterministic:

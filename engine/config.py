@@ -47,7 +47,7 @@ class TrainConfig:
     skip_unpaired: bool = False  # use only complete image/mask pairs (CAMO ships 2 lonely masks)
     val_fraction: float = 0.1
     img_size: int = 384
-    num_workers: int = 4
+    num_workers: Optional[int] = None  # None: the CPU cores / the ranks, at most 4 (engine.data_module)
     persistent_workers: bool = True  # workers live across epochs (the epoch travels with each index)
     cache: str = "none"  # none | memory | disk (data/cache.py)
     cache_dir: Optional[str] = None  # None: <checkpoint_dir>/resize-cache
@@ -164,6 +164,7 @@ class TrainConfig:
             detail_channels=self.detail_channels,
             router_noise=self.router_noise,
             deep_supervision=self.deep_supervision_weight > 0,
+            side_outputs=self.side_supervision_weight > 0,  # unsupervised side heads would get no gradient
             pretrained=self.pretrained_encoder(synthetic),
             pretrained_path=self.pretrained_path,
         )

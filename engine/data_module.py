@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ from engine.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 VAL_SEED_OFFSET = 1_000_003  # validation scenes come from a different stream than training scenes
+# Workers per rank when --num-workers is not given: a cap, not a measured optimum. On this project's
+# CPU benchmark (README, data_pipeline.py) 2 workers decode and augment about 71 images/s at 384 px;
+# each further worker is one more process holding its own copy of the dataset.
+MAX_AUTO_WORKERS = 4
 
 
 @dataclass
@@ -120,6 +125,32 @@ class DataModule:
         return totals
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one: taskset, cpusets)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_num_workers(requested: Optional[int], world_size: int = 1, warn: bool = True) -> int:
+    """DataLoader workers per process: ``requested`` (``--num-workers``), or for None the CPU cores
+    shared out between the ``world_size`` ranks, at most ``MAX_AUTO_WORKERS`` (0 when there are
+    more ranks than cores: each rank then loads in its main process).
+
+    Kaggle's 4 cores: 4 workers on one GPU, 2 per rank on two. An explicit number is kept; with
+    ``warn``, a warning says when the workers of all ranks together outnumber the cores.
+    """
+    cpus = available_cpus()
+    shared_out = min(MAX_AUTO_WORKERS, cpus // max(1, world_size))
+    if requested is None:
+        return shared_out
+    if warn and requested * world_size > cpus:
+        logger.warning("--num-workers %d x %d process(es) = %d DataLoader workers for %d CPU cores: they compete "
+                       "with training for the cores; leave --num-workers out to use %d per process",
+                       requested, world_size, requested * world_size, cpus, shared_out)
+    return requested
+
+
 def split_train_val(pairs: Sequence, fraction: float, seed: int) -> Tuple[list, list]:
     """A seeded random hold-out (not the first N sorted files: those cluster by class in COD10K)."""
     order = np.random.default_rng(seed).permutation(len(pairs))
@@ -208,6 +239,7 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         sources: from :func:`scan_data` (scanned here when None).
     """
     sources = sources if sources is not None else scan_data(config)
+    num_workers = resolve_num_workers(config.num_workers, world_size, warn=rank == 0)
     mean, std = normalization
     train_transform = build_train_transform(config.img_size, mean, std)
     val_transform = build_val_transform(config.img_size, mean, std)
@@ -224,10 +256,11 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         train = CachedSegmentationDataset(sources.train_pairs, train_transform, seed=config.seed, cache=cache,
                                           skip_bad=config.skip_bad_samples)
         if config.cache == "memory":
-            train.warm(threads=max(1, config.num_workers))  # before workers fork, so they share it
+            train.warm(threads=max(1, num_workers))  # before workers fork, so they share it
         val = SegmentationDataset(sources.val_pairs, val_transform, seed=config.seed, skip_bad=config.skip_bad_samples)
         description = (f"{config.dataset_path}: {len(train)} training, {len(val)} validation images "
                        f"({sources.val_source})")
-    return DataModule(train, val, config.num_workers, config.seed, description,
+    description += f"; {num_workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
+    return DataModule(train, val, num_workers, config.seed, description,
                       pin_memory=torch.cuda.is_available(), rank=rank, world_size=world_size,
                       persistent_workers=config.persistent_workers)

@@ -3,18 +3,32 @@
 Launched with ``torchrun --nproc_per_node N train_ultimate.py train ...`` (or
 ``python -m torch.distributed.run``): nccl on GPUs, gloo on the CPU. Rank 0 alone logs, writes
 TensorBoard and saves; every rank holds identical weights and an identical weight EMA.
+
+When one rank fails, the job ends instead of hanging: the failing rank leaves the process group
+without a barrier (``shutdown(failed=True)``) and exits with its one-line error. Measured with gloo:
+a collective waiting for a rank whose process is gone raises "Connection closed by peer" within
+0.1 s; torchrun then sends the remaining ranks SIGTERM and, 30 s later, SIGKILL. A rank blocked
+inside a C++ collective does not run Python signal handlers, so SIGTERM alone does not end it; the
+broken collective, SIGKILL or ``COLLECTIVE_TIMEOUT`` (a rank that hangs without dying) does.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+# How long a collective waits for a silent rank (torch's NCCL default; gloo's own is 30 min). The
+# longest legitimate wait is rank 0's checkpoint save while the others wait in the next all-reduce:
+# seconds, not minutes.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ def init_distributed(device_name: str) -> DistributedContext:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return DistributedContext(rank, local_rank, world_size)
 
 
@@ -70,20 +84,72 @@ def any_rank(flag: bool, context: DistributedContext, device: torch.device) -> b
     return bool(value.item() > 0)
 
 
+BufferRef = Tuple[nn.Module, str]  # (owning module, attribute name): looked up at each sync
+
+
+def changing_buffers(model: nn.Module) -> Dict[str, BufferRef]:
+    """The buffers a training forward can change, by qualified name.
+
+    Those are the floating-point buffers of modules in train mode: BatchNorm statistics of the
+    trainable encoder stages, the router's dispatch EMA. Frozen stages and ``--freeze-encoder-bn``
+    BatchNorm layers are in eval mode and keep theirs; integer buffers are constants or counters
+    that every rank advances alike (``num_batches_tracked``). Modes change with the stage and with
+    progressive unfreezing, so the Trainer asks again whenever it (re-)wraps the model.
+    """
+    found: Dict[str, BufferRef] = {}
+    seen = set()
+    for module_name, module in model.named_modules():
+        if not module.training:
+            continue
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point() and id(buffer) not in seen:
+                seen.add(id(buffer))
+                found[f"{module_name}.{name}" if module_name else name] = (module, name)
+    return found
+
+
 @torch.no_grad()
-def sync_buffers(model: nn.Module, context: DistributedContext) -> None:
-    """Copy rank 0's buffers (router dispatch EMA, norm statistics) to every rank.
+def sync_buffers(buffers: Sequence[BufferRef], context: DistributedContext) -> None:
+    """Copy rank 0's values of ``buffers`` (from :func:`changing_buffers`) to every rank.
 
     Forward passes update buffers from each rank's own shard; syncing once per optimizer step keeps
-    the models, and so the weight EMA, identical across ranks.
+    the models, and so the weight EMA, identical across ranks. One broadcast per dtype and device
+    (usually one in all), not one per buffer: a BatchNorm backbone has hundreds.
     """
-    if not context.enabled:
+    if not context.enabled or not buffers:
         return
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
+    groups: Dict[tuple, List[torch.Tensor]] = {}
+    for module, name in buffers:
+        tensor = module._buffers[name]  # now, not at listing time: a module may have replaced it
+        groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    for tensors in groups.values():
+        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+        dist.broadcast(flat, src=0)
+        if context.is_main:
+            continue  # rank 0 sent its own values
+        for tensor, values in zip(tensors, flat.split([tensor.numel() for tensor in tensors])):
+            tensor.copy_(values.view_as(tensor))
 
 
-def shutdown(context: DistributedContext) -> None:
-    if context.enabled and dist.is_initialized():
-        dist.barrier()  # a rank leaving while another still saves makes gloo abort the job
+def shutdown(context: DistributedContext, failed: bool = False) -> None:
+    """Leave the process group.
+
+    After a clean run every rank first waits for the others: a rank leaving while another still
+    saves makes gloo abort the job. After a failure (``failed``) there is no barrier: the other
+    ranks may be waiting in a collective this rank will never join, so a barrier would wait for
+    ``COLLECTIVE_TIMEOUT``; leaving at once breaks their collectives and lets torchrun end the job.
+    """
+    if not (context.enabled and dist.is_initialized()):
+        return
+    if not failed:
+        dist.barrier()
         dist.destroy_process_group()
+        return
+    try:
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if dist.get_backend() == "nccl" and abort is not None:
+            abort()  # NCCL's destroy may wait for the other ranks (pytorch#119250); abort does not wait
+        else:
+            dist.destroy_process_group()  # gloo: local; closing the sockets fails the peers' collectives
+    except Exception as error:  # noqa: BLE001 - the original error is what the user must see
+        logger.debug("Leaving the process group after a failure: %s", error)

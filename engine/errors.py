@@ -47,3 +47,25 @@ def one_line(error: BaseException) -> str:
         marker = f"{type(error).__name__}: "
         message = message[message.rfind(marker) + len(marker):] if marker in message else message
     return " ".join(message.split())
+
+
+class DeviceOutOfMemoryError(RuntimeError):
+    """The GPU ran out of memory; the message names the settings in use and the flags that lower it."""
+
+
+def out_of_memory_message(where: str, batch_size: int, batch_flag: str, img_size: int, amp: str,
+                          grad_checkpointing: bool) -> str:
+    """One line for a CUDA out-of-memory error during training or validation.
+
+    Args:
+        where: what was running, e.g. ``"stage 2 training (epoch 3, batch 17)"``.
+        batch_size: the batch size in use there; ``batch_flag`` is the flag that sets it.
+    """
+    lower = [f"a smaller {batch_flag} (now {batch_size}; raise --accumulation-steps to keep the effective batch)",
+             f"a smaller --img-size (now {img_size})"]
+    if not grad_checkpointing:
+        lower.append("--grad-checkpointing")
+    if amp == "off":
+        lower.append("--amp auto")
+    return (f"CUDA out of memory in {where} at batch size {batch_size}, image size {img_size}: try "
+            + ", ".join(lower) + "; last.pth holds the last saved position, resume it with --resume-from auto")

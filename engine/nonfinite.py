@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -29,22 +29,32 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.total_skipped = 0
 
-    def is_finite(self, loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> bool:
-        finite = torch.isfinite(loss)
-        if grad_norm is not None:
-            finite = finite & torch.isfinite(grad_norm)
-        return bool(finite)
+    def check(self, loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> Tuple[bool, bool]:
+        """``(loss finite, gradients finite)`` of one update, in one host sync."""
+        grads = torch.isfinite(grad_norm) if grad_norm is not None else torch.ones((), dtype=torch.bool)
+        loss_finite, grads_finite = torch.stack([torch.isfinite(loss).reshape(()),
+                                                 grads.to(loss.device).reshape(())]).tolist()
+        return bool(loss_finite), bool(grads_finite)
 
-    def record(self, finite: bool, step: int, lr: float, saw_scaler: bool) -> None:
-        """Count a good or bad update; raise ``TrainingDivergedError`` past the limit."""
-        if finite:
+    def record(self, loss_finite: bool, grads_finite: bool, step: int, lr: float, fp16_scaler: bool) -> None:
+        """Count a good or skipped update; raise ``TrainingDivergedError`` past the limit.
+
+        With an fp16 GradScaler, finite loss with overflowing gradients is the scaler's normal work
+        (a few skips while it finds its scale, then about one per growth interval of 2000 steps):
+        logged at INFO. A non-finite loss, or non-finite gradients without a scaler, is a warning.
+        """
+        if loss_finite and grads_finite:
             self.consecutive = 0
             return
         self.consecutive += 1
         self.total_skipped += 1
-        cause = "fp16 overflow (GradScaler lowers its scale)" if saw_scaler else "NaN/Inf loss or gradient"
-        logger.warning("Skipped update %d: %s at LR %.3g (%d in a row, %d in total); weights and EMAs untouched",
-                       step, cause, lr, self.consecutive, self.total_skipped)
+        counts = f"{self.consecutive} in a row, {self.total_skipped} in total"
+        if fp16_scaler and loss_finite:
+            logger.info("Skipped update %d: fp16 gradient overflow, the GradScaler lowers its scale (%s; normal "
+                        "at the start of an fp16 run and now and then); weights and EMAs untouched", step, counts)
+        else:
+            logger.warning("Skipped update %d: NaN/Inf %s at LR %.3g (%s); weights and EMAs untouched", step,
+                           "gradient" if loss_finite else "loss", lr, counts)
         if self.consecutive >= self.max_bad_steps:
             raise TrainingDivergedError(
                 f"{self.consecutive} non-finite updates in a row at step {step} (LR {lr:.3g}): training diverged. "

@@ -1,7 +1,7 @@
 """Mixed precision: ``--amp auto | off | fp16 | bf16`` -> autocast dtype and an optional GradScaler.
 
-``auto`` picks bf16 on GPUs that support it (Ampere and newer), fp16 + GradScaler on older GPUs
-(P100, T4), and full precision on the CPU.
+``auto`` picks bf16 from compute 8.0 (Ampere and newer), fp16 + GradScaler below it (T4), and full
+precision on the CPU (``engine.cuda_device.amp_dtype``).
 """
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from engine.cuda_device import amp_dtype
 
-def resolve_amp(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``mode`` on ``device`` (None: full precision)."""
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if mode == "fp16" else torch.bfloat16
+
+resolve_amp = amp_dtype  # the autocast dtype of ``--amp mode`` on a device (None: full precision)
 
 
 @dataclass
@@ -59,12 +55,19 @@ class Precision:
             return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
+    def step(self, optimizer: torch.optim.Optimizer, apply: bool = True) -> None:
+        """One optimizer update; ``apply=False`` skips it (non-finite loss or gradients).
+
+        The GradScaler still sees every step: its ``update`` lowers the scale after an overflow
+        (recorded by ``unscale_``). Its own ``step`` would apply an update whose loss was non-finite
+        as long as the gradients were finite, so the weights are only touched when ``apply``.
+        """
+        if apply and self.scaler is not None:
             self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
+        elif apply:
             optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict() if self.scaler is not None else {}

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from engine.callbacks import Callback, CallbackList, StepOutput
 from engine.config import TrainConfig
-from engine.distributed import DistributedContext, any_rank, sync_buffers, wrap_model
+from engine.errors import DeviceOutOfMemoryError, out_of_memory_message
+from engine.distributed import DistributedContext, any_rank, changing_buffers, sync_buffers, wrap_model
 from engine.losses import structure_loss
 from engine.evaluation.mask_prior import ImageBlindBaseline
-from engine.evaluation.mask_scores import MetricAccumulator, per_image_scores
+from engine.evaluation.mask_scores import SCORE_NAMES, MetricAccumulator, per_image_scores
 from engine.evaluation.validation_cod import COD_VALIDATION_METRICS, GroundTruthSizeScores
 from engine.nonfinite import NonFiniteGuard
 from engine.precision import Precision
@@ -65,6 +66,7 @@ class Trainer:
         self.distributed = distributed
         self.plan = StagePlan(config, data.samples_per_rank, PlanState.fresh(config))
         self._wrapped_for: Optional[tuple] = None
+        self.synced_buffers: Dict[str, tuple] = {}  # under DDP: the buffers training changes (engine.distributed)
         self.optimizer = build_optimizer(model, config)
         self.precision = Precision.create(config.amp, device)
         self.guard = NonFiniteGuard(config.max_bad_steps)
@@ -77,6 +79,7 @@ class Trainer:
         self.epoch_loss_sum = torch.zeros((), device=device)
         self.epoch_updates = 0
         self.should_stop = False
+        self.validating = False  # inside validate() (an out-of-memory message names what was running)
         self.stop_reason = ""
         self.exit_code = 0  # non-zero: the process should end with it (e.g. 128 + signal number)
         self.progress: Optional[tqdm] = None
@@ -113,12 +116,25 @@ class Trainer:
             self.callbacks.call("on_train_end", self)
         except BaseException as error:
             self.callbacks.call_quietly("on_exception", self, error)
+            if isinstance(error, torch.cuda.OutOfMemoryError):  # a resource error of the user's settings: one line
+                raise DeviceOutOfMemoryError(self._out_of_memory_message()) from error
             raise
         finally:
             try:
                 self.callbacks.call_quietly("teardown", self)
             finally:
                 self.data.close()  # persistent workers stop here, also when training failed
+
+    def _out_of_memory_message(self) -> str:
+        if self.validating:
+            where, batch_size, flag = f"validation after epoch {self.epoch + 1}", self.config.batch_size, "--batch-size"
+        else:
+            stage = self.stage
+            where = f"stage {stage} training (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1})"
+            batch_size = self.plan.batch_size(stage)
+            flag = "--batch-size" if stage == 1 else "--stage2-batch-size"
+        return out_of_memory_message(where, batch_size, flag, self.config.img_size, self.config.amp,
+                                     self.config.grad_checkpointing)
 
     def _train_epoch(self) -> None:
         stage = self.stage
@@ -182,14 +198,14 @@ class Trainer:
         lr = self.plan.lr_at(self.epoch, window_index)
         self._set_lr(lr)
         grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
-        finite = self.guard.is_finite(window_loss, grad_norm)
-        if finite or self.precision.scaler is not None:
-            self.precision.step(self.optimizer)  # GradScaler skips a non-finite step itself and lowers its scale
+        loss_finite, grads_finite = self.guard.check(window_loss, grad_norm)
+        finite = loss_finite and grads_finite
+        self.precision.step(self.optimizer, apply=finite)
         self.optimizer.zero_grad(set_to_none=True)
-        self.guard.record(finite, self.global_step + 1, lr, self.precision.scaler is not None)
+        self.guard.record(loss_finite, grads_finite, self.global_step + 1, lr, self.precision.scaler is not None)
         if not finite:
             return
-        sync_buffers(self.unwrapped_model, self.distributed)
+        sync_buffers(list(self.synced_buffers.values()), self.distributed)
         self.global_step += 1
         self.epoch_loss_sum += window_loss
         self.epoch_updates += 1
@@ -205,13 +221,15 @@ class Trainer:
         return self.model.no_sync()
 
     def _wrap_for_trainable(self) -> None:
-        """(Re-)wrap in DDP when the trainable parameter set changed: DDP binds it at construction."""
+        """(Re-)wrap in DDP when the trainable parameter set changed (DDP binds it at construction),
+        and list again the buffers each step syncs (frozen stages and BatchNorm keep theirs)."""
         if not self.distributed.enabled:
             return
         key = tuple(p.requires_grad for p in self.unwrapped_model.parameters())
         if key != self._wrapped_for:
             self.model = wrap_model(self.unwrapped_model, self.distributed, self.device)
             self._wrapped_for = key
+        self.synced_buffers = changing_buffers(self.unwrapped_model)
 
     def _set_lr(self, lr: float) -> None:
         self.current_lr = lr
@@ -344,15 +362,21 @@ class Trainer:
         ``on_validation`` callbacks call it for other weights (e.g. ``averaged_models["ema"]``).
         """
         module = self.unwrapped_model if module is self.model else module  # no DDP hooks in eval
+        self.validating = True  # left set if validation fails: the error message reads it
         with evaluating(module):
-            return self._validate(module)
+            metrics = self._validate(module)
+        self.validating = False
+        return metrics
 
     def _validate(self, module: nn.Module) -> Dict[str, float]:
-        accumulator = MetricAccumulator(self.device)
         cod_scores = (GroundTruthSizeScores(self.data.val_dataset)
                       if self.config.best_metric in COD_VALIDATION_METRICS else None)
+        # Every key up front: a DDP rank with no validation image (fewer images than ranks) joins
+        # the same all-reduces, of the same size, as the others.
+        accumulator = MetricAccumulator(self.device, ("loss", *SCORE_NAMES,
+                                                      *(COD_VALIDATION_METRICS if cod_scores is not None else ())))
         # The validation masks are the same every epoch: their image-blind bar is measured once.
-        baseline = ImageBlindBaseline() if self.image_blind_iou is None else None
+        baseline = ImageBlindBaseline(self.device) if self.image_blind_iou is None else None
         batches = self.data.batches(self.data.val_dataset, self.config.batch_size, 0, shuffle=False, start_sample=0)
         for batch in tqdm(batches, desc="validate", leave=False, disable=not self.show_bars):
             images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)

@@ -33,6 +33,8 @@ class ModelConfig:
         balance_momentum: momentum of the dispatch-fraction EMA used by the balance loss, so the
             loss stays meaningful at batch size 1.
         deep_supervision: also return one logit map per expert for auxiliary losses.
+        side_outputs: also return one logit map per decoder pyramid level (side supervision); off,
+            the side heads keep their weights but neither run nor train.
         pretrained: load pretrained encoder weights (timm download or ``pretrained_path``).
         pretrained_path: local weights file for offline use.
     """
@@ -46,6 +48,7 @@ class ModelConfig:
     router_noise: float = 0.1
     balance_momentum: float = 0.9
     deep_supervision: bool = False
+    side_outputs: bool = True
     pretrained: bool = True
     pretrained_path: Optional[str] = None
 

@@ -1,14 +1,13 @@
 """Registry of MoE expert kinds; every expert maps ``(B, C, H, W) -> (B, C, H, W)`` for any ``C``."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Callable, ContextManager, Dict, List, Type
+from typing import Callable, Dict, List, Type
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import ConvNormAct, group_norm
+from models.layers import ConvNormAct, autocast_disabled, group_norm
 
 EXPERT_REGISTRY: Dict[str, Type["Expert"]] = {}
 
@@ -106,15 +105,6 @@ class DepthwiseSEExpert(Expert):
         return self.block(x)
 
 
-def _autocast_disabled(device_type: str) -> ContextManager:
-    """Leave autocast for the enclosed ops when it is on (and for devices without autocast)."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # e.g. the meta device has no autocast
-        return nullcontext()
-    return torch.autocast(device_type=device_type, enabled=False) if enabled else nullcontext()
-
-
 @register_expert("frequency")
 class FrequencyExpert(Expert):
     """Global filter in the Fourier domain: per-channel complex gain over radial frequency bands.
@@ -146,7 +136,7 @@ class FrequencyExpert(Expert):
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        with _autocast_disabled(x.device.type):
+        with autocast_disabled(x.device.type):
             spectrum = torch.fft.rfft2(x.float(), norm="ortho")
             filtered = torch.fft.irfft2(spectrum * self._filter(height, width, x.device), s=(height, width), norm="ortho")
         return self.mix(filtered.to(x.dtype))

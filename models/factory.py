@@ -55,6 +55,7 @@ def build_model(config: ModelConfig) -> CamoSegmenter:
         router_noise=config.router_noise,
         balance_momentum=config.balance_momentum,
         deep_supervision=config.deep_supervision,
+        side_outputs=config.side_outputs,
     )
     head = SegmentationHead(config.decoder_channels, decoder.detail_in_channels, config.detail_channels)
     model = CamoSegmenter(encoder, decoder, head)

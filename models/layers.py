@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from typing import ContextManager
 
 import torch
 from torch import nn
@@ -59,3 +61,15 @@ def resize_to(tensor: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch
     if tuple(tensor.shape[-2:]) == tuple(size):
         return tensor
     return nn.functional.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def autocast_disabled(device_type: str) -> ContextManager:
+    """Leave autocast for the enclosed ops when it is on, so they run in their inputs' dtype.
+
+    A no-op when autocast is off, and on devices without autocast (e.g. ``meta``).
+    """
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # e.g. the meta device has no autocast
+        return nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False) if enabled else nullcontext()

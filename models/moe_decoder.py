@@ -63,6 +63,7 @@ class MoEDecoder(nn.Module):
         router_noise: float = 1.0,
         balance_momentum: float = 0.9,
         deep_supervision: bool = False,
+        side_outputs: bool = True,
     ) -> None:
         """Create the decoder.
 
@@ -78,6 +79,8 @@ class MoEDecoder(nn.Module):
             router_noise: std of the router's training noise.
             balance_momentum: momentum of the router's dispatch-fraction EMA.
             deep_supervision: also predict one logit map per expert (shared 1x1 conv).
+            side_outputs: predict one logit map per pyramid level (False: the side heads are
+                still built, but neither run nor trained).
         """
         super().__init__()
         if len(encoder_channels) != len(reductions):
@@ -94,6 +97,10 @@ class MoEDecoder(nn.Module):
         # Side outputs for multi-level deep supervision (SINet-V2, ZoomNeXt): a 1x1 conv per
         # pyramid level, always built so the weights file does not depend on the loss settings.
         self.side_heads = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1) for _ in context_channels)
+        # Without side supervision nothing would reach them in backward; frozen, they stay out of
+        # DDP's gradient buckets (DDP fails on a trainable parameter without a gradient).
+        self.side_outputs = side_outputs
+        self.side_heads.requires_grad_(side_outputs)
         self.detail_in_channels = 0 if self.detail_level is None else encoder_channels[self.detail_level]
         self.grad_checkpointing = False
 
@@ -116,9 +123,10 @@ class MoEDecoder(nn.Module):
         routing = self.router(fused)
         expert_outputs = torch.stack([self._run_expert(expert, fused) for expert in self.experts], dim=1)  # (B,E,D,h,w)
         mixture = torch.einsum("be,bedhw->bdhw", routing.weights.to(expert_outputs.dtype), expert_outputs)
+        side_logits = [head(level) for head, level in zip(self.side_heads, pyramid)] if self.side_outputs else []
         return DecoderOutput(
             mixture, routing.balance_loss, routing.weights, routing.expert_fractions,
-            self._expert_logits(expert_outputs), [head(level) for head, level in zip(self.side_heads, pyramid)],
+            self._expert_logits(expert_outputs), side_logits,
             None if self.detail_level is None else features[self.detail_level],
         )
 

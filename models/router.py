@@ -6,6 +6,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from models.layers import autocast_disabled
+
 
 class RoutingResult(NamedTuple):
     """What the router returns.
@@ -73,7 +75,13 @@ class TopKRouter(nn.Module):
         Returns:
             ``RoutingResult`` with weights ``(B, E)``, scalar balance loss and fractions ``(E,)``.
         """
-        logits = self.gate(features.float().mean(dim=(2, 3)))  # (B, E); float32 for AMP
+        pooled = features.float().mean(dim=(2, 3))  # (B, C)
+        # Every routing op runs in float32, also under autocast. CUDA autocast would run the gate
+        # in fp16/bf16 but return float32 from softmax, and the scatter below refuses the mix;
+        # low-precision logits would also blur the near-tied logits top-k picks from (the gate
+        # starts near zero) and the balance loss. The gate is a (B, C) x (C, E) product: fp32 is free.
+        with autocast_disabled(features.device.type):
+            logits = self.gate(pooled)  # (B, E) float32
         if self.training and self.noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.noise_std
         top_logits, top_index = logits.topk(self.top_k, dim=1)

@@ -11,7 +11,7 @@ from the images cannot beat it). It is computed once per run, from the masks val
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,15 @@ class ImageBlindBaseline:
     """Best mean per-image IoU of one fixed mask over the validation set.
 
     Call ``update`` with every validation batch's masks, then ``compute`` once.
+
+    Args:
+        device: where ``compute`` puts the masks of a process that saw none (a DDP rank without a
+            validation image still joins the all-reduces).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: Optional[torch.device] = None) -> None:
         self._masks: List[torch.Tensor] = []
+        self.device = device
 
     def update(self, masks: torch.Tensor) -> None:
         """``masks``: ``(B, 1, H, W)`` binary ground truth of one validation batch."""
@@ -40,11 +45,12 @@ class ImageBlindBaseline:
 
         Same IoU convention as ``per_image_scores`` (an empty prediction of an empty mask is 1).
         """
-        if not self._masks:
-            return float("nan")
-        masks = torch.cat(self._masks).float()  # (N, P)
+        masks = (torch.cat(self._masks).float() if self._masks
+                 else torch.zeros((0, POOLED_SIZE * POOLED_SIZE), device=self.device))  # (N, P)
         count = masks.new_tensor([masks.shape[0]])
         totals = all_reduce(torch.cat([masks.sum(0), count]))
+        if totals[-1] == 0:  # no mask on any process: every process returns here
+            return float("nan")
         mean_mask = totals[:-1] / totals[-1].clamp_min(1)
         predicted = (mean_mask[None, :] > THRESHOLDS.to(masks.device)[:, None]).float()  # (T, P)
         intersection = masks @ predicted.T  # (N, T)

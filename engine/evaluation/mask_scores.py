@@ -7,9 +7,12 @@ predicted foreground scores 0. MAE is the mean absolute error of the probability
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
+
+
+SCORE_NAMES = ("iou", "dice", "mae")  # the keys of per_image_scores
 
 
 def per_image_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> Dict[str, torch.Tensor]:
@@ -37,12 +40,18 @@ def per_image_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold
 
 
 class MetricAccumulator:
-    """Sums per-image scores on the device; ``compute()`` is the only host sync."""
+    """Sums per-image scores on the device; ``compute()`` is the only host sync.
 
-    def __init__(self, device: torch.device):
+    ``keys`` start at zero, so ``totals()`` has the same layout on a process that saw no batch
+    (a DDP rank without a validation image all-reduces it like the others).
+    """
+
+    def __init__(self, device: torch.device, keys: Sequence[str] = ()):
         self.sums: Dict[str, torch.Tensor] = {}
         self.device = device
         self.count = torch.zeros((), dtype=torch.float64, device=device)
+        for key in keys:
+            self._add(key, torch.zeros((), dtype=torch.float64, device=device))
 
     def update(self, scores: Dict[str, torch.Tensor], loss_sum: torch.Tensor = None) -> None:
         """Add a batch of ``(B,)`` scores; ``loss_sum`` is the batch's summed per-image loss."""

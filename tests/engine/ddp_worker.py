@@ -1,5 +1,14 @@
-"""Run under torchrun by tests/engine/test_ddp.py: train, then dump this rank's final state."""
+"""Run under torchrun by tests/engine/test_ddp*.py, in one of two modes.
+
+``ddp_worker.py SETTINGS_JSON OUTPUT``: train, validate, then dump this rank's final state and
+metrics to OUTPUT.
+``ddp_worker.py cli train ...``: the real command line (``train_ultimate.main``); with
+``DDP_TEST_FAIL_RANK`` set, that rank's training forward number ``DDP_TEST_FAIL_BATCH`` (default 2)
+raises a disk-full OSError, as a failing disk or a GPU running out of memory would.
+"""
+import errno
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,6 +23,8 @@ from engine.config import build_config  # noqa: E402
 from engine.distributed import shutdown  # noqa: E402
 from tests.engine.capture_backend import CountingBackend  # noqa: E402
 
+FAILED_PATH = "/injected/by/ddp_worker.py"
+
 
 def main(settings_json: str, output: str) -> None:
     """Train with ``settings_json``; with ``"compile": true`` graphs go through :class:`CountingBackend`."""
@@ -23,10 +34,40 @@ def main(settings_json: str, output: str) -> None:
         trainer = build_trainer(build_config({}, settings))
         trainer.fit()
     ema = trainer.averaged_models.get("ema")
+    metrics = trainer.validate(trainer.model)  # all-reduced: every rank takes part
     torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "compiled_calls": backend.calls}, f"{output}/rank{trainer.distributed.rank}.pt")
+                "compiled_calls": backend.calls, "global_step": trainer.global_step, "metrics": metrics,
+                "image_blind_iou": trainer.image_blind_iou}, f"{output}/rank{trainer.distributed.rank}.pt")
     shutdown(trainer.distributed)
 
 
+def inject_failure(rank: int, batch: int) -> None:
+    """Make ``rank``'s training forward number ``batch`` raise (the other ranks go on into the
+    gradient all-reduce, where they wait for this one)."""
+    if int(os.environ.get("RANK", "0")) != rank:
+        return
+    from models.segmenter import CamoSegmenter
+
+    forward, calls = CamoSegmenter.forward, [0]
+
+    def failing_forward(self, images):
+        calls[0] += self.training
+        if self.training and calls[0] == batch:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), FAILED_PATH)
+        return forward(self, images)
+
+    CamoSegmenter.forward = failing_forward
+
+
+def run_cli(argv) -> int:
+    import train_ultimate
+
+    if "DDP_TEST_FAIL_RANK" in os.environ:
+        inject_failure(int(os.environ["DDP_TEST_FAIL_RANK"]), int(os.environ.get("DDP_TEST_FAIL_BATCH", "2")))
+    return train_ultimate.main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "cli":
+        sys.exit(run_cli(sys.argv[2:]))
     main(sys.argv[1], sys.argv[2])

@@ -1,8 +1,12 @@
 """DDP through torchrun with gloo on the CPU: identical ranks, rank-0-only files, same result as one process."""
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Optional
 
 import pytest
 import torch
@@ -16,13 +20,41 @@ SETTINGS = dict(TINY_SETTINGS, synthetic_train_size=16, epochs=2, stage1_epochs=
                 moe_loss_weight=0.0, use_ema=True, ema_decay=0.5, device="cpu")
 
 
-def torchrun(*args, timeout=300):
-    return subprocess.run([*TORCHRUN, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def torchrun(*args, timeout: float = 300, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 *args``; past ``timeout`` the test fails with every process of
+    the job killed (torchrun starts each rank in a session of its own, so killing torchrun alone, as
+    ``subprocess.run`` does, would leave hung ranks behind)."""
+    process = subprocess.Popen([*TORCHRUN, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=None if env is None else {**os.environ, **env})
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(process.pid), process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"torchrun still running after {timeout} s (killed):\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-@pytest.mark.slow
+def _descendants(pid: int) -> List[int]:
+    """Every process below ``pid``, from /proc (Linux)."""
+    children: dict = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
 def train_two_ranks(folder: Path, **overrides) -> tuple:
-    """Both ranks' final states of a 2-process gloo run of ``SETTINGS`` (batch 2 per rank)."""
+    """Both ranks' final states of a 2-process gloo run of ``SETTINGS`` (batch 2 per rank), checked
+    to be identical."""
     folder.mkdir()
     ddp = dict(SETTINGS, batch_size=2, checkpoint_dir=str(folder / "ckpt"), **overrides)
     result = torchrun(str(ROOT / "tests/engine/ddp_worker.py"), json.dumps(ddp), str(folder))
@@ -39,6 +71,7 @@ def eager_ranks(tmp_path_factory):
     return train_two_ranks(tmp_path_factory.mktemp("ddp") / "eager")
 
 
+@pytest.mark.slow
 def test_two_ranks_match_each_other_and_one_process(tmp_path, eager_ranks):
     from engine.build import build_trainer
     from engine.config import build_config

@@ -61,12 +61,23 @@ def test_nan_update_leaves_weights_and_ema_bitwise_unchanged(tiny_config, caplog
 
 def test_guard_stops_after_consecutive_bad_updates():
     guard = NonFiniteGuard(max_bad_steps=3)
-    nan = torch.tensor(float("nan"))
-    assert not guard.is_finite(nan, None) and not guard.is_finite(torch.tensor(1.0), torch.tensor(float("inf")))
-    guard.record(False, 1, 1e-3, False)
-    guard.record(True, 2, 1e-3, False)  # a good step resets the count
-    guard.record(False, 3, 1e-3, False)
-    guard.record(False, 4, 1e-3, False)
+    nan, one, inf = torch.tensor(float("nan")), torch.tensor(1.0), torch.tensor(float("inf"))
+    assert guard.check(nan, None) == (False, True) and guard.check(one, inf) == (True, False)
+    assert guard.check(one, one) == (True, True)
+    guard.record(False, True, 1, 1e-3, False)
+    guard.record(True, True, 2, 1e-3, False)  # a good step resets the count
+    guard.record(True, False, 3, 1e-3, False)
+    guard.record(False, False, 4, 1e-3, False)
     with pytest.raises(TrainingDivergedError, match="last.pth"):
-        guard.record(False, 5, 1e-3, False)
+        guard.record(False, True, 5, 1e-3, False)
 
+
+@pytest.mark.parametrize("loss_finite, scaler, level", [(True, True, "INFO"), (False, True, "WARNING"),
+                                                        (True, False, "WARNING")])
+def test_only_an_fp16_gradient_overflow_is_logged_as_routine(loss_finite, scaler, level, caplog):
+    """GradScaler skips (finite loss, overflowing fp16 gradients) are its normal work: INFO, not a warning."""
+    caplog.set_level("INFO", logger="engine.nonfinite")
+    NonFiniteGuard().record(loss_finite, False, 7, 1e-3, scaler)
+    [record] = [r for r in caplog.records if r.name == "engine.nonfinite"]
+    assert record.levelname == level and "Skipped update 7" in record.message
+    assert ("GradScaler" in record.message) == (level == "INFO")

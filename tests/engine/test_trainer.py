@@ -15,10 +15,10 @@ def capture_updates(trainer):
     captured = []
     original_step = trainer.precision.step
 
-    def spy(optimizer):
+    def spy(optimizer, apply=True):
         captured.append({name: p.grad.detach().clone() for name, p in trainer.model.named_parameters()
                          if p.grad is not None})
-        original_step(optimizer)
+        original_step(optimizer, apply)
 
     trainer.precision.step = spy
     return captured
@@ -101,9 +101,9 @@ def test_each_parameter_group_trains_at_its_scale_of_the_scheduled_lr(tiny_confi
     seen = []
     original_step = trainer.precision.step
 
-    def spy(optimizer):
+    def spy(optimizer, apply=True):
         seen.append((trainer.stage, trainer.current_lr, {g["name"]: g["lr"] for g in optimizer.param_groups}))
-        original_step(optimizer)
+        original_step(optimizer, apply)
 
     trainer.precision.step = spy
     trainer.fit()
