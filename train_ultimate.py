@@ -138,7 +138,7 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("deterministic", BOOL, "ask cuDNN/PyTorch for deterministic kernels on GPU (slower)"),
         ("device", DEVICES, "where training runs (auto: a GPU when visible)"),
         ("amp", AMP_MODES, "mixed precision (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
-        ("channels-last", BOOL, "channels-last memory format for model and inputs; off by default: on CUDA the "
+        ("channels-last", BOOL, "channels-last memory format for model and inputs; kept off since on CUDA the "
                                       "decoder's GroupNorm runs only in NCHW (a layout copy around each norm), not yet "
                                       "measured on a GPU"),
         ("grad-checkpointing", BOOL, "recompute encoder stages and experts in backward: less memory (384 px on "
