@@ -393,7 +393,7 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     from engine.build import check_new_run_folder, resolve_resume_path, select_device
     from engine.checkpoint.lock import check_unlocked
     from engine.checkpoint import load_checkpoint
-    from engine.data_module import count_training_samples
+    from engine.data_module import count_training_samples, resolve_num_workers
     from engine.monitors.averaging_windows import averaging_facts
     from engine.checkpoint.resume import planned_state
     from engine.stages import StagePlan
@@ -415,6 +415,9 @@ def dry_run(config, notes: Sequence[str] = ()) -> int:
     plan = StagePlan(config, count_training_samples(config), state)
     print(f"plan (starting at epoch {epoch + 1}" + (f", resuming {resume_path}" if resume_path else "") + "):")
     facts, warnings = averaging_facts(config, plan, epoch)
+    workers = resolve_num_workers(config.num_workers, world_size, warn=False)
+    facts.append(f"data loading: {workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
+                 + (" (from the CPU cores)" if config.num_workers is None else ""))
     for line in notes + plan.describe() + facts:
         print(f"  {line}")
     for line in warnings:
@@ -599,6 +602,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "with --device cpu")
     except TrainingDivergedError as error:
         return fail(one_line(error), code=1)
+    except RuntimeError as error:  # a surviving DDP rank: the failing rank printed the real cause
+        from engine.distributed import PEER_LOST_MESSAGE, is_peer_lost
+
+        if not is_peer_lost(error):
+            raise
+        return fail(PEER_LOST_MESSAGE)
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
     except SystemExit as stop:  # a second SIGTERM/SIGINT: the save in progress was finished first

@@ -13,6 +13,7 @@ broken collective, SIGKILL or ``COLLECTIVE_TIMEOUT`` (a rank that hangs without 
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -29,6 +30,19 @@ logger = logging.getLogger(__name__)
 # longest legitimate wait is rank 0's checkpoint save while the others wait in the next all-reduce:
 # seconds, not minutes.
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+# DDP's per-forward buffer broadcast is off (``sync_buffers`` does it once per update). torch 2.14
+# renamed the switch and warns on every rank about the old name; older torch (Kaggle's) has only it.
+_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                           if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                           else {"broadcast_buffers": False})
+
+# What a collective raises on a rank whose peer process is gone: gloo's words (a plain RuntimeError)
+# and the DistError family of newer torch (NCCL, the TCP store).
+_PEER_LOST_WORDS = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")
+
+PEER_LOST_MESSAGE = ("another rank of this torchrun job stopped, so this rank's collective broke: that rank's own "
+                     "error line above says why; fix it, then resume with --resume-from auto")
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ def wrap_model(model: nn.Module, context: DistributedContext, device: torch.devi
     if not context.enabled or not any(p.requires_grad for p in model.parameters()):
         return model
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
 
 
 def any_rank(flag: bool, context: DistributedContext, device: torch.device) -> bool:
@@ -153,3 +167,11 @@ def shutdown(context: DistributedContext, failed: bool = False) -> None:
             dist.destroy_process_group()  # gloo: local; closing the sockets fails the peers' collectives
     except Exception as error:  # noqa: BLE001 - the original error is what the user must see
         logger.debug("Leaving the process group after a failure: %s", error)
+
+
+def is_peer_lost(error: BaseException) -> bool:
+    """True for the error a surviving rank gets when another rank's process ends mid-collective."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(error, dist_error):
+        return True
+    return isinstance(error, RuntimeError) and any(words in str(error) for words in _PEER_LOST_WORDS)

@@ -55,7 +55,18 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path):
     result = run_cli("train", "--config", "configs/demo.yaml", "--checkpoint-dir", str(tmp_path / "c"), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "stage 1: epochs 1-1" in result.stdout and "optimizer steps/epoch" in result.stdout
+    assert "data loading: 0 DataLoader workers\n" in result.stdout  # the config's explicit 0
     assert not (tmp_path / "c").exists()
+
+
+def test_dry_run_resolves_the_default_workers_from_the_cores(tmp_path):
+    from engine.data_module import resolve_num_workers
+
+    result = run_cli("train", "--checkpoint-dir", str(tmp_path / "c"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "num_workers: null" in result.stdout  # the config as given: automatic
+    workers = resolve_num_workers(None, warn=False)
+    assert f"data loading: {workers} DataLoader workers (from the CPU cores)" in result.stdout
 
 
 def test_seed_recipe_config_is_valid(tmp_path):

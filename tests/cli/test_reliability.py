@@ -320,6 +320,22 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         train_ultimate.main(["report", "--checkpoint-dir", "x"])
 
 
+def test_a_surviving_ddp_rank_ends_on_one_line_and_other_runtime_errors_keep_their_traceback(monkeypatch, capsys):
+    def peer_gone(args):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:22446")
+
+    monkeypatch.setattr(train_ultimate, "run_train", peer_gone)
+    assert train_ultimate.main(["train"]) == 2
+    assert capsys.readouterr().err.startswith("error: another rank of this torchrun job stopped")
+
+    def buggy(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(train_ultimate, "run_train", buggy)
+    with pytest.raises(RuntimeError, match="mat1"):
+        train_ultimate.main(["train"])
+
+
 def test_report_reads_a_damaged_metrics_file(tmp_path, tiny_run_dir):
     import shutil
 
