@@ -23,10 +23,10 @@ from data.image_io import read_image, read_mask  # noqa: E402
 from data.layouts import find_pairs  # noqa: E402
 from data.synthetic import write_synthetic_dataset  # noqa: E402
 from engine.checkpoint.format import FORMAT_VERSION, model_signature  # noqa: E402
+from engine.commands.evaluate import evaluate  # noqa: E402
+from engine.commands.predictor import load_predictors  # noqa: E402
 from engine.config import build_config  # noqa: E402
 from engine.evaluation.cod_metrics import CODMetrics, to_uint8_map  # noqa: E402
-from engine.evaluation.commands import evaluate  # noqa: E402
-from engine.evaluation.predictor import load_predictors  # noqa: E402
 from models import build_model  # noqa: E402
 
 

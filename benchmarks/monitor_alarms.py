@@ -38,8 +38,8 @@ import torch  # noqa: E402
 
 from data.loaders import EpochIndex, split_epoch_index  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
-from engine.callbacks.base import Callback, Order  # noqa: E402
 from engine.config import build_config  # noqa: E402
+from engine.training.callback import Callback, Order  # noqa: E402
 
 # The demo's recipe (configs/demo.yaml), smaller.
 SYNTHETIC = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, top_k=2, router_noise=1.0,
@@ -56,7 +56,7 @@ REAL_IMAGES = 360  # of the seeded 80 % split (benchmarks/real_data.py); the rec
 MONITORS = {  # logger -> monitor, and for the gradient logger the message prefix that tells them apart
     "engine.monitors.gradient_drift": lambda text: "grad_norm" if text.startswith(("Exploding", "Vanishing")) else "drift",
     "engine.monitors.post_epoch": lambda text: "health_report",
-    "engine.nonfinite": lambda text: "nonfinite_guard",
+    "engine.training.nonfinite": lambda text: "nonfinite_guard",
     "engine.monitors.expert_usage": lambda text: "expert_usage",
 }
 

@@ -12,7 +12,7 @@ split of any benchmark). Weights: Google's EfficientNet-Lite0 ImageNet checkpoin
   batch, workers and augmentation, in a plain loop, on the recipe's training images.
 
 Both train in their own process (wall time = the whole process); both are scored by the same
-code (``engine.evaluation.commands.evaluate_dataset``: pysodmetrics at each mask's own size). Prints one
+code (``engine.commands.evaluate.evaluate_dataset``: pysodmetrics at each mask's own size). Prints one
 JSON line with both results, the S-measure ratio and delta, and the wall-time ratio.
 Goal: S-measure >= peer + 0.02 at <= 1.2x the peer's wall time.
 
@@ -84,8 +84,8 @@ def train_peer(train_root: Path, weights: Path, output: Path, epochs: int, limit
     from data.layouts import find_pairs
     from data.loaders import create_loader, set_loader_epoch
     from data.transforms import build_train_transform
-    from engine.data_module import split_train_val
-    from engine.losses import structure_loss
+    from engine.training.data_module import split_train_val
+    from engine.training.losses import structure_loss
     from models.encoder import TimmEncoder
 
     torch.manual_seed(RECIPE_SEED)
@@ -129,7 +129,7 @@ def build_peer():
 
 
 class PeerAsSegmenter:
-    """Adapts the peer to ``engine.evaluation.predictor.Predictor`` (which reads ``model(x).logits``)."""
+    """Adapts the peer to ``engine.commands.predictor.Predictor`` (which reads ``model(x).logits``)."""
 
     def __init__(self, model):
         self.model = model
@@ -145,7 +145,7 @@ class PeerAsSegmenter:
 
 
 def score(predictor, test_root: Path) -> dict:
-    from engine.evaluation.commands import evaluate_dataset
+    from engine.commands.evaluate import evaluate_dataset
 
     scores = evaluate_dataset({"model": predictor}, test_root)["model"]
     return {name: round(value, 4) for name, value in scores.items()}
@@ -198,7 +198,7 @@ def main() -> None:
 
     recipe_dir = work / "recipe"
     if limit:  # experiments on a subset: the recipe reads a folder, so link only the subset's pairs
-        from engine.data_module import split_train_val
+        from engine.training.data_module import split_train_val
 
         train_part, val_part = split_train_val(train_pairs, RECIPE_VAL_FRACTION, RECIPE_SEED)
         train_root_recipe = link_pack(train_part[:limit] + val_part, work / "split-train-subset",
@@ -238,7 +238,7 @@ def main() -> None:
 def score_recipe(checkpoint: Path, test_root: Path) -> dict:
     import torch
 
-    from engine.evaluation.predictor import load_predictors
+    from engine.commands.predictor import load_predictors
 
     predictor = load_predictors(checkpoint, "base", torch.device("cpu"))["base"]
     return score(predictor, test_root)
@@ -247,7 +247,7 @@ def score_recipe(checkpoint: Path, test_root: Path) -> dict:
 def score_peer(peer_weights: Path, test_root: Path, weights: Path) -> dict:
     import torch
 
-    from engine.evaluation.predictor import Predictor
+    from engine.commands.predictor import Predictor
     from models.encoder import TimmEncoder
 
     model = build_peer()

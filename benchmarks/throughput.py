@@ -47,9 +47,9 @@ def measure(variant: str) -> dict:
     from data.synthetic import SyntheticCamouflageDataset
     from data.transforms import build_val_transform
     from engine.config import build_config
-    from engine.losses import SegmentationCriterion
-    from engine.precision import Precision
-    from engine.optim import build_optimizer
+    from engine.training.losses import SegmentationCriterion
+    from engine.training.optim import build_optimizer
+    from engine.training.precision import Precision
     from models import build_model
 
     use_amp, channels_last, grad_checkpointing = VARIANTS[variant]

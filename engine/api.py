@@ -5,7 +5,7 @@ file, then segment images.
     prob = model.predict(image_rgb)                           # (H, W, 3) uint8 -> (H, W) float in [0, 1]
     probs = model.predict_batch([image_a, image_b])           # any sizes, one map per image
 
-Predictions go through the same pipeline as ``eval`` and ``predict`` (``engine.evaluation.predictor``):
+Predictions go through the same pipeline as ``eval`` and ``predict`` (``engine.commands.predictor``):
 resize to the training side, backbone normalisation, optional TTA, bilinear resize back.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from engine.build import select_device
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.evaluation.predictor import Predictor, build_checkpoint_model, checkpoint_config, select_weights
-from engine.export import LogitsOnly, load_safetensors_model
+from engine.commands.export import LogitsOnly, load_safetensors_model
+from engine.commands.predictor import Predictor, build_checkpoint_model, checkpoint_config, select_weights
+from engine.runtime.cuda_device import select_device
 from models import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class CamoModel:
     """A trained segmenter ready for images.
 
     Attributes:
-        predictor: the shared inference pipeline (``engine.evaluation.predictor.Predictor``).
+        predictor: the shared inference pipeline (``engine.commands.predictor.Predictor``).
         weights: which weights were loaded (``base`` or ``ema``).
         model_config: the architecture, as ``build_model`` takes it (pretrained loading off).
         source: the file the model was read from.

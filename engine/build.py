@@ -3,58 +3,34 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
-from engine.callbacks import Callback
 from engine.callbacks.early_stopping import EarlyStoppingCallback
-from engine.checkpoint import load_checkpoint
-from engine.callbacks.save_checkpoints import CheckpointCallback
-from engine.compile import compile_model
-from engine.config import ConfigError, TrainConfig
-from engine.cuda_device import check_cuda_device
-from engine.data_module import build_data, scan_data
-from engine.distributed import init_distributed
-from engine.callbacks.run_log import LoggingCallback
-from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
-from engine.monitors.averaging_windows import averaging_facts
 from engine.callbacks.preview import PreviewCallback
-from engine.losses import SegmentationCriterion
-from engine.checkpoint.resume import find_resume_path, restore_trainer
+from engine.callbacks.run_log import LoggingCallback
+from engine.callbacks.save_checkpoints import CheckpointCallback
 from engine.callbacks.signals import SignalStopCallback
 from engine.callbacks.stopping import StopAfterEpochsCallback, TimeLimitCallback
-from engine.trainer import Trainer
 from engine.callbacks.weight_ema import WeightEMACallback
+from engine.checkpoint import load_checkpoint
+from engine.checkpoint.lock import check_writable
+from engine.config import ConfigError, TrainConfig
+from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
+from engine.monitors.averaging_windows import averaging_facts
+from engine.runtime.compile import compile_model
+from engine.runtime.cuda_device import select_device
+from engine.runtime.distributed import init_distributed
+from engine.training.callback import Callback
+from engine.training.data_module import build_data, scan_data
+from engine.training.losses import SegmentationCriterion
+from engine.training.resume import find_resume_path, restore_trainer
+from engine.training.trainer import Trainer
 from models import build_model
 
 logger = logging.getLogger(__name__)
-
-
-def select_device(name: str, amp: str = "off", compile: bool = False) -> torch.device:
-    """The device ``--device name`` means here, refused in one line when this PyTorch cannot run it
-    (or cannot run ``--amp`` / ``--compile`` on it) before any CUDA work (``engine.cuda_device``)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    check_cuda_device(device, amp, compile)
-    return device
-
-
-def check_writable(folder: Path) -> None:
-    """Fail before training if ``--checkpoint-dir`` cannot hold checkpoints (a file in its place is
-    refused earlier, by ``engine.config.validate``)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise ConfigError(f"--checkpoint-dir {folder} is not writable ({error.strerror}); "
-                          "pass a writable folder such as /kaggle/working/checkpoints") from None
 
 
 def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[Callback]]:

@@ -1,6 +1,6 @@
 """Regenerate the figures of the guides from this repo's own code (``make figures``).
 
-LR schedules come from ``engine.stages``; the EMA figures from ``engine.monitors.loss_ema``; the
+LR schedules come from ``engine.training.stages``; the EMA figures from ``engine.monitors.loss_ema``; the
 loss, EMA-IoU and drift figures from two short real training runs on the synthetic set (CPU, about
 two minutes in all), written to a temporary folder.
 """
@@ -26,8 +26,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from engine.build import build_trainer  # noqa: E402
 from engine.config import SCHEDULERS, build_config  # noqa: E402
 from engine.monitors.loss_ema import LossEMA  # noqa: E402
-from engine.checkpoint.resume import replan  # noqa: E402
-from engine.stages import PlanState, StagePlan  # noqa: E402
+from engine.training.resume import replan  # noqa: E402
+from engine.training.stages import PlanState, StagePlan  # noqa: E402
 
 FIGURES = ROOT / "guides" / "figures"
 SEED_RECIPE = dict(backbone="edgenext_base", epochs=120, stage1_epochs=30, lr=2.5e-4, stage2_lr=2e-4,

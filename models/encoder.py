@@ -82,6 +82,8 @@ class TimmEncoder(nn.Module):
             self.model = _create_pretrained(name)
         else:
             self.model = timm.create_model(name, features_only=True, pretrained=False)
+        # A few timm families (MambaOut, ...) hand out their features channels-last, (B, H, W, C).
+        self.features_nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
         self.out_channels: List[int] = list(self.model.feature_info.channels())
         self.reductions: List[int] = list(self.model.feature_info.reduction())
         logger.debug("Encoder %s: channels %s, strides %s", name, self.out_channels, self.reductions)
@@ -101,7 +103,10 @@ class TimmEncoder(nn.Module):
         Returns:
             One map per level, ``(B, out_channels[i], ~H / reductions[i], ~W / reductions[i])``.
         """
-        return list(self.model(images))
+        features = list(self.model(images))
+        if self.features_nhwc:  # a view in channels-last memory: no copy
+            features = [feature.permute(0, 3, 1, 2) for feature in features]
+        return features
 
     def stages(self) -> List[List[nn.Module]]:
         """Partition every encoder parameter into one group per feature level, shallow -> deep.

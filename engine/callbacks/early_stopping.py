@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict
 
-from engine.callbacks.base import Callback, Order
 from engine.callbacks.save_checkpoints import METRIC_NAMES, epoch_best
+from engine.training.callback import Callback, Order
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import make_grid
 
-from engine.callbacks.base import Callback, Order
-from engine.modes import evaluating
-from engine.monitors import is_main_process
+from engine.training.callback import Callback, Order, is_main_process
+from engine.training.modes import evaluating
 
 logger = logging.getLogger(__name__)
 

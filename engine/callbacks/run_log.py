@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from engine.callbacks.base import Callback, Order, StepOutput
+from engine.training.callback import Callback, Order, StepOutput
 
 logger = logging.getLogger(__name__)
 

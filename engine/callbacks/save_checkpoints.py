@@ -9,9 +9,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
-from engine.callbacks.base import Callback, Order, StepOutput
 from engine.checkpoint.files import atomic_save, capture_rng_state, remove_stale_temp_files
 from engine.checkpoint.format import FORMAT_VERSION, model_signature
+from engine.training.callback import Callback, Order, StepOutput
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import signal
 import threading
 from typing import Dict, Optional
 
-from engine.callbacks.base import Callback, Order
 from engine.checkpoint.files import exit_after_save, save_in_progress
+from engine.training.callback import Callback, Order
 
 logger = logging.getLogger(__name__)
 

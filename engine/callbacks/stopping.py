@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Any, Dict, Optional
 
-from engine.callbacks.base import Callback, Order, StepOutput
+from engine.training.callback import Callback, Order, StepOutput
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,12 @@ warning, when its process is gone (same host: the PID no longer runs) or its hea
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -136,3 +138,23 @@ class RunLock:
         owner = read_lock(self.folder)
         if owner and owner.get("pid") == self._content["pid"] and owner.get("host") == self._content["host"]:
             self.path.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training if ``--checkpoint-dir`` cannot hold checkpoints (a file in its place is
+    refused earlier, by ``engine.config.validate``)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--checkpoint-dir {folder} is not writable ({error.strerror}); "
+                          "pass a writable folder such as /kaggle/working/checkpoints") from None
+
+
+def run_lock(folder: str, rank: int = 0):
+    """The folder's run lock (one live run per --checkpoint-dir), taken by rank 0 only under torchrun."""
+    if rank != 0:
+        return contextlib.nullcontext()
+    check_writable(Path(folder))
+    return RunLock(folder)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import List, Tuple
 
 from engine.config import TrainConfig
-from engine.stages import StagePlan
+from engine.training.stages import StagePlan
 
 SUGGESTED_DECAYS = (0.9999, 0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95, 0.9)
 RUN_WINDOWS_PER_DECAY = 3  # a suggested decay fits its window at least three times into the remaining run

@@ -12,8 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from engine.callbacks import Callback, StepOutput
-from engine.monitors import is_main_process
+from engine.training.callback import Callback, StepOutput, is_main_process
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from engine.callbacks import Callback, StepOutput
-from engine.compile import eager_while_measuring
-from engine.monitors import is_main_process
 from engine.monitors.loss_ema import LossEMA
+from engine.runtime.compile import eager_while_measuring
+from engine.training.callback import Callback, StepOutput, is_main_process
 
 logger = logging.getLogger(__name__)
 # A block whose input carries no gradient (behind a frozen stage) is simply not measured; torch's

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from engine.callbacks import Callback, StepOutput
+from engine.training.callback import Callback, StepOutput
 
 logger = logging.getLogger(__name__)
 

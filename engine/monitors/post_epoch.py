@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from engine.callbacks import Callback, StepOutput
-from engine.callbacks import Order
-from engine.config import eval_epochs_disabled
-from engine.monitors import is_main_process
+from engine.config import parse_epoch_selection
+from engine.training.callback import Callback, Order, StepOutput, is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ class EpochStats:
 # shuffled masks and a 1000x too low LR stayed 0.06-0.26 below it.
 NO_SIGNAL_MARGIN = 0.02
 NO_SIGNAL_EPOCHS = 3
-STRUCTURE_TERM = "structure_raw"  # the loss term that validation also measures (engine/losses.py)
+STRUCTURE_TERM = "structure_raw"  # the loss term that validation also measures (engine/training/losses.py)
 TAIL_FRACTION = 0.25  # an LR at or below this share of its stage's peak, and decaying: the schedule's tail
 
 
@@ -276,27 +274,6 @@ def first_epoch_lr_check(start_loss: float, end_loss: float, peak_loss: float,
     else:
         verdict, message = "ok", f"the loss fell {change:.1f} % during epoch 1"
     return {"verdict": verdict, "loss_change": None if change is None else round(change, 4), "message": message}
-
-
-def parse_epoch_selection(text: str) -> Callable[[int], bool]:
-    """``"2+"`` (epoch 2 on), ``"1,5,10"``, ``"3-8"``, combinations, or ``"none"`` -> predicate on epochs."""
-    text = str(text).strip().lower()
-    if eval_epochs_disabled(text):
-        return lambda epoch: False
-    tests: List[Callable[[int], bool]] = []
-    try:
-        for item in text.split(","):
-            item = item.strip()
-            if item.endswith("+"):
-                tests.append(lambda epoch, first=int(item[:-1]): epoch >= first)
-            elif "-" in item:
-                low, high = (int(part) for part in item.split("-", 1))
-                tests.append(lambda epoch, low=low, high=high: low <= epoch <= high)
-            else:
-                tests.append(lambda epoch, only=int(item): epoch == only)
-    except ValueError:
-        raise ValueError(f"--eval-epochs {text!r} is not an epoch selection; write e.g. 2+, 1,5,10, 3-8 or none") from None
-    return lambda epoch: any(test(epoch) for test in tests)
 
 
 class PostEpochEvaluator(Callback):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from engine.compile import compile_unsupported_reason
 from engine.config import build_config
+from engine.runtime.compile import compile_unsupported_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")

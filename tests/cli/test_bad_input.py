@@ -96,7 +96,7 @@ def test_dataset_problems(kind, words, runner, tmp_path, checkpoint_dir):
                                         ("unpaired", "--skip-unpaired")])
 def test_dataset_problem_hint_mentions_skip_flag(kind, flag, tmp_path):
     from engine.config import build_config
-    from engine.data_module import scan_data
+    from engine.training.data_module import scan_data
 
     config = build_config({}, {"dataset_path": str(dataset_with(tmp_path, kind)), "backbone": "test_convnext",
                                "checkpoint_dir": str(tmp_path / "c")})
@@ -147,7 +147,7 @@ def test_checkpoint_dir_that_is_a_file(tmp_path):
 
 def test_skip_bad_samples_drops_and_reports(tmp_path, caplog):
     from engine.config import build_config
-    from engine.data_module import build_data
+    from engine.training.data_module import build_data
 
     root = dataset_with(tmp_path, "truncated")
     config = build_config({}, {"dataset_path": str(root), "skip_bad_samples": True, "val_fraction": 0.2,
@@ -160,7 +160,7 @@ def test_skip_bad_samples_drops_and_reports(tmp_path, caplog):
 
 def test_skip_bad_samples_drops_a_swapped_mask(tmp_path, caplog):
     from engine.config import build_config
-    from engine.data_module import scan_data
+    from engine.training.data_module import scan_data
 
     config = build_config({}, {"dataset_path": str(dataset_with(tmp_path, "swapped")), "skip_bad_samples": True,
                                "val_fraction": 0.2, "backbone": "test_convnext", "checkpoint_dir": str(tmp_path / "c")})
@@ -172,7 +172,7 @@ def test_skip_bad_samples_drops_a_swapped_mask(tmp_path, caplog):
 
 def test_skip_unpaired_trains_on_the_complete_pairs(tmp_path, caplog):
     from engine.config import build_config
-    from engine.data_module import scan_data
+    from engine.training.data_module import scan_data
 
     root = dataset_with(tmp_path, "unpaired")
     write_pair(root, "COD10K-CAM-3-Flying-1-Bird-1", image=False)
@@ -186,7 +186,7 @@ def test_skip_unpaired_trains_on_the_complete_pairs(tmp_path, caplog):
 
 def test_all_empty_masks_are_warned_about(tmp_path, caplog):
     from engine.config import build_config
-    from engine.data_module import scan_data
+    from engine.training.data_module import scan_data
 
     root = dataset_with(tmp_path, "complete")
     for mask in (root / "Train" / "GT_Object").iterdir():

@@ -60,7 +60,7 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path):
 
 
 def test_dry_run_resolves_the_default_workers_from_the_cores(tmp_path):
-    from engine.data_module import resolve_num_workers
+    from engine.training.data_module import resolve_num_workers
 
     result = run_cli("train", "--checkpoint-dir", str(tmp_path / "c"), "--dry-run")
     assert result.returncode == 0, result.stderr

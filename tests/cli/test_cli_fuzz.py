@@ -139,7 +139,7 @@ def check_contract(sandbox, case):
     before = file_bytes(root)
     replaceable = set()  # export --overwrite may replace an earlier export (an output of an earlier example)
     if argv[0] == "export" and "--overwrite" in argv:
-        from engine.export import is_export
+        from engine.commands.export import is_export
 
         output = Path(argv[argv.index("--output") + 1])
         replaceable = {output} if is_export(output) else set()

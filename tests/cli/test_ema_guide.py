@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.schedule import steps_per_epoch
 from engine.callbacks.weight_ema import averaging_window, lag_in_epochs
+from engine.training.schedule import steps_per_epoch
 
 GUIDE = Path(__file__).resolve().parents[2] / "guides" / "EMA_GUIDE.md"
 

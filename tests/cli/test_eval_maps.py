@@ -107,9 +107,9 @@ def test_eval_needs_a_checkpoint_or_predictions_and_finds_the_set_folder(tiny_te
 def test_batched_eval_with_workers_equals_the_image_by_image_loop(tiny_run_dir, tiny_test_set):
     from data.image_io import read_image, read_mask
     from data.layouts import find_pairs
+    from engine.commands.evaluate import evaluate
+    from engine.commands.predictor import load_predictors
     from engine.evaluation.cod_metrics import CODMetrics, to_uint8_map
-    from engine.evaluation.commands import evaluate
-    from engine.evaluation.predictor import load_predictors
 
     predictors = load_predictors(tiny_run_dir / "best_model.pth", "both", torch.device("cpu"), "flip")
     batched = evaluate(predictors, [tiny_test_set], batch_size=4, num_workers=2).results["synthetic"]

@@ -229,7 +229,7 @@ def test_report_command_redraws_and_skips_missing_data(run_dir, tmp_path, capsys
 
 
 def test_flip_tta_is_flip_equivariant_and_scales_keep_the_size(run_dir):
-    from engine.evaluation.predictor import load_predictors
+    from engine.commands.predictor import load_predictors
 
     image = np.random.default_rng(0).integers(0, 256, (45, 71, 3), dtype=np.uint8)
     flip = load_predictors(run_dir / "best_model.pth", "base", torch.device("cpu"), "flip")["base"]

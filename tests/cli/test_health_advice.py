@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.monitors.post_epoch import schedule_context
-from engine.stages import PlanState, StagePlan
+from engine.training.stages import PlanState, StagePlan
 from tests.cli.in_process import run_main
 
 TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",

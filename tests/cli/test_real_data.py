@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli.in_process import run_main
 from data.image_io import read_image
 from data.layouts import find_pairs
 from engine.evaluation.cod_metrics import METRIC_NAMES
-from engine.losses import structure_loss
+from engine.training.losses import structure_loss
 from models import ModelConfig, build_model
 from models.weights import lite0_weights_path
+from tests.cli.in_process import run_main
 
 CAMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "camo-train"
 WEIGHTS = lite0_weights_path()

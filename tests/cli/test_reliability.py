@@ -188,7 +188,7 @@ def _mid_epoch_checkpoint(data: Path, folder: Path) -> None:
     from engine.build import build_trainer
     from engine.config import build_config
     from tests.conftest import TINY_SETTINGS
-    from tests.engine.test_resume import StopAtStep
+    from tests.engine.training.test_resume import StopAtStep
 
     config = build_config({}, dict(TINY_SETTINGS, dataset_path=str(data), checkpoint_dir=str(folder), batch_size=2,
                                    epochs=2, val_fraction=0.0))
@@ -283,7 +283,7 @@ def test_a_worker_error_keeps_only_the_original_message():
     from torch._utils import ExceptionWrapper
 
     from data.layouts import DatasetError
-    from engine.errors import one_line
+    from engine.runtime.errors import one_line
 
     try:
         raise DatasetError("Cannot read a.jpg: it is not a decodable image. Re-download or delete the file.")

@@ -153,7 +153,7 @@ def test_export_overwrite_replaces_an_earlier_export_and_nothing_else(run_copy, 
 
 
 def test_export_recognises_its_own_formats_only(model_file_kinds):
-    from engine.export import is_export
+    from engine.commands.export import is_export
 
     assert {name: is_export(path) for name, path in model_file_kinds.items()} == {
         "safetensors export": True, "pt2 export": True, "training checkpoint": False, "checkpoint named .pt2": False,
@@ -165,7 +165,7 @@ def model_file_kinds(run_copy, tmp_path):
     from safetensors.torch import save_file
 
     from engine.api import load_model
-    from engine.export import export_model
+    from engine.commands.export import export_model
 
     model = load_model(run_copy / "best_model.pth", device="cpu")
     kinds = {"safetensors export": tmp_path / "a.safetensors", "pt2 export": tmp_path / "a.pt2",

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress
 from tests.cli.in_process import run_cli
-from tests.engine.test_resume import StopAtStep
+from tests.engine.training.test_resume import StopAtStep
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from engine.build import build_trainer  # noqa: E402
 from engine.config import build_config  # noqa: E402
-from engine.distributed import shutdown  # noqa: E402
+from engine.runtime.distributed import shutdown  # noqa: E402
 from tests.engine.capture_backend import CountingBackend  # noqa: E402
 
 FAILED_PATH = "/injected/by/ddp_worker.py"

@@ -9,17 +9,18 @@ from timm.data import resolve_model_data_config
 import models.encoder as encoder_module
 from models import PretrainedWeightsError, TimmEncoder, UnknownBackboneError
 
-BACKBONES = ["test_convnext", "test_efficientnet", "edgenext_xx_small", "resnet18", "edgenext_base"]
+# test_mambaout: a family whose timm features come channels-last, (B, H, W, C)
+BACKBONES = ["test_convnext", "test_efficientnet", "edgenext_xx_small", "resnet18", "edgenext_base", "test_mambaout"]
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_features_match_feature_info(backbone):
     encoder = TimmEncoder(backbone, pretrained=False).eval()
     with torch.no_grad():
-        features = encoder(torch.randn(1, 3, 64, 64))
+        features = encoder(torch.randn(1, 3, 64, 96))  # not square: a swapped H and W shows
     assert len(features) == len(encoder.out_channels) == len(encoder.reductions)
     for feature, channels, reduction in zip(features, encoder.out_channels, encoder.reductions):
-        assert feature.shape == (1, channels, 64 // reduction, 64 // reduction)
+        assert feature.shape == (1, channels, 64 // reduction, 96 // reduction)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -31,6 +32,17 @@ def test_stages_partition_every_parameter_once(backbone):
     grouped = [id(p) for stage in stages for module in stage for p in module.parameters()]
     assert len(grouped) == len(set(grouped)), "a parameter is in two stage groups"
     assert set(grouped) == {id(p) for p in encoder.parameters()}
+
+
+def test_a_channels_last_family_trains_end_to_end():
+    from models import ModelConfig, build_model
+
+    model = build_model(ModelConfig(backbone="test_mambaout", pretrained=False, num_experts=3, top_k=2,
+                                    decoder_channels=16))
+    logits = model(torch.rand(2, 3, 64, 96)).logits
+    assert logits.shape == (2, 1, 64, 96)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
 
 
 def test_stages_freeze_deepest_first():

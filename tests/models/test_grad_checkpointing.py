@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.losses import SegmentationCriterion
+from engine.training.losses import SegmentationCriterion
 from models import ModelConfig, build_model
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.losses import structure_loss
+from engine.training.losses import structure_loss
 from models import CamoSegmenter, ModelConfig, SegmentationOutput, build_model
 
 BACKBONES = ["test_convnext", "edgenext_xx_small"]

@@ -1,0 +1,43 @@
+"""``train --dry-run``: the resolved configuration and the stage/LR plan, without training."""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence, Tuple
+
+import yaml
+
+from engine.build import check_new_run_folder, resolve_resume_path
+from engine.checkpoint import load_checkpoint
+from engine.checkpoint.lock import check_unlocked
+from engine.config import TrainConfig
+from engine.monitors.averaging_windows import averaging_facts
+from engine.runtime.cuda_device import select_device
+from engine.training.data_module import count_training_samples, resolve_num_workers
+from engine.training.resume import planned_state
+from engine.training.stages import StagePlan
+
+
+def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
+    """The lines a dry run prints (the config as YAML, ``notes``, the plan, re-planned when
+    resuming) and its warnings. Checks what a real run checks first (device, run folder, lock),
+    and writes nothing."""
+    select_device(config.device, config.amp, config.compile)
+    lines = [yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(), *notes]
+    resume_path = resolve_resume_path(config)
+    check_new_run_folder(config, resume_path)
+    check_unlocked(config.checkpoint_dir)
+    payload = load_checkpoint(resume_path) if resume_path else None
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    state, epoch, changes = planned_state(payload, config, world_size)
+    plan_notes = []
+    if payload is not None:
+        plan_notes = ([f"changed: {change}" for change in changes] + [f"re-planned from epoch {epoch + 1}"] if changes
+                      else ["same schedule settings as the checkpoint: continuing its plan"])
+    plan = StagePlan(config, count_training_samples(config), state)
+    lines.append(f"plan (starting at epoch {epoch + 1}" + (f", resuming {resume_path}" if resume_path else "") + "):")
+    facts, warnings = averaging_facts(config, plan, epoch)
+    workers = resolve_num_workers(config.num_workers, world_size, warn=False)
+    facts.append(f"data loading: {workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
+                 + (" (from the CPU cores)" if config.num_workers is None else ""))
+    lines += [f"  {line}" for line in plan_notes + plan.describe() + facts]
+    return lines, warnings

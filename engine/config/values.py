@@ -1,0 +1,47 @@
+"""The bottom of configuration: its error type and the parsers of single values (durations, epoch
+selections). Everything else in ``engine`` may import this; it imports only the standard library."""
+from __future__ import annotations
+
+import re
+from typing import Callable, List
+
+EVAL_EPOCHS_OFF = ("none", "off", "")
+
+
+class ConfigError(ValueError):
+    """A user error in flags or YAML; its message is one line naming the problem and the fix."""
+
+
+def eval_epochs_disabled(text: str) -> bool:
+    """``--eval-epochs`` values that switch the post-epoch diagnosis off."""
+    return str(text).strip().lower() in EVAL_EPOCHS_OFF
+
+
+def parse_duration(text: str) -> float:
+    """``'11.5h'``, ``'90m'``, ``'3600s'`` or ``'3600'`` -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([hms]?)\s*", str(text))
+    if not match:
+        raise ConfigError(f"--time-limit {text!r} is not a duration; write e.g. 11.5h, 90m or 3600s")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"h": 3600.0, "m": 60.0, "s": 1.0}[unit]
+
+
+def parse_epoch_selection(text: str) -> Callable[[int], bool]:
+    """``"2+"`` (epoch 2 on), ``"1,5,10"``, ``"3-8"``, combinations, or ``"none"`` -> predicate on epochs."""
+    text = str(text).strip().lower()
+    if eval_epochs_disabled(text):
+        return lambda epoch: False
+    tests: List[Callable[[int], bool]] = []
+    try:
+        for item in text.split(","):
+            item = item.strip()
+            if item.endswith("+"):
+                tests.append(lambda epoch, first=int(item[:-1]): epoch >= first)
+            elif "-" in item:
+                low, high = (int(part) for part in item.split("-", 1))
+                tests.append(lambda epoch, low=low, high=high: low <= epoch <= high)
+            else:
+                tests.append(lambda epoch, only=int(item): epoch == only)
+    except ValueError:
+        raise ValueError(f"--eval-epochs {text!r} is not an epoch selection; write e.g. 2+, 1,5,10, 3-8 or none") from None
+    return lambda epoch: any(test(epoch) for test in tests)
