@@ -95,6 +95,9 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
     "checkpoints, resume and time budget": [
         ("checkpoint-dir", str, "where checkpoints, metrics.jsonl, config.yaml and runs/ go"),
         ("resume-from", str, "checkpoint to resume from, or 'auto' for the newest usable one in --checkpoint-dir"),
+        ("continue-from", str, "a later session: the previous session's output folder (read-only is fine, e.g. "
+                               "/kaggle/input/<notebook>/checkpoints); its history is copied into --checkpoint-dir, "
+                               "then the run resumes; refused when that folder holds no run"),
         ("overwrite", BOOL, "let a new run (no --resume-from) replace the checkpoints already in --checkpoint-dir; "
                             "without it such a run is refused"),
         ("restart-schedule", BOOL, "when resuming: warm-restart the current stage's LR schedule at the resume "

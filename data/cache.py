@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -150,7 +150,8 @@ class DiskResizeCache(ResizeCache):
     within 4 % of the memory cache).
 
     The file name hashes the source paths and the base size; an entry whose sources changed is
-    rebuilt in place. Entries are written to a temporary file and renamed, so a killed run or two
+    rebuilt in place. ``read_only`` folders (a previous session's cache, now a read-only input) are
+    looked up after ``folder`` and never written: their misses and stale entries go to ``folder``. Entries are written to a temporary file and renamed, so a killed run or two
     workers writing the same entry never leave a partial file; a short, foreign or damaged entry
     is rebuilt rather than raised.
     """
@@ -159,21 +160,26 @@ class DiskResizeCache(ResizeCache):
     MAGIC = b"CODRSZ%02d" % CACHE_FORMAT_VERSION
     HEADER = np.dtype([("magic", "S8"), ("signature", "<i8", 4), ("height", "<i8"), ("width", "<i8"), ("pad", "V8")])
 
-    def __init__(self, base_size: Optional[int], folder: str | Path) -> None:
+    def __init__(self, base_size: Optional[int], folder: str | Path, read_only: Sequence[str | Path] = ()) -> None:
         super().__init__(base_size)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.read_only = [Path(path) for path in read_only if Path(path).is_dir()]
+
+    def entry_name(self, pair: SamplePair) -> str:
+        key = f"{CACHE_FORMAT_VERSION}|{self.base_size}|{Path(pair.image).resolve()}|{Path(pair.mask).resolve()}"
+        return f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.rc"
 
     def entry_path(self, pair: SamplePair) -> Path:
-        key = f"{CACHE_FORMAT_VERSION}|{self.base_size}|{Path(pair.image).resolve()}|{Path(pair.mask).resolve()}"
-        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.rc"
+        return self.folder / self.entry_name(pair)
 
     def load(self, pair: SamplePair, read: Reader) -> Arrays:
         path, signature = self.entry_path(pair), source_signature(pair)
-        entry = self._read_entry(path, signature)
-        if entry is not None:
-            self.hits += 1
-            return entry
+        for folder in (self.folder, *self.read_only):
+            entry = self._read_entry(folder / path.name, signature, quiet=folder != self.folder)
+            if entry is not None:
+                self.hits += 1
+                return entry
         self.misses += 1
         image, mask = self.prepare(read)
         self._write_entry(path, image, mask, signature)
@@ -183,13 +189,16 @@ class DiskResizeCache(ResizeCache):
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(lambda item: self.load(*item), items))
 
-    def _read_entry(self, path: Path, signature: np.ndarray) -> Optional[Arrays]:
-        """The stored arrays, or None when missing, stale or damaged."""
+    def _read_entry(self, path: Path, signature: np.ndarray, quiet: bool = False) -> Optional[Arrays]:
+        """The stored arrays, or None when missing, stale or damaged (``quiet``: without the warning,
+        for a read-only folder, whose entry is not rebuilt there)."""
         try:
             with open(path, "rb") as file:
                 raw_header = file.read(self.HEADER.itemsize)
                 header = np.frombuffer(raw_header, dtype=self.HEADER) if len(raw_header) == self.HEADER.itemsize else None
                 if header is None or header["magic"][0] != self.MAGIC:
+                    if quiet:
+                        return None
                     logger.warning("Rebuilding resize-cache entry %s (not a format-%d entry)", path,
                                    CACHE_FORMAT_VERSION)
                     return None
@@ -206,9 +215,12 @@ class DiskResizeCache(ResizeCache):
         except FileNotFoundError:
             return None
         except OSError as error:
-            logger.warning("Rebuilding unreadable resize-cache entry %s (%s)", path, error)
+            if not quiet:
+                logger.warning("Rebuilding unreadable resize-cache entry %s (%s)", path, error)
             return None
         if not complete:
+            if quiet:
+                return None
             logger.warning("Rebuilding resize-cache entry %s (wrong length)", path)
             return None
         return payload[: pixels * 3].reshape(height, width, 3), payload[pixels * 3 :].reshape(height, width)
@@ -229,13 +241,15 @@ class DiskResizeCache(ResizeCache):
             raise
 
 
-def build_cache(mode: str, base_size: Optional[int], folder: str | Path | None = None) -> ResizeCache:
+def build_cache(mode: str, base_size: Optional[int], folder: str | Path | None = None,
+                read_only: Sequence[str | Path] = ()) -> ResizeCache:
     """Create the resize cache for ``--cache``.
 
     Args:
         mode: ``none``, ``memory`` or ``disk``.
         base_size: shorter side of prepared images (see :func:`base_size_for`); None keeps full size.
         folder: where disk entries live (required for ``disk``, ignored otherwise).
+        read_only: folders of earlier disk entries that are read but never written (``disk`` only).
 
     Returns:
         A :class:`ResizeCache`.
@@ -247,7 +261,7 @@ def build_cache(mode: str, base_size: Optional[int], folder: str | Path | None =
     if mode == "disk":
         if folder is None:
             raise ValueError("the disk resize cache needs a folder")
-        return DiskResizeCache(base_size, folder)
+        return DiskResizeCache(base_size, folder, read_only)
     raise ValueError(f"cache mode {mode!r} is unknown; choose one of {', '.join(CACHE_MODES)}")
 
 

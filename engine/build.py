@@ -16,6 +16,7 @@ from engine.callbacks.signals import SignalStopCallback
 from engine.callbacks.stopping import StopAfterEpochsCallback, TimeLimitCallback
 from engine.callbacks.weight_ema import WeightEMACallback
 from engine.checkpoint import load_checkpoint
+from engine.checkpoint.continuation import copy_run_history
 from engine.checkpoint.lock import check_writable
 from engine.config import ConfigError, TrainConfig
 from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
@@ -62,7 +63,7 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
 
 
 def resolve_resume_path(config: TrainConfig) -> Optional[Path]:
-    return find_resume_path(config.resume_from, config.checkpoint_dir)
+    return find_resume_path(config.resume_from, config.checkpoint_dir, config.continue_from)
 
 
 def check_new_run_folder(config: TrainConfig, resume_path: Optional[Path]) -> None:
@@ -106,6 +107,11 @@ def build_trainer(config: TrainConfig) -> Trainer:
     data = build_data(config, model.encoder.normalization, distributed.rank, distributed.world_size, sources)
     if distributed.is_main:
         check_writable(Path(config.checkpoint_dir))
+        if resume_path is not None and resume_path.parent.resolve() != Path(config.checkpoint_dir).resolve():
+            if config.continue_from:  # a later session: the previous output's history comes along
+                copied = copy_run_history(resume_path, Path(config.checkpoint_dir))
+                logger.info("--continue-from: copied %s from %s into %s", ", ".join(copied), resume_path.parent,
+                            config.checkpoint_dir)
     criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
                                       config.loss_normalization, config.side_supervision_weight,
                                       config.loss_normalization_beta).to(device)

@@ -68,3 +68,39 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """Factory: ``read_only_view(folder)`` -> a read-only view of ``folder`` (a read-only bind mount).
+
+    The suite runs as root, which write bits do not stop, so a bind mount remounted read-only is the
+    one way to make a folder truly unwritable (EROFS, as a Kaggle input is). Skips, with the reason,
+    where mounting is not allowed (an unprivileged user or a container without CAP_SYS_ADMIN).
+    """
+    import subprocess
+
+    mounts = []
+
+    def make(folder: Path) -> Path:
+        view = tmp_path / f"read-only-{len(mounts)}"
+        view.mkdir()
+        for command in (["mount", "--bind", str(folder), str(view)], ["mount", "-o", "remount,ro,bind", str(view)]):
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                if command[1] != "--bind":
+                    subprocess.run(["umount", str(view)], capture_output=True)
+                pytest.skip(f"cannot make a read-only bind mount here ({' '.join(command[:3])}: "
+                            f"{result.stderr.strip() or result.returncode})")
+        mounts.append(view)
+        probe = view / ".probe"
+        try:
+            probe.touch()
+        except OSError:
+            return view
+        probe.unlink()
+        pytest.fail(f"{view} was remounted read-only but is still writable")
+
+    yield make
+    for view in reversed(mounts):
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)

@@ -139,7 +139,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def find_resumable(folder: Path) -> Optional[Path]:
-    """The checkpoint in ``folder`` that loads and is furthest along (global step, then mtime).
+    """The checkpoint in ``folder`` that loads and is furthest along (global step, then last.pth, then mtime).
 
     Damaged files are skipped with a warning naming them. Files are memory-mapped, so ranking
     reads each one's small metadata, not its tensors (a folder of 70 MB edgenext_base
@@ -159,7 +159,9 @@ def find_resumable(folder: Path) -> Optional[Path]:
             logger.warning("Skipping unusable checkpoint: %s", error)
             continue
         position = progress(payload)
-        key = (int(position.get("global_step", -1)), int(position.get("batch_in_epoch", 0)), candidate.stat().st_mtime)
+        # Ties (last.pth and epoch_N.pth of one save) go to last.pth, the name every command expects.
+        key = (int(position.get("global_step", -1)), int(position.get("batch_in_epoch", 0)),
+               candidate.name == "last.pth", candidate.stat().st_mtime)
         if best_key is None or key > best_key:
             best_key, best_path = key, candidate
     return best_path

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from engine.config.fields import (AMP_MODES, BEST_METRICS, CACHE_MODES, DEVICES, NORMALIZATION_MODES, PROGRESS_MODES,
                                   SCHEDULERS, TrainConfig)
@@ -100,6 +100,16 @@ def check_number(name: str, value: float) -> None:
                           f"(got {value}){hint}")
 
 
+def check_continuation(continue_from: Optional[str], resume_from: Optional[str], checkpoint_dir: str) -> None:
+    """``--continue-from`` resumes by itself, into a folder of its own."""
+    if continue_from is None:
+        return
+    _require(resume_from is None, "--continue-from already resumes the run it names; drop --resume-from")
+    _require(Path(continue_from).resolve() != Path(checkpoint_dir).resolve(),
+             f"--continue-from {continue_from} is also the --checkpoint-dir; to resume a run in its own folder use "
+             "--resume-from auto, or give this session a new --checkpoint-dir")
+
+
 def validate(config: TrainConfig) -> None:
     """Check ranges and combinations; raise ``ConfigError`` with one actionable line."""
     for name in NUMBER_RANGES:
@@ -133,6 +143,7 @@ def validate(config: TrainConfig) -> None:
         check_backbone_name(config.backbone)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_continuation(config.continue_from, config.resume_from, config.checkpoint_dir)
     for name in ("cache_dir", "checkpoint_dir"):
         folder = getattr(config, name)
         _require(folder is None or not Path(folder).exists() or Path(folder).is_dir(),

@@ -78,6 +78,7 @@ class TrainConfig:
     # Checkpoints, resume and budget
     checkpoint_dir: str = "checkpoints"
     resume_from: Optional[str] = None
+    continue_from: Optional[str] = None  # a previous session's (read-only) output: copy its history, then resume
     stop_after_epochs: Optional[int] = None
     time_limit: Optional[str] = None
     restart_schedule: bool = False  # on resume: warm-restart the current stage's LR segment
@@ -170,7 +171,7 @@ class TrainConfig:
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Settings that belong to one invocation: a resume never inherits them from the checkpoint.
-PER_INVOCATION_KEYS = ("resume_from", "stop_after_epochs", "time_limit", "restart_schedule", "restart_epoch",
+PER_INVOCATION_KEYS = ("resume_from", "continue_from", "stop_after_epochs", "time_limit", "restart_schedule", "restart_epoch",
                        "overwrite")
 # Settings that shape the LR plan: changing any of them on resume re-plans the schedule.
 SCHEDULE_KEYS = (

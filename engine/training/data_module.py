@@ -4,10 +4,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -228,6 +229,40 @@ def scan_data(config: TrainConfig) -> DataSources:
     return DataSources(train_pairs, val_pairs, source)
 
 
+def cache_folders(config: TrainConfig, warn: bool = True) -> Tuple[str, List[Path]]:
+    """The disk cache's writable folder and the read-only folders it also reads.
+
+    ``--cache-dir`` (default ``<checkpoint-dir>/resize-cache``) when it is writable. A read-only one
+    (e.g. a previous session's output under ``/kaggle/input``) is only read, and the misses go to
+    ``<checkpoint-dir>/resize-cache``. With ``--continue-from``, the previous output's resize cache
+    is read too.
+    """
+    default = Path(config.checkpoint_dir) / "resize-cache"
+    requested = Path(config.cache_dir) if config.cache_dir else default
+    read_only: List[Path] = []
+    writable = requested
+    if not _is_writable(requested) and requested != default:
+        if warn:
+            logger.warning("--cache-dir %s is not writable: reading its entries, writing new ones to %s", requested,
+                           default)
+        read_only.append(requested)
+        writable = default
+    if config.continue_from:
+        previous = Path(config.continue_from)
+        read_only += [folder for folder in (previous / "resize-cache", *sorted(previous.glob("*/resize-cache")))
+                      if folder.is_dir() and folder.resolve() != writable.resolve()]
+    return str(writable), read_only
+
+
+def _is_writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            return True
+    except OSError:
+        return False
+
+
 def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequence[float]], rank: int = 0,
                world_size: int = 1, sources: Optional[DataSources] = None) -> DataModule:
     """Datasets with albumentations pipelines normalised like the backbone's pretrained config.
@@ -251,8 +286,8 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         description = (f"synthetic camouflage scenes at {config.img_size}px: {len(train)} fresh per epoch, "
                        f"{len(val)} fixed for validation")
     else:
-        cache_dir = config.cache_dir or str(Path(config.checkpoint_dir) / "resize-cache")
-        cache = build_cache(config.cache, base_size_for(config.img_size), cache_dir if config.cache == "disk" else None)
+        cache_dir, read_only = cache_folders(config, warn=rank == 0) if config.cache == "disk" else (None, [])
+        cache = build_cache(config.cache, base_size_for(config.img_size), cache_dir, read_only)
         train = CachedSegmentationDataset(sources.train_pairs, train_transform, seed=config.seed, cache=cache,
                                           skip_bad=config.skip_bad_samples)
         if config.cache == "memory":

@@ -12,9 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from engine.checkpoint.continuation import previous_run_checkpoint
 from engine.checkpoint.files import find_resumable, load_checkpoint, restore_rng_state
 from engine.checkpoint.format import (SIGNATURE_KEYS, CheckpointError, check_model_format, check_signature, progress,
                                       signature_conflicts, stored_config, trainer_state)
+from engine.config.checks import check_continuation
 from engine.config import (FIELD_NAMES, PER_INVOCATION_KEYS, SCHEDULE_KEYS, ConfigError, TrainConfig, build_config,
                            coerce_value)
 from engine.training.stages import PlanState
@@ -22,14 +24,30 @@ from engine.training.stages import PlanState
 logger = logging.getLogger(__name__)
 
 
-def find_resume_path(resume_from: Optional[str], checkpoint_dir: str) -> Optional[Path]:
-    """The checkpoint ``--resume-from`` names (``auto``: the furthest usable one in the folder)."""
+def find_resume_path(resume_from: Optional[str], checkpoint_dir: str,
+                     continue_from: Optional[str] = None) -> Optional[Path]:
+    """The checkpoint a run resumes from: the one ``--resume-from`` names (``auto``: the furthest
+    usable one in ``checkpoint_dir``), or with ``--continue-from`` the previous output's, unless
+    ``checkpoint_dir`` already holds the continued run (the command was run again in one session).
+
+    Raises:
+        CheckpointError: the named file or previous output is missing or holds no run.
+    """
+    if continue_from:
+        working = find_resumable(Path(checkpoint_dir))
+        if working is None:
+            return previous_run_checkpoint(Path(continue_from))
+        logger.info("--continue-from: %s already holds the continued run; resuming it", checkpoint_dir)
+        return working
     if not resume_from:
         return None
     if resume_from == "auto":
         found = find_resumable(Path(checkpoint_dir))
-        if found is None:
-            logger.info("--resume-from auto: no checkpoint in %s yet, starting a new run", checkpoint_dir)
+        if found is None:  # what a forgotten --continue-from in a new Kaggle session looks like
+            logger.warning("--resume-from auto: no checkpoint in %s (looked for last.pth and epoch_N.pth), so this is "
+                           "a new run from epoch 1; to continue a previous session's run, whose output is now a "
+                           "read-only input, stop and pass --continue-from <its folder> instead",
+                           Path(checkpoint_dir).resolve())
         return found
     path = Path(resume_from)
     if path.is_dir():
@@ -53,7 +71,9 @@ def resolve_run_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str,
     """
     given = dict(yaml_values)
     given.update({key: value for key, value in flag_values.items() if value is not None})
-    path = find_resume_path(given.get("resume_from"), given.get("checkpoint_dir", TrainConfig.checkpoint_dir))
+    checkpoint_dir = given.get("checkpoint_dir", TrainConfig.checkpoint_dir)
+    check_continuation(given.get("continue_from"), given.get("resume_from"), checkpoint_dir)
+    path = find_resume_path(given.get("resume_from"), checkpoint_dir, given.get("continue_from"))
     if path is None:
         return build_config(yaml_values, flag_values), []
     stored = stored_config(load_checkpoint(path, mmap=True))

@@ -91,6 +91,23 @@ def test_disk_entries_are_reused_by_a_new_dataset(pairs, tmp_path, read_counter)
     assert (second.cache.hits, second.cache.misses) == (len(pairs), 0)
 
 
+def test_a_read_only_cache_is_read_and_its_misses_go_to_the_writable_one(pairs, tmp_path, read_counter,
+                                                                        read_only_view):
+    """A previous Kaggle session's cache comes back read-only: its entries are hits, the rest is
+    built into this session's folder, and nothing is written (or attempted) in the read-only one."""
+    first = make_dataset(pairs[:-1], "disk", tmp_path / "previous")
+    expected = samples(make_dataset(pairs, "none"), 0)
+    samples(first, 0)
+    previous = read_only_view(tmp_path / "previous")
+    decodes = read_counter["count"]
+    cache = build_cache("disk", BASE_SIZE, tmp_path / "mine", read_only=[previous])
+    dataset = CachedSegmentationDataset(pairs, build_train_transform(IMG_SIZE), seed=SEED, cache=cache)
+    assert_same_samples(expected, samples(dataset, 0))
+    assert (cache.hits, cache.misses) == (len(pairs) - 1, 1)
+    assert read_counter["count"] == decodes + 1  # only the one image the read-only cache lacked
+    assert len(list((tmp_path / "mine").glob("*.rc"))) == 1
+
+
 def test_a_changed_source_file_invalidates_its_entry(pairs, tmp_path):
     make_dataset(pairs, "disk", tmp_path / "cache").warm(threads=2)
     changed = pairs[0]
