@@ -90,7 +90,34 @@ def resolve_run_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str,
                if key in stored and key not in PER_INVOCATION_KEYS and stored[key] != getattr(config, key)]
     notes = [f"continuing the run of {path}: {len(inherited)} settings taken from its config",
              "changed on this invocation: " + ("; ".join(changed) if changed else "nothing")]
+    warn_yaml_changes(stored, config, yaml_values, flag_values, path)
     return config, notes
+
+
+# What a --config file silently resets on a resume: the schedule, the batch and accumulation, EMA.
+RUN_SHAPING_KEYS = (*SCHEDULE_KEYS, "use_ema")
+
+
+def warn_yaml_changes(stored: Mapping[str, Any], config: TrainConfig, yaml_values: Mapping[str, Any],
+                      flag_values: Mapping[str, Any], path: Path) -> None:
+    """WARN when the YAML file, not a flag typed on this command line, changes how the resumed run
+    trains: a documented config reused to continue a run would reset its epochs, LRs, batch or EMA."""
+    from_yaml = [key for key in RUN_SHAPING_KEYS
+                 if key in yaml_values and flag_values.get(key) is None and key in stored
+                 and stored[key] != getattr(config, key)]
+    if not from_yaml:
+        return
+    changes = "; ".join(f"{key.replace('_', '-')}: {stored[key]} -> {getattr(config, key)}" for key in from_yaml)
+    keep = " ".join(_flag_for(key, stored[key]) for key in from_yaml)
+    logger.warning("--config changes the run of %s on this resume: %s. A resume takes every setting from the "
+                   "checkpoint; to keep the run's own values drop --config or pass %s", path, changes, keep)
+
+
+def _flag_for(key: str, value: Any) -> str:
+    flag = f"--{key.replace('_', '-')}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{key.replace('_', '-')}"
+    return f"{flag} {value}"
 
 
 def schedule_changes(old: Dict[str, Any], new: TrainConfig) -> List[str]:
