@@ -151,7 +151,8 @@ class DiskResizeCache(ResizeCache):
 
     The file name hashes the source paths and the base size; an entry whose sources changed is
     rebuilt in place. ``read_only`` folders (a previous session's cache, now a read-only input) are
-    looked up after ``folder`` and never written: their misses and stale entries go to ``folder``. Entries are written to a temporary file and renamed, so a killed run or two
+    looked up after ``folder`` and never written: their misses and stale entries go to ``folder``.
+    Entries are written to a temporary file and renamed, so a killed run or two
     workers writing the same entry never leave a partial file; a short, foreign or damaged entry
     is rebuilt rather than raised.
     """
@@ -165,6 +166,7 @@ class DiskResizeCache(ResizeCache):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.read_only = [Path(path) for path in read_only if Path(path).is_dir()]
+        self.writing = True  # off after a failed write (a full disk), for this process
 
     def entry_name(self, pair: SamplePair) -> str:
         key = f"{CACHE_FORMAT_VERSION}|{self.base_size}|{Path(pair.image).resolve()}|{Path(pair.mask).resolve()}"
@@ -182,7 +184,13 @@ class DiskResizeCache(ResizeCache):
                 return entry
         self.misses += 1
         image, mask = self.prepare(read)
-        self._write_entry(path, image, mask, signature)
+        if self.writing:
+            try:
+                self._write_entry(path, image, mask, signature)
+            except OSError as error:  # a full disk must not end the run: the cache only saves time
+                self.writing = False
+                logger.warning("Resize cache: cannot write to %s (%s); training goes on without storing new "
+                               "entries", self.folder, error.strerror or error)
         return image, mask
 
     def warm(self, items: Iterable[tuple[SamplePair, Reader]], threads: int = 1) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from engine.runtime.errors import naming
 from engine.training.callback import Callback, Order, StepOutput
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,12 @@ class LoggingCallback(Callback):
             return
         rows = host_rows(self._pending)
         losses = [row[0] for row in rows]
-        for pending, row in zip(self._pending, rows):
-            self.writer.add_scalar("train/step_loss", row[0], pending.step)
-            self.writer.add_scalar("train/lr", pending.lr, pending.step)
-            for name, value in zip(pending.loss_term_names, row[1:]):
-                self.writer.add_scalar(f"loss/{name}", value, pending.step)
+        with naming(self.folder / "runs"):  # TensorBoard writes in a thread; its errors surface here
+            for pending, row in zip(self._pending, rows):
+                self.writer.add_scalar("train/step_loss", row[0], pending.step)
+                self.writer.add_scalar("train/lr", pending.lr, pending.step)
+                for name, value in zip(pending.loss_term_names, row[1:]):
+                    self.writer.add_scalar(f"loss/{name}", value, pending.step)
         last = self._pending[-1]
         self._pending = []
         extra = trainer.console_extras()
@@ -97,18 +99,20 @@ class LoggingCallback(Callback):
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         self.flush(trainer)
         step = record["global_step"]
-        for key in ("iou", "dice", "mae", "loss", "sm", "wfm"):
-            if f"val_{key}" not in record:  # sm / wfm: only with --best-metric sm | wfm
-                continue
-            self.writer.add_scalar(f"val/{key}", record[f"val_{key}"], step)
-            if record.get(f"val_{key}_ema") is not None:
-                self.writer.add_scalar(f"val/{key}_ema", record[f"val_{key}_ema"], step)
-        self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
-        self.writer.flush()
+        with naming(self.folder / "runs"):
+            for key in ("iou", "dice", "mae", "loss", "sm", "wfm"):
+                if f"val_{key}" not in record:  # sm / wfm: only with --best-metric sm | wfm
+                    continue
+                self.writer.add_scalar(f"val/{key}", record[f"val_{key}"], step)
+                if record.get(f"val_{key}_ema") is not None:
+                    self.writer.add_scalar(f"val/{key}_ema", record[f"val_{key}_ema"], step)
+            self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
+            self.writer.flush()
         row = dict(record)
         if self._resumed_at is not None:  # the first row of a resumed invocation says so (report marks it)
             row["resumed_after_epoch"], self._resumed_at = self._resumed_at, None
-        with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as stream:
+        history = self.folder / "metrics.jsonl"
+        with naming(history), open(history, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(_finite(row)) + "\n")
         self._last_row_epoch = record["epoch"]
         ema = f" | EMA IoU {record['val_iou_ema']:.4f}" if record.get("val_iou_ema") is not None else ""
@@ -125,14 +129,23 @@ class LoggingCallback(Callback):
         # The row of an epoch whose checkpoint was not saved (e.g. the disk filled up during the
         # save) would describe weights that exist nowhere: take it back, as a resume would.
         if self._last_row_epoch > trainer.closed_epoch:
-            trim_history(self.folder / "metrics.jsonl", trainer.closed_epoch)
+            try:
+                trim_history(self.folder / "metrics.jsonl", trainer.closed_epoch)
+            except OSError as trim_error:  # e.g. the full disk that ended the run: a resume trims it
+                logger.warning("metrics.jsonl: could not remove the row of epoch %d, whose checkpoint was not saved "
+                               "(%s); a resume removes it", self._last_row_epoch, trim_error.strerror or trim_error)
+                return
             logger.warning("metrics.jsonl: removed the row of epoch %d, whose checkpoint was not saved",
                            self._last_row_epoch)
 
     def teardown(self, trainer) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except OSError as error:  # after the run's own error, or the run's end: say it, do not replace it
+                logger.warning("TensorBoard: could not finish writing %s (%s)", self.folder / "runs",
+                               error.strerror or error)
 
 
 def host_rows(steps: List[StepOutput]) -> List[List[float]]:

@@ -53,10 +53,11 @@ def previous_run_checkpoint(folder: Path) -> Path:
         logger.info("--continue-from %s: continuing the run in %s", folder, runs[0].parent)
         return runs[0]
     if runs:
-        raise CheckpointError(f"--continue-from {folder} holds {len(runs)} runs ({', '.join(str(p.parent) for p in runs)}); "
-                              "name the folder of the one to continue")
-    raise CheckpointError(f"--continue-from {folder} holds no run (no last.pth or epoch_N.pth in it or in a subfolder); "
-                          "name the --checkpoint-dir of the previous session's output")
+        listed = ", ".join(str(path.parent) for path in runs)
+        raise CheckpointError(f"--continue-from {folder} holds {len(runs)} runs ({listed}); name the folder of the one "
+                              "to continue")
+    raise CheckpointError(f"--continue-from {folder} holds no run (no last.pth or epoch_N.pth in it or in a "
+                          "subfolder); name the --checkpoint-dir of the previous session's output")
 
 
 def copy_run_history(checkpoint: Path, target: Path) -> List[str]:

@@ -5,6 +5,7 @@ it and a file carrying arbitrary pickled objects is refused before any of its co
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -59,17 +60,21 @@ def atomic_save(payload: Dict[str, Any], path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pth", dir=path.parent)
+        stream = None
         try:
-            with os.fdopen(handle, "wb") as stream:
+            with _open_for_writing(handle) as stream:
                 torch.save(payload, stream)
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temp_name, path)
         except BaseException as error:
             Path(temp_name).unlink(missing_ok=True)
-            if isinstance(error, OSError) and error.filename is None:
+            # A write that fails inside torch.save's zip writer can surface as the writer's own
+            # RuntimeError ("unexpected pos"), raised while closing: the first OSError is the cause.
+            cause = error if isinstance(error, OSError) else getattr(stream, "first_error", None)
+            if cause is not None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
                 # A failed write inside torch.save names no file: name the checkpoint.
-                raise OSError(error.errno, error.strerror, str(path)) from error
+                raise OSError(cause.errno, cause.strerror, str(path)) from error
             raise
         _fsync_directory(path.parent)
     finally:
@@ -77,6 +82,30 @@ def atomic_save(payload: Dict[str, Any], path: Path) -> None:
         code, _SaveInProgress.deferred_exit = _SaveInProgress.deferred_exit, None
         if code is not None and not save_in_progress():
             raise SystemExit(code)
+
+
+class _WriteErrorRecorder(io.BufferedWriter):
+    """A buffered file that remembers the first OSError of its writes, whatever replaces it later."""
+
+    first_error: Optional[OSError] = None
+
+    def _recorded(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as error:
+            if self.first_error is None:
+                self.first_error = error
+            raise
+
+    def write(self, data) -> int:
+        return self._recorded(super().write, data)
+
+    def flush(self) -> None:
+        return self._recorded(super().flush)
+
+
+def _open_for_writing(handle: int) -> _WriteErrorRecorder:
+    return _WriteErrorRecorder(io.FileIO(handle, "wb"))
 
 
 def _fsync_directory(folder: Path) -> None:

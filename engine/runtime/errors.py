@@ -5,12 +5,16 @@ with one line and exit code 2, while a bug in our code keeps its traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
+from typing import Iterator
 
 # What to do about each errno a user's paths can cause; anything else prints the OS's own words.
 OS_ERROR_ADVICE = {
-    errno.ENOSPC: "the disk is full: free some space or write to another disk, then run the command again",
+    errno.ENOSPC: "the disk is full: delete what you can spare (old epoch_N.pth snapshots, a --cache disk resize "
+                  "cache, other runs) or write to another disk; a training run writes less with a lower "
+                  "--keep-checkpoints; then run the command again (train: --resume-from auto)",
     errno.EDQUOT: "the disk quota is exceeded: free some space or write to another disk",
     errno.EROFS: "it is on a read-only file system, so it is not writable: choose a writable folder",
     errno.EACCES: "permission denied, it is not writable or readable by you: fix its permissions or choose "
@@ -37,6 +41,18 @@ def os_error_message(error: OSError) -> str:
     if advice is None:
         return f"{where}: {reason}; check the path and the disk, then run the command again"
     return f"{where}: {advice} ({reason})"
+
+
+@contextlib.contextmanager
+def naming(path) -> Iterator[None]:
+    """Give an OSError raised inside without a file name (a failed write through an open file: a
+    full disk) the name of ``path``, so its one line says which file could not be written."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def one_line(error: BaseException) -> str:

@@ -64,7 +64,8 @@ class Trainer:
         self.distributed = distributed
         self.plan = StagePlan(config, data.samples_per_rank, PlanState.fresh(config))
         self._wrapped_for: Optional[tuple] = None
-        self.synced_buffers: Dict[str, tuple] = {}  # under DDP: the buffers training changes (engine.runtime.distributed)
+        # under DDP: the buffers training changes (engine.runtime.distributed)
+        self.synced_buffers: Dict[str, tuple] = {}
         self.optimizer = build_optimizer(model, config)
         self.precision = Precision.create(config.amp, device)
         self.guard = NonFiniteGuard(config.max_bad_steps)

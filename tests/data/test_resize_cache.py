@@ -108,6 +108,25 @@ def test_a_read_only_cache_is_read_and_its_misses_go_to_the_writable_one(pairs, 
     assert len(list((tmp_path / "mine").glob("*.rc"))) == 1
 
 
+def test_a_full_disk_only_stops_the_caching(pairs, tmp_path, monkeypatch, caplog):
+    import errno
+    import logging
+
+    import data.cache
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data.cache.tempfile, "mkstemp", no_space)
+    expected = samples(make_dataset(pairs, "none"), 0)
+    cached = make_dataset(pairs, "disk", tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="data.cache"):
+        assert_same_samples(expected, samples(cached, 0))
+    assert [record.getMessage() for record in caplog.records if "cannot write" in record.getMessage()] == [
+        f"Resize cache: cannot write to {tmp_path / 'cache'} (No space left on device); training goes on without "
+        "storing new entries"]
+
+
 def test_a_changed_source_file_invalidates_its_entry(pairs, tmp_path):
     make_dataset(pairs, "disk", tmp_path / "cache").warm(threads=2)
     changed = pairs[0]
