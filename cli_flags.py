@@ -12,12 +12,15 @@ from engine.config import AMP_MODES, BEST_METRICS, CACHE_MODES, DEVICES, PROGRES
 
 DEFAULTS = TrainConfig()
 BOOL = "bool"
+PATHS = "paths"  # one or more folders
 
 # (flag, type or BOOL, help). Help texts state the default, taken from TrainConfig.
 TRAIN_FLAGS: Dict[str, List[tuple]] = {
     "data": [
-        ("dataset-path", str, "COD10K-v3 root (Train/Image + Train/GT_Object) or a folder with Imgs+GT / "
-                              "Image+Mask; omitted: the built-in synthetic camouflage set"),
+        ("dataset-path", PATHS, "one or more roots trained on together (COD10K-v3 and CAMO: the standard 4,040 "
+                                "images): a COD10K-v3 root (Train/Image + Train/GT_Object), a CAMO download "
+                                "(Images/Train + GT), SINet-V2's TrainDataset or a folder with Imgs+GT / "
+                                "Image+Mask; omitted: the built-in synthetic camouflage set"),
         ("include-noncam", BOOL, "also train on COD10K NonCAM images (empty masks); standard protocol is CAM-only"),
         ("skip-bad-samples", BOOL, "skip unreadable or truncated images/masks and masks with width and height "
                                    "swapped (reported) instead of stopping"),
@@ -171,6 +174,8 @@ def _add_train_parser(subparsers) -> None:
             help_text = _help_text(flag, text)
             if kind is BOOL:
                 group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            elif kind is PATHS:
+                group.add_argument(f"--{flag}", nargs="+", default=None, metavar="ROOT", help=help_text)
             elif isinstance(kind, tuple):  # a choice: unknown values are refused at parse time
                 group.add_argument(f"--{flag}", choices=kind, default=None, help=help_text)
             else:

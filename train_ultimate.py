@@ -29,6 +29,7 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.config import load_yaml
     from engine.runtime.cuda_device import select_device
     from engine.runtime.distributed import shutdown
+    from engine.training.data_module import scan_data
     from engine.training.resume import resolve_run_config
 
     flags = flag_values(args)
@@ -45,8 +46,9 @@ def run_train(args: argparse.Namespace) -> int:
     for line in notes:
         log.info(line)
     select_device(config.device, config.amp, config.compile)  # an unusable GPU is refused before any file is written
+    sources = scan_data(config)  # so is a bad --dataset-path
     with run_lock(config.checkpoint_dir, rank=int(os.environ.get("RANK", "0"))):
-        trainer = build_trainer(config)
+        trainer = build_trainer(config, sources)
         for line in describe_run(trainer):
             log.info(line)
         for line in run_warnings(trainer):

@@ -16,9 +16,11 @@ SPLIT_DIR_NAMES = {"train": ("Train", "TrainDataset"), "test": ("Test", "TestDat
 NONCAM_PREFIX = "COD10K-NonCAM-"
 LAYOUT_COD10K = "cod10k-v3"
 LAYOUT_PACK = "test-pack"
+LAYOUT_CAMO = "camo"  # CAMO's own download: Images/Train + Images/Test, one GT folder for both
 _EXPECTED = (
-    "a COD10K-v3 root (Train/Image + Train/GT_Object, Test/Image + Test/GT_Object) "
-    "or a test-pack folder (Imgs + GT, or Image + Mask)"
+    "a COD10K-v3 root (Train/Image + Train/GT_Object, Test/Image + Test/GT_Object), a CAMO download "
+    "(Images/Train, Images/Test + GT), SINet-V2's TrainDataset (Imgs + GT) or a test-pack folder "
+    "(Imgs + GT, or Image + Mask)"
 )
 
 
@@ -90,7 +92,12 @@ def resolve_split_dirs(root: str | Path, split: str = "train") -> tuple[Path, Pa
     _check_root(root)
     image_dir, mask_dir = _image_dirs(root)
     layout = LAYOUT_PACK
-    if image_dir is None and mask_dir is None:
+    split_images = _find_child_dir(image_dir, SPLIT_DIR_NAMES[split]) if image_dir is not None else None
+    if split_images is not None or (image_dir is not None and _find_child_dir(image_dir, SPLIT_DIR_NAMES["train"])):
+        if split_images is None:  # a CAMO download without this split
+            raise DatasetError(f"No {'/'.join(SPLIT_DIR_NAMES[split])} folder in {image_dir}. Fix --dataset-path.")
+        image_dir, layout = split_images, LAYOUT_CAMO
+    elif image_dir is None and mask_dir is None:
         split_dir = _find_child_dir(root, SPLIT_DIR_NAMES[split])
         if split_dir is None:
             wanted = "/".join(SPLIT_DIR_NAMES[split])
@@ -110,7 +117,7 @@ def resolve_split_dirs(root: str | Path, split: str = "train") -> tuple[Path, Pa
 
 
 def describe_layout(root: str | Path) -> str:
-    """Name the layout of ``root``: "cod10k-v3" or "test-pack" (raises DatasetError otherwise)."""
+    """Name the layout of ``root``: "cod10k-v3", "camo" or "test-pack" (raises DatasetError otherwise)."""
     for split in ("train", "test"):
         try:
             return resolve_split_dirs(root, split)[2]
@@ -204,6 +211,8 @@ def find_pairs(
     image_dir, mask_dir, layout = resolve_split_dirs(root, split)
     images = _files_by_stem(image_dir, "image")
     masks = _files_by_stem(mask_dir, "mask")
+    if layout == LAYOUT_CAMO:  # one GT folder holds the masks of both splits: keep this split's
+        masks = {stem: path for stem, path in masks.items() if stem in images}
     skipped = 0
     if not include_noncam:
         skipped = sum(stem.startswith(NONCAM_PREFIX) for stem in images)
@@ -229,3 +238,45 @@ def find_pairs(
     else:
         logger.info("Found %d image/mask pairs in %s (%s layout)", len(pairs), image_dir, layout)
     return pairs
+
+
+def find_pairs_in_roots(
+    roots: list[str | Path], split: str = "train", include_noncam: bool = False, skip_unpaired: bool = False
+) -> list[SamplePair]:
+    """The pairs of one split from several roots (e.g. COD10K-v3 + CAMO: the standard 4,040
+    training images), root by root in the order given; each root logs what it holds.
+
+    Raises:
+        DatasetError: a root named twice, or two roots holding images of the same name (their
+            cache entries, per-image rows and the training-set fingerprint key on the name).
+    """
+    seen: dict[Path, str] = {}
+    for root in roots:
+        resolved = Path(root).resolve()
+        if resolved in seen:
+            raise DatasetError(f"--dataset-path names {seen[resolved]} twice"
+                               + (f" (also as {root})" if str(root) != seen[resolved] else "")
+                               + "; give each root once.")
+        seen[resolved] = str(root)
+    pairs: list[SamplePair] = []
+    owner: dict[str, str] = {}
+    for root in roots:
+        found = find_pairs(root, split, include_noncam, skip_unpaired)
+        clashes = sorted(pair.name for pair in found if pair.name in owner)
+        if clashes:
+            raise DatasetError(f"{len(clashes)} image name(s) of {root} are also in {owner[clashes[0]]} "
+                               f"(e.g. {_examples(clashes)}); the roots overlap: drop one of them or rename those files.")
+        owner.update((pair.name, str(root)) for pair in found)
+        pairs += found
+    return pairs
+
+
+def has_separate_test_split(root: str | Path) -> bool:
+    """Whether ``root`` has a test split of its own (a COD10K-v3 Test folder or CAMO's Images/Test);
+    a test pack or a training-only folder has none: its "test" images are its training images."""
+    try:
+        train = resolve_split_dirs(root, "train")
+        test = resolve_split_dirs(root, "test")
+    except DatasetError:
+        return False
+    return test[2] != LAYOUT_PACK and test[0] != train[0]

@@ -25,7 +25,7 @@ from engine.runtime.compile import compile_model
 from engine.runtime.cuda_device import select_device
 from engine.runtime.distributed import init_distributed
 from engine.training.callback import Callback
-from engine.training.data_module import build_data, scan_data
+from engine.training.data_module import DataSources, build_data, scan_data
 from engine.training.losses import SegmentationCriterion
 from engine.training.resume import find_resume_path, restore_trainer
 from engine.training.trainer import Trainer
@@ -79,8 +79,12 @@ def check_new_run_folder(config: TrainConfig, resume_path: Optional[Path]) -> No
                           "another --checkpoint-dir, or pass --overwrite to replace it")
 
 
-def build_trainer(config: TrainConfig) -> Trainer:
-    """Everything a run needs, resumed from ``--resume-from`` when given."""
+def build_trainer(config: TrainConfig, sources: Optional[DataSources] = None) -> Trainer:
+    """Everything a run needs, resumed from ``--resume-from`` when given.
+
+    Args:
+        sources: the dataset already scanned (``scan_data``); scanned here when None.
+    """
     torch.manual_seed(config.seed)
     distributed = init_distributed(config.device)
     if not distributed.is_main:
@@ -96,7 +100,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     resume_path = resolve_resume_path(config)
     check_new_run_folder(config, resume_path)
     payload = load_checkpoint(resume_path) if resume_path else None
-    sources = scan_data(config)  # before the model (and any weights download): bad paths fail fast
+    sources = sources or scan_data(config)  # before the model (and any weights download): bad paths fail fast
     synthetic = config.dataset_path is None
     model_config = config.model_config(synthetic, weights_from_checkpoint=payload is not None)
     model = build_model(model_config).to(device)

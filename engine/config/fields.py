@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from engine.config.values import eval_epochs_disabled, parse_duration
 from models.config import ModelConfig, default_top_k
@@ -23,7 +23,7 @@ class TrainConfig:
     """Every setting of ``train_ultimate.py train``; field names equal the flag names."""
 
     # Data
-    dataset_path: Optional[str] = None
+    dataset_path: Optional[Union[str, List[str]]] = None  # one root, or a list trained on together
     include_noncam: bool = False
     skip_bad_samples: bool = False
     skip_unpaired: bool = False  # use only complete image/mask pairs (CAMO ships 2 lonely masks)
@@ -156,6 +156,13 @@ class TrainConfig:
     def diagnosis_enabled(self) -> bool:
         """Whether the post-epoch diagnosis runs at all (``--eval-epochs none`` / ``off``: no)."""
         return not eval_epochs_disabled(self.eval_epochs)
+
+    @property
+    def dataset_roots(self) -> List[str]:
+        """``--dataset-path`` as a list of roots (empty: the synthetic set)."""
+        if self.dataset_path is None:
+            return []
+        return [self.dataset_path] if isinstance(self.dataset_path, str) else list(self.dataset_path)
 
     @property
     def resolved_stage2_batch_size(self) -> int:

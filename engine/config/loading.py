@@ -62,6 +62,14 @@ def build_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str, Any],
     return config
 
 
+def _dataset_roots(value: Any):
+    """One root as a string; several as a list of strings (YAML list or repeated on the command line)."""
+    roots = [value] if isinstance(value, str) else value
+    if not isinstance(roots, (list, tuple)) or not roots or not all(isinstance(root, str) and root for root in roots):
+        raise ConfigError(f"--dataset-path got {value!r}; give one folder or a list of folders")
+    return roots[0] if len(roots) == 1 else list(roots)
+
+
 def coerce_value(key: str, value: Any) -> Any:
     """Coerce YAML scalars to the field's type (YAML reads ``2.5e-4`` as a string)."""
     default = getattr(TrainConfig, key, None)
@@ -70,6 +78,8 @@ def coerce_value(key: str, value: Any) -> Any:
     target = type(default) if default is not None else None
     annotations = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     hint = annotations[key]
+    if key == "dataset_path":
+        return _dataset_roots(value)
     try:
         if target is bool or "bool" in hint:
             if isinstance(value, str):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.cache import CachedSegmentationDataset, base_size_for, build_cache
 from data.dataset import SegmentationDataset
 from data.image_io import find_unreadable, masks_all_empty
-from data.layouts import DatasetError, find_pairs
+from data.layouts import DatasetError, find_pairs_in_roots, has_separate_test_split
 from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, stop_signals_blocked, stop_workers
 from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
@@ -183,7 +183,7 @@ def count_training_samples(config: TrainConfig) -> int:
     """Training images per epoch (for ``--dry-run`` plans) without building the datasets."""
     if config.dataset_path is None:
         return config.synthetic_train_size
-    pairs = find_pairs(config.dataset_path, "train", config.include_noncam, config.skip_unpaired)
+    pairs = find_pairs_in_roots(config.dataset_roots, "train", config.include_noncam, config.skip_unpaired)
     if config.val_fraction > 0:
         return len(split_train_val(pairs, config.val_fraction, config.seed)[0])
     return len(pairs)
@@ -209,23 +209,30 @@ def scan_data(config: TrainConfig) -> DataSources:
     """
     if config.dataset_path is None:
         return DataSources()
-    pairs = find_pairs(config.dataset_path, "train", config.include_noncam, config.skip_unpaired)
+    roots = config.dataset_roots
+    pairs = find_pairs_in_roots(roots, "train", config.include_noncam, config.skip_unpaired)
+    if config.val_fraction == 0:  # validating on "Test": a root without one would validate on its training images
+        lacking = [root for root in roots if not has_separate_test_split(root)]
+        if lacking:
+            raise DatasetError(f"--val-fraction 0 validates on each root's Test split, but {', '.join(lacking)} "
+                               "has none (it would validate on its own training images); hold out a seeded "
+                               "fraction instead, e.g. --val-fraction 0.1")
     if config.val_fraction > 0:
         train_pairs, val_pairs = split_train_val(pairs, config.val_fraction, config.seed)
-        source = f"{config.val_fraction:.0%} of Train held out"
+        source = f"{config.val_fraction:.0%} of Train held out" + (f" of {len(roots)} roots" if len(roots) > 1 else "")
     else:
-        val_pairs = find_pairs(config.dataset_path, "test", config.include_noncam, config.skip_unpaired)
+        val_pairs = find_pairs_in_roots(roots, "test", config.include_noncam, config.skip_unpaired)
         train_pairs, source = pairs, "the Test split"
     train_pairs = drop_unreadable(train_pairs, config.skip_bad_samples)
     val_pairs = drop_unreadable(val_pairs, config.skip_bad_samples)
     if not train_pairs:
-        raise DatasetError(f"no training images left in {config.dataset_path} after the validation split; "
+        raise DatasetError(f"no training images left in {', '.join(roots)} after the validation split; "
                            "lower --val-fraction")
     # One mask decode on healthy data (it stops at the first object); all masks only when all are empty.
     if masks_all_empty(train_pairs + val_pairs):
         logger.warning("All %d masks in %s are empty (no pixel > 127): nothing to learn; check the mask format "
                        "(gray 0/255, colour and palette PNGs are read) or --dataset-path",
-                       len(train_pairs) + len(val_pairs), config.dataset_path)
+                       len(train_pairs) + len(val_pairs), ", ".join(roots))
     return DataSources(train_pairs, val_pairs, source)
 
 
@@ -293,7 +300,7 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         if config.cache == "memory":
             train.warm(threads=max(1, num_workers))  # before workers fork, so they share it
         val = SegmentationDataset(sources.val_pairs, val_transform, seed=config.seed, skip_bad=config.skip_bad_samples)
-        description = (f"{config.dataset_path}: {len(train)} training, {len(val)} validation images "
+        description = (f"{', '.join(config.dataset_roots)}: {len(train)} training, {len(val)} validation images "
                        f"({sources.val_source})")
     description += f"; {num_workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
     return DataModule(train, val, num_workers, config.seed, description,
