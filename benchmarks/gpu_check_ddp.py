@@ -133,8 +133,8 @@ def rank_worker(folder: Path, fail_at_batch: int, argv: List[str]) -> int:
 
     build = engine.build.build_trainer
 
-    def build_and_watch(config):
-        trainer = build(config)
+    def build_and_watch(config, *args, **kwargs):
+        trainer = build(config, *args, **kwargs)
         trainer.add_callback(SaveRankWeights(folder))
         if fail_at_batch and trainer.distributed.is_main:
             fail_training_forward(trainer.unwrapped_model, fail_at_batch, folder / "failed_at")
