@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import List, Sequence, Tuple
 
+import torch
 import yaml
 
 from engine.build import check_new_run_folder, resolve_resume_path
@@ -11,8 +12,9 @@ from engine.checkpoint import load_checkpoint
 from engine.checkpoint.lock import check_unlocked
 from engine.config import TrainConfig
 from engine.monitors.averaging_windows import averaging_facts
-from engine.runtime.cuda_device import select_device
+from engine.runtime.cuda_device import amp_dtype, select_device
 from engine.training.data_module import count_training_samples, resolve_num_workers
+from engine.training.memory import GIB, estimate_training_memory
 from engine.training.resume import planned_state
 from engine.training.stages import StagePlan
 
@@ -21,7 +23,7 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
     """The lines a dry run prints (the config as YAML, ``notes``, the plan, re-planned when
     resuming) and its warnings. Checks what a real run checks first (device, run folder, lock),
     and writes nothing."""
-    select_device(config.device, config.amp, config.compile)
+    device = select_device(config.device, config.amp, config.compile)
     lines = [yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(), *notes]
     resume_path = resolve_resume_path(config)
     check_new_run_folder(config, resume_path)
@@ -40,4 +42,23 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
     facts.append(f"data loading: {workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
                  + (" (from the CPU cores)" if config.num_workers is None else ""))
     lines += [f"  {line}" for line in plan_notes + plan.describe() + facts]
+    lines += memory_lines(config, device)
     return lines, warnings
+
+
+def memory_lines(config: TrainConfig, device: torch.device) -> List[str]:
+    """The per-stage GPU memory estimate (``engine.training.memory``): for this GPU and its AMP
+    dtype, or, on a machine without one, for a T4 (where ``--amp auto`` means fp16)."""
+    if device.type == "cuda":
+        dtype = amp_dtype(config.amp, device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        card = f"{torch.cuda.get_device_name(device)}, {total / GIB:.1f} GiB"
+    else:
+        dtype = {"off": None, "bf16": torch.bfloat16}.get(config.amp, torch.float16)
+        card = "a 16 GB T4, the Kaggle GPU (no GPU here)"
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    header = (f"GPU memory estimate for {card}, AMP {precision}"
+              + (", gradient checkpointing" if config.grad_checkpointing else "")
+              + " (fake-CUDA count of what autograd saves + weights, gradients, AdamW, EMA and an allowance; "
+              "not measured):")
+    return [header] + [f"  {stage.describe()}" for stage in estimate_training_memory(config, dtype)]

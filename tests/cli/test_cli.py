@@ -56,6 +56,8 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "stage 1: epochs 1-1" in result.stdout and "optimizer steps/epoch" in result.stdout
     assert "data loading: 0 DataLoader workers\n" in result.stdout  # the config's explicit 0
+    assert "GPU memory estimate for a 16 GB T4" in result.stdout and "AMP fp16" in result.stdout
+    assert "stage 1 (batch" in result.stdout and "stage 2 (batch" in result.stdout and "not measured" in result.stdout
     assert not (tmp_path / "c").exists()
 
 

@@ -1,0 +1,82 @@
+"""engine.training.memory: the fake-CUDA count of what autograd saves equals the real count, and
+the estimate moves the right way with batch, pixels, checkpointing, stage and AMP."""
+import pytest
+import torch
+
+from engine.runtime.fake_cuda import FakeCuda
+from engine.training.losses import SegmentationCriterion
+from engine.training.memory import GIB, estimate_stage, estimate_training_memory, saved_for_backward
+from models import ModelConfig, build_model
+
+
+def tiny_model(backbone="test_convnext"):
+    return build_model(ModelConfig(backbone=backbone, pretrained=False, num_experts=3, top_k=2, decoder_channels=16,
+                                   deep_supervision=True))
+
+
+def criterion():
+    return SegmentationCriterion(moe_loss_weight=0.01, deep_supervision_weight=0.5, normalization="none")
+
+
+# CPU and CUDA kernels save slightly different helpers for backward (BatchNorm's statistics under
+# cuDNN; three mask-sized maps in the loss: 96 KB of 3.2 MB for test_convnext at 64 px), so the
+# two devices agree to a few percent, not to the byte; the network's activations are the same.
+@pytest.mark.parametrize("backbone, tolerance", [("test_convnext", 0.05), ("test_efficientnet", 0.05)])
+def test_the_fake_cuda_count_matches_the_real_count_in_fp32(backbone, tolerance):
+    """The same forward and loss on real CPU tensors and on fake CUDA tensors save the same bytes."""
+    torch.manual_seed(0)
+    model, loss = tiny_model(backbone).train(), criterion().train()
+    images, masks = torch.rand(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
+    real = saved_for_backward(lambda: loss(model(images), masks)["loss"],
+                              exclude=[*model.parameters(), *model.buffers()])
+    with FakeCuda() as cuda:
+        fake_model, fake_loss = cuda.module(model), cuda.module(loss)
+        fake_images, fake_masks = cuda.images(2, 64), cuda.masks(2, 64)
+        fake = saved_for_backward(lambda: fake_loss(fake_model(fake_images), fake_masks)["loss"],
+                                  exclude=[*fake_model.parameters(), *fake_model.buffers()])
+    assert real > 0 and abs(fake - real) <= tolerance * real
+
+
+def test_the_parameters_are_not_counted_as_activations():
+    layer = torch.nn.Linear(256, 256)
+    only_weights = saved_for_backward(lambda: layer(torch.rand(1, 256, requires_grad=False)).sum(),
+                                      exclude=list(layer.parameters()))
+    assert only_weights == 256 * 4  # the input row: the weight matrix is left out
+
+
+def estimate(model, stage=2, batch=2, size=64, amp=None, ema=False):
+    return estimate_stage(model, criterion(), stage, batch, size, amp, ema)
+
+
+def test_more_batch_or_pixels_never_estimate_less_and_checkpointing_never_more():
+    model = tiny_model("edgenext_xx_small")
+    base = estimate(model)
+    assert estimate(model, batch=4).activations > base.activations
+    assert estimate(model, size=96).activations > base.activations
+    model.set_grad_checkpointing(True)
+    assert estimate(model).activations <= base.activations
+    assert estimate(model, batch=4).activations <= estimate(tiny_model("edgenext_xx_small"), batch=4).activations
+
+
+def test_stage_one_freezes_the_encoder_and_the_ema_adds_a_copy():
+    model = tiny_model()
+    first, second = estimate(model, stage=1), estimate(model, stage=2, ema=True)
+    assert first.activations < second.activations and first.gradients < second.gradients
+    assert second.optimizer == 2 * second.gradients and second.ema == second.weights
+    assert first.ema == 0 and second.total > first.total
+
+
+def test_fp16_saves_less_than_fp32_but_the_decoder_stays_fp32():
+    model = tiny_model("edgenext_xx_small")
+    fp32, fp16 = estimate(model, size=96), estimate(model, size=96, amp=torch.float16)
+    assert fp16.activations < fp32.activations
+    assert fp16.activations > fp32.activations / 2  # GroupNorm and upsampling run in fp32 under autocast
+
+
+def test_the_documented_recipe_fits_a_t4_and_says_it_is_an_estimate(tiny_config):
+    config = tiny_config(backbone="edgenext_base", num_experts=7, top_k=2, decoder_channels=64, img_size=384,
+                         batch_size=8, stage2_batch_size=8, epochs=3, stage1_epochs=1)
+    stages = estimate_training_memory(config, torch.float16)
+    assert [stage.stage for stage in stages] == [1, 2]
+    assert 1.5 * GIB < stages[1].activations < 3 * GIB  # about 2.1 GiB saved for backward, measured by hand
+    assert stages[1].total < 15 * GIB and "estimate" in stages[1].describe()
