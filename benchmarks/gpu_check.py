@@ -49,6 +49,7 @@ from data.loaders import split_epoch_index  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.callbacks import Callback, Order  # noqa: E402
 from engine.config import AMP_MODES, ConfigError, build_config, load_yaml  # noqa: E402
+from engine.training.memory import estimate_training_memory  # noqa: E402
 from engine.training.precision import resolve_amp  # noqa: E402
 
 from benchmarks.gpu_check_ddp import cli_flags, measure_ddp  # noqa: E402,F401 - cli_flags: the tests read it here
@@ -206,6 +207,9 @@ def measure_training(device: torch.device, settings: Dict[str, Any], folder: Pat
               "seconds": round(time.perf_counter() - started, 1)}
     if trainer.precision.dtype is not None:
         result["validation"] = compare_autocast_validation(trainer)
+    # --dry-run's estimate of the same settings, beside the measured peaks of "stages"
+    estimates = estimate_training_memory(trainer.config, trainer.precision.dtype)
+    result["estimated_peak_mib"] = {f"stage{stage.stage}": round(stage.total / 2**20) for stage in estimates}
     del trainer
     free_memory(device)
     return result

@@ -67,6 +67,8 @@ def test_check_runs_fp32_and_amp_reporting_rates_skips_and_autocast_validation(t
             assert set(stage) == STAGE_KEYS and stage["timed_steps"] == 1 and stage["images_per_s"] > 0
             assert stage["peak_memory_mb"] is None  # no CUDA memory statistics on the CPU
         assert isinstance(run["skipped_steps"], int) and run["seconds"] > 0
+        assert set(run["estimated_peak_mib"]) == {"stage1", "stage2"}  # --dry-run's estimate beside the peaks
+        assert 0 < run["estimated_peak_mib"]["stage1"] <= run["estimated_peak_mib"]["stage2"]
     fp32, amp, channels_last = runs["fp32"], runs["amp"], runs["amp_channels_last"]
     assert fp32["precision"] == "float32" and fp32["loss_scale"] is None and "validation" not in fp32
     assert fp32["vs_fp32"]["stage2"] == {"images_per_s": 1.0, "peak_memory_mb": None}
