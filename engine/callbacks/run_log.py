@@ -48,11 +48,13 @@ class LoggingCallback(Callback):
 
     def log_scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
+            with naming(self.folder / "runs"):
+                self.writer.add_scalar(tag, value, step)
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
         if self.writer is not None:
-            self.writer.add_image(tag, image, step)
+            with naming(self.folder / "runs"):
+                self.writer.add_image(tag, image, step)
 
     def on_train_start(self, trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import

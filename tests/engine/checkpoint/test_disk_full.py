@@ -120,3 +120,15 @@ def test_training_on_a_really_full_disk_ends_on_one_line(size, small_tmpfs):
     folder = small_tmpfs(size) / "ckpt"
     result = run_cli("train", *TINY_TRAIN_FLAGS, "--checkpoint-dir", folder, "--progress", "off")
     assert_refused(result, "the disk is full", str(folder))
+
+
+def test_a_full_disk_under_tensorboard_names_its_folder(tmp_path, monkeypatch):
+    """TensorBoard writes from a thread and re-raises its OSError, nameless, on a later call."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", no_space)
+    result = run_cli("train", *TINY_TRAIN_FLAGS, "--checkpoint-dir", tmp_path / "ckpt")
+    assert_refused(result, f"{tmp_path / 'ckpt' / 'runs'}: the disk is full")
