@@ -140,16 +140,23 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before training if ``--checkpoint-dir`` cannot hold checkpoints (a file in its place is
-    refused earlier, by ``engine.config.validate``)."""
+def write_error(folder: Path) -> Optional[OSError]:
+    """Why ``folder`` cannot take new files (created if missing), or None when it can."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
+            return None
     except OSError as error:
+        return error
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training if ``--checkpoint-dir`` cannot hold checkpoints (a file in its place is
+    refused earlier, by ``engine.config.validate``)."""
+    error = write_error(folder)
+    if error is not None:
         raise ConfigError(f"--checkpoint-dir {folder} is not writable ({error.strerror}); "
-                          "pass a writable folder such as /kaggle/working/checkpoints") from None
+                          "pass a writable folder such as /kaggle/working/checkpoints")
 
 
 def run_lock(folder: str, rank: int = 0):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from data.layouts import DatasetError, find_pairs_in_roots, has_separate_test_sp
 from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, stop_signals_blocked, stop_workers
 from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
+from engine.checkpoint.lock import write_error
 from engine.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def cache_folders(config: TrainConfig, warn: bool = True) -> Tuple[str, List[Pat
     requested = Path(config.cache_dir) if config.cache_dir else default
     read_only: List[Path] = []
     writable = requested
-    if not _is_writable(requested) and requested != default:
+    if write_error(requested) is not None and requested != default:
         if warn:
             logger.warning("--cache-dir %s is not writable: reading its entries, writing new ones to %s", requested,
                            default)
@@ -259,15 +259,6 @@ def cache_folders(config: TrainConfig, warn: bool = True) -> Tuple[str, List[Pat
         read_only += [folder for folder in (previous / "resize-cache", *sorted(previous.glob("*/resize-cache")))
                       if folder.is_dir() and folder.resolve() != writable.resolve()]
     return str(writable), read_only
-
-
-def _is_writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            return True
-    except OSError:
-        return False
 
 
 def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequence[float]], rank: int = 0,
