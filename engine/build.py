@@ -53,7 +53,7 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         if config.grad_monitor_interval > 0 else None,
         ExpertUsageMonitor(config.log_interval) if config.expert_monitor else None,
         PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr,
-                           warmup_epochs=config.warmup_epochs)
+                           warmup_epochs=config.warmup_epochs, total_epochs=config.epochs)
         if config.diagnosis_enabled else None,
         PreviewCallback(),  # val/preview image grid each epoch, through trainer.log_image
         LoggingCallback(folder, config.log_interval, step_lines=config.progress != "off") if is_main else None,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from engine.monitors.expert_usage import ExpertUsageMonitor
 from engine.monitors.gradient_drift import DriftDetector, GradientDriftMonitor
 from engine.monitors.loss_ema import LossEMA, LossEMAMonitor
-from engine.monitors.post_epoch import PostEpochEvaluator, analyse_history
+from engine.monitors.health_rules import analyse_history
+from engine.monitors.post_epoch import PostEpochEvaluator
 from engine.training.callback import is_main_process
 
 __all__ = [

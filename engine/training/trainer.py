@@ -86,6 +86,10 @@ class Trainer:
         self.trainable_params = 0
         self.current_lr = 0.0
         self.image_blind_iou: Optional[float] = None  # set by the first validation (mask_prior.py)
+        # (N, 2) per-image IoU and structure loss of the last validation (engine/training/validation.py);
+        # val_per_image: the base weights' of this epoch, what the health report judges.
+        self.last_per_image_scores: Optional[torch.Tensor] = None
+        self.val_per_image: Optional[torch.Tensor] = None
         self.averaged_models: Dict[str, nn.Module] = {}  # e.g. {"ema": shadow}: validated and previewed too
         self._log_sinks: List[Any] = []
         self.callbacks = CallbackList()
@@ -239,6 +243,7 @@ class Trainer:
     def _end_epoch(self) -> Dict[str, Any]:
         train_loss = (self.epoch_loss_sum / max(self.epoch_updates, 1)).item()
         metrics = self.validate(self.model)
+        self.val_per_image = self.last_per_image_scores  # the base weights' (an EMA validation replaces the last)
         self.callbacks.call("on_validation", self, metrics)
         record = {
             "epoch": self.epoch + 1, "stage": self.stage, "global_step": self.global_step, "lr": self.current_lr,
@@ -363,13 +368,14 @@ class Trainer:
         module = self.unwrapped_model if module is self.model else module  # no DDP hooks in eval
         self.validating = True  # left set if validation fails: the error message reads it
         with evaluating(module):
-            metrics, image_blind_iou = validation_pass(
+            result = validation_pass(
                 module, self.data, self.config, self.device, self.precision, self.memory_format, self.show_bars,
                 measure_image_blind=self.image_blind_iou is None)
-        if image_blind_iou is not None:
-            self.image_blind_iou = image_blind_iou
+        if result.image_blind_iou is not None:
+            self.image_blind_iou = result.image_blind_iou
+        self.last_per_image_scores = result.per_image
         self.validating = False
-        return metrics
+        return result.metrics
 
 
 def _term_key(log_name: str) -> str:
