@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List
 
-from engine.config import AMP_MODES, BEST_METRICS, CACHE_MODES, DEVICES, PROGRESS_MODES, SCHEDULERS, TrainConfig
+from engine.config import (AMP_MODES, BEST_METRICS, CACHE_MODES, DEVICES, NORMALIZATION_MODES, PROGRESS_MODES,
+                           SCHEDULERS, TrainConfig)
 
 DEFAULTS = TrainConfig()
 BOOL = "bool"
@@ -59,14 +60,16 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("deep-supervision-weight", float, "weight of the per-expert structure losses (0: off)"),
         ("side-supervision-weight", float, "weight of the structure losses of each decoder level's side output "
                                            "(multi-level deep supervision; 0: off)"),
-        ("loss-normalization", str, "loss combination: none | ema (each term divided by its own bias-corrected EMA); "
-                                    "TensorBoard gets loss/<term>_raw, and loss/<term>_normalized with ema"),
+        ("loss-normalization", NORMALIZATION_MODES, "loss combination: none (weighted sum) or ema (each term divided "
+                                                    "by its own bias-corrected EMA); TensorBoard gets loss/<term>_raw, "
+                                                    "and loss/<term>_normalized with ema"),
         ("loss-normalization-beta", float, "EMA decay of --loss-normalization ema; window about 1/(1-beta) "
                                          "micro-batches (one EMA update per forward pass)"),
     ],
     "optimisation and stages": [
-        ("batch-size", int, "stage-1 batch size"),
-        ("stage2-batch-size", int, "stage-2 batch size (default: --batch-size)"),
+        ("batch-size", int, "stage-1 batch size per GPU (per torchrun rank: 2 GPUs train on twice as many images "
+                            "per step)"),
+        ("stage2-batch-size", int, "stage-2 batch size per GPU (default: --batch-size)"),
         ("accumulation-steps", int, "micro-batches per optimizer step"),
         ("epochs", int, "total epochs of the plan"),
         ("stage1-epochs", int, "epochs with the encoder frozen"),
@@ -137,9 +140,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("deterministic", BOOL, "ask cuDNN/PyTorch for deterministic kernels on GPU (slower)"),
         ("device", DEVICES, "where training runs (auto: a GPU when visible)"),
         ("amp", AMP_MODES, "mixed precision (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
-        ("channels-last", BOOL, "channels-last memory format for model and inputs; kept off since on CUDA the "
-                                      "decoder's GroupNorm runs only in NCHW (a layout copy around each norm), not yet "
-                                      "measured on a GPU"),
+        ("channels-last", BOOL, "channels-last memory format for model and inputs; off by default since on CUDA "
+                                "the decoder's GroupNorm runs only in NCHW (a layout copy around each norm)"),
         ("grad-checkpointing", BOOL, "recompute encoder stages and experts in backward: less memory (384 px on "
                                      "16 GB cards) for extra compute, same gradients"),
         ("compile", BOOL, "torch.compile the model (torch >= 2.6; the first steps of each stage compile, then run "
@@ -161,12 +163,35 @@ def _help_text(flag: str, text: str) -> str:
     return f"{text} (default: {'off' if value is False else 'on' if value is True else value})"
 
 
+# Metavars of the train flags that take a value, where the type alone says too little.
+METAVARS = {"checkpoint-dir": "DIR", "continue-from": "DIR", "cache-dir": "DIR", "resume-from": "FILE|auto",
+            "pretrained-path": "FILE", "time-limit": "DURATION", "eval-epochs": "EPOCHS", "backbone": "NAME"}
+KIND_METAVARS = {int: "N", float: "X", str: "TEXT"}
+GUIDES = ("configs/ holds ready YAML files (demo.yaml, the COD10K + CAMO recipes); guides/ explains\n"
+          "Kaggle sessions, EMA, LR schedules, plateaus, the monitors and training collapse.")
+
+
+def _command_parser(subparsers, name: str, summary: str, description: str, examples: List[str], **kwargs):
+    """A sub-command whose --help shows a description, examples and where to read more."""
+    epilog = "examples:\n" + "\n".join(f"  python train_ultimate.py {name} {example}" for example in examples)
+    return subparsers.add_parser(name, help=summary, description=description, epilog=f"{epilog}\n\n{GUIDES}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def _add_train_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train", help="train the MoE camouflage segmenter (two stages, EMA, resume)",
-        usage="%(prog)s [--config FILE.yaml] [--dry-run] [options]",
-        description="Train on COD10K-style data, or on the synthetic set when --dataset-path is omitted.")
-    parser.add_argument("--config", help="YAML file of defaults (keys = flag names); flags override it")
+    parser = _command_parser(
+        subparsers, "train", "train the MoE camouflage segmenter (two stages, EMA, resume)",
+        "Train on COD10K-style data (--dataset-path), or on the built-in synthetic set when it is omitted.\n"
+        "Stage 1 trains the decoder on a frozen encoder, stage 2 the whole model; the run writes\n"
+        "best_model.pth, last.pth, metrics.jsonl, config.yaml and TensorBoard logs to --checkpoint-dir.",
+        ["--config configs/demo.yaml",
+         "--config configs/cod10k_camo_edgenext_base.yaml --dataset-path /kaggle/input/cod10k/COD10K-v3 --dry-run",
+         "--config configs/cod10k_camo_edgenext_base.yaml --dataset-path DATA --time-limit 11.5h",
+         "--continue-from /kaggle/input/<previous-notebook>/checkpoints --time-limit 11.5h",
+         "--checkpoint-dir checkpoints/run --resume-from auto"],
+        usage="%(prog)s [--config FILE.yaml] [--dry-run] [options]")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of defaults (keys = flag names, e.g. "
+                                                             "configs/demo.yaml); flags override it")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the config and plan, then exit")
     for group_name, flags in TRAIN_FLAGS.items():
         group = parser.add_argument_group(group_name)
@@ -179,18 +204,24 @@ def _add_train_parser(subparsers) -> None:
             elif isinstance(kind, tuple):  # a choice: unknown values are refused at parse time
                 group.add_argument(f"--{flag}", choices=kind, default=None, help=help_text)
             else:
-                group.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
+                group.add_argument(f"--{flag}", type=kind, default=None, help=help_text,
+                                   metavar=METAVARS.get(flag, KIND_METAVARS[kind]))
 
 
 def _add_synth_parser(subparsers) -> None:
-    parser = subparsers.add_parser("synth", help="write the synthetic camouflage set in the COD10K-v3 layout")
-    parser.add_argument("--output", required=True,
+    parser = _command_parser(
+        subparsers, "synth", "write the synthetic camouflage set in the COD10K-v3 layout",
+        "Render synthetic camouflage scenes (a textured object on a similar background) with their masks\n"
+        "as JPEG/PNG files in the COD10K-v3 folder layout, to try train / eval / predict without a download.",
+        ["--output data/synthetic", "--output data/small --num-train 40 --num-test 10 --size 128"])
+    parser.add_argument("--output", required=True, metavar="DIR",
                         help="new or empty folder to create (Train/Image, Train/GT_Object, Test/...)")
-    parser.add_argument("--num-train", type=int, default=400, help="training scenes (default: 400)")
-    parser.add_argument("--num-test", type=int, default=100, help="test scenes (default: 100)")
-    parser.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
-    parser.add_argument("--difficulty", type=float, default=0.15, help="texture shift, smaller is harder (default: 0.15)")
+    parser.add_argument("--num-train", type=int, default=400, metavar="N", help="training scenes (default: 400)")
+    parser.add_argument("--num-test", type=int, default=100, metavar="N", help="test scenes (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="scene seed (default: 0)")
+    parser.add_argument("--size", type=int, default=256, metavar="N", help="image side in pixels (default: 256)")
+    parser.add_argument("--difficulty", type=float, default=0.15, metavar="X",
+                        help="texture shift, smaller is harder (default: 0.15)")
 
 
 INFERENCE_CHOICES = {"tta": ("none", "flip", "flip-scale"), "device": ("auto", "cpu", "cuda")}
@@ -201,25 +232,27 @@ def _add_inference_flags(group) -> None:
     group.add_argument("--tta", choices=INFERENCE_CHOICES["tta"], default="none",
                        help="test-time augmentation: average over a horizontal flip (flip) and also 0.75x/1.25x "
                             "sides (flip-scale) (default: none)")
-    group.add_argument("--img-size", type=int, default=None,
+    group.add_argument("--img-size", type=int, default=None, metavar="N",
                        help="inference side in pixels (default: the checkpoint's training --img-size)")
     group.add_argument("--device", choices=INFERENCE_CHOICES["device"], default="auto",
                        help="where the model runs (default: auto, a GPU when visible)")
 
 
 def _add_eval_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "eval", help="score a checkpoint and/or saved prediction maps on test sets: S-measure, E-measure, "
-                     "weighted F, MAE, IoU, Dice",
-        description="Score base and/or EMA weights of a checkpoint, and/or the saved prediction maps of any "
-                    "method (--predictions), on one or more test sets with the standard COD metrics "
-                    "(pysodmetrics), each prediction resized to its ground truth's original size; one table row "
-                    "per weights or method. Images with an empty ground truth (COD10K NonCAM, only with "
-                    "--include-noncam): IoU and Dice are 1 when nothing is predicted, else 0; weighted F is 0 "
-                    "(pysodmetrics' convention).")
+    parser = _command_parser(
+        subparsers, "eval", "score a checkpoint and/or saved prediction maps on test sets: S-measure, E-measure, "
+                            "weighted F, MAE, IoU, Dice",
+        "Score base and/or EMA weights of a checkpoint, and/or the saved prediction maps of any method\n"
+        "(--predictions), on one or more test sets with the standard COD metrics (pysodmetrics), each\n"
+        "prediction resized to its ground truth's original size; one table row per weights or method.\n"
+        "Images with an empty ground truth (COD10K NonCAM, only with --include-noncam): IoU and Dice\n"
+        "are 1 when nothing is predicted, else 0; weighted F is 0 (pysodmetrics' convention).",
+        ["--checkpoint checkpoints/demo/best_model.pth --dataset-path data/synthetic",
+         "--checkpoint best_model.pth --dataset-path COD10K-v3 CAMO NC4K CHAMELEON --output scores.json",
+         "--predictions maps/SINet-V2 --dataset-path COD10K-v3"])
     inputs = parser.add_argument_group("inputs (--checkpoint, --predictions or both)")
-    inputs.add_argument("--checkpoint", default=None, help="a .pth written by train (e.g. best_model.pth) or a "
-                                                           ".safetensors written by export")
+    inputs.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="a .pth written by train (e.g. best_model.pth) or a .safetensors written by export")
     inputs.add_argument("--predictions", nargs="+", default=[], metavar="DIR",
                         help="folders of saved maps, one per method (e.g. AINet/ with a sub-folder per test set "
                              "named like the set's folder, or the maps themselves for one set); maps pair with "
@@ -236,11 +269,11 @@ def _add_eval_parser(subparsers) -> None:
     inference.add_argument("--weights", choices=("base", "ema", "both"), default=None,
                            help="weights to score (default: both when the checkpoint holds EMA weights, else base)")
     _add_inference_flags(inference)
-    inference.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    inference.add_argument("--num-workers", type=int, default=None,
+    inference.add_argument("--batch-size", type=int, default=8, metavar="N",
+                           help="images per forward pass (default: 8)")
+    inference.add_argument("--num-workers", type=int, default=None, metavar="N",
                            help="DataLoader workers reading the test images (default: 2 when the model runs on a "
-                                "GPU, 0 on CPU, where workers compete with the forward pass: measured 1.56x vs "
-                                "1.20x over the per-image loop on 2 cores)")
+                                "GPU, 0 on CPU, where workers would compete with the forward pass for the cores)")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None, metavar="FILE.json",
                         help="write the scores and what produced them (checkpoint, weights, TTA, size, image counts, "
@@ -253,28 +286,37 @@ def _add_eval_parser(subparsers) -> None:
 
 
 def _add_export_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export", help="write one weight set as safetensors, or the model as ONNX / torch.export (.pt2)",
-        description="safetensors: the chosen weights (optionally fp16) with the model config as metadata, loaded "
-                    "by engine.api.load_model. onnx / pt2: a logits-only graph taking RGB in [0, 1] at any size, "
-                    "(B, 3, H, W) -> (B, 1, H, W) logits, with dynamic batch, height and width.")
-    parser.add_argument("--checkpoint", required=True, help="a .pth written by train (or an exported .safetensors)")
+    parser = _command_parser(
+        subparsers, "export", "write one weight set as safetensors, or the model as ONNX / torch.export (.pt2)",
+        "safetensors: the chosen weights (optionally fp16) with the model config as metadata, loaded by\n"
+        "engine.api.load_model. onnx / pt2: a logits-only graph taking RGB in [0, 1] at any size,\n"
+        "(B, 3, H, W) -> (B, 1, H, W) logits, with dynamic batch, height and width.",
+        ["--checkpoint checkpoints/demo/best_model.pth --output demo.safetensors",
+         "--checkpoint best_model.pth --format onnx --output model.onnx"])
+    parser.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="a .pth written by train (or an exported .safetensors)")
     parser.add_argument("--output", required=True, metavar="FILE", help="file to write (never the checkpoint)")
     parser.add_argument("--format", choices=("safetensors", "onnx", "pt2"), default="safetensors",
                         help="safetensors (weights + config), onnx or pt2 (torch.export) (default: safetensors)")
     parser.add_argument("--weights", choices=("best", "base", "ema"), default="best",
                         help="weights to export (default: best, the ones that scored best in training)")
     parser.add_argument("--half", action="store_true", help="store safetensors weights as fp16 (default: off)")
-    parser.add_argument("--img-size", type=int, default=None,
+    parser.add_argument("--img-size", type=int, default=None, metavar="N",
                         help="inference side stored with the model (default: the checkpoint's training --img-size)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file (default: off)")
 
 
 def _add_predict_parser(subparsers) -> None:
-    parser = subparsers.add_parser("predict", help="write mask PNGs for an image or a folder, at the original size")
+    parser = _command_parser(
+        subparsers, "predict", "write mask PNGs for an image or a folder, at the original size",
+        "Segment the camouflaged object in each image with a trained checkpoint and write one mask PNG\n"
+        "per image at the image's own size (probabilities as 0-255, or 0/255 with --binary).",
+        ["--checkpoint checkpoints/demo/best_model.pth --input photo.jpg --output masks",
+         "--checkpoint best_model.pth --input test_images/ --output masks --binary --overlay"])
     inputs = parser.add_argument_group("inputs and outputs")
-    inputs.add_argument("--checkpoint", required=True, help="a .pth written by train (e.g. best_model.pth)")
-    inputs.add_argument("--input", required=True, metavar="IMAGE_OR_DIR",
+    inputs.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="a .pth written by train (e.g. best_model.pth)")
+    inputs.add_argument("--input", required=True, metavar="PATH",
                         help="an image or a folder of images (JPEG/PNG/BMP/WebP/TIFF; gray, RGBA, 16-bit)")
     inputs.add_argument("--output", required=True, metavar="DIR", help="folder for <name>.png masks")
     inputs.add_argument("--binary", action="store_true",
@@ -291,12 +333,14 @@ def _add_predict_parser(subparsers) -> None:
 
 
 def _add_report_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "report", help="draw PNG curves of a run (loss + loss EMA, val IoU base vs EMA, LR, gradient gain, experts)",
-        description="Figures from metrics.jsonl and the TensorBoard scalars of a run, written to "
-                    "<checkpoint-dir>/report/; figures whose data is missing are skipped with a note. "
-                    "train runs this automatically at its end.")
-    parser.add_argument("--checkpoint-dir", required=True, help="the run's --checkpoint-dir")
+    parser = _command_parser(
+        subparsers, "report", "draw PNG curves of a run (loss + loss EMA, val IoU base vs EMA, LR, gradient gain, "
+                              "experts)",
+        "Figures from metrics.jsonl and the TensorBoard scalars of a run, written to\n"
+        "<checkpoint-dir>/report/; figures whose data is missing are skipped with a note.\n"
+        "train runs this automatically at its end.",
+        ["--checkpoint-dir checkpoints/demo"])
+    parser.add_argument("--checkpoint-dir", required=True, metavar="DIR", help="the run's --checkpoint-dir")
 
 
 class OneLineParser(argparse.ArgumentParser):

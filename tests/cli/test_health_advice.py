@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from engine.monitors.post_epoch import schedule_context
+from engine.monitors.health_rules import schedule_context
 from engine.training.stages import PlanState, StagePlan
 from tests.cli.in_process import run_main
 

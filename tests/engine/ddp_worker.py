@@ -37,7 +37,8 @@ def main(settings_json: str, output: str) -> None:
     metrics = trainer.validate(trainer.model)  # all-reduced: every rank takes part
     torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "compiled_calls": backend.calls, "global_step": trainer.global_step, "metrics": metrics,
-                "image_blind_iou": trainer.image_blind_iou}, f"{output}/rank{trainer.distributed.rank}.pt")
+                "image_blind_iou": trainer.image_blind_iou, "per_image": trainer.last_per_image_scores},
+               f"{output}/rank{trainer.distributed.rank}.pt")
     shutdown(trainer.distributed)
 
 

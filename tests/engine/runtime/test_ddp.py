@@ -82,6 +82,13 @@ def test_two_ranks_match_each_other_and_one_process(tmp_path, eager_ranks):
     for key, value in single.model.state_dict().items():
         if value.is_floating_point() and "dispatch_fraction" not in key:
             assert torch.allclose(value, rank0["model"][key], rtol=1e-3, atol=1e-5), key
+    # Per-image validation scores, gathered by image index from the two ranks' halves of the set,
+    # equal one process's on the same weights, row for row (the health report pairs them by image).
+    assert torch.equal(rank0["per_image"], eager_ranks[1]["per_image"])
+    single.unwrapped_model.load_state_dict(rank0["model"])
+    single.validate(single.model)
+    assert rank0["per_image"].shape == (SETTINGS["synthetic_val_size"], 2)
+    torch.testing.assert_close(single.last_per_image_scores, rank0["per_image"], rtol=1e-4, atol=2e-3)
 
 
 @pytest.mark.slow

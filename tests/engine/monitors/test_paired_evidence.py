@@ -1,0 +1,63 @@
+"""Paired differences and the per-run false-alarm budget."""
+import math
+from statistics import NormalDist
+
+import pytest
+import torch
+
+from engine.monitors.paired_evidence import FalseAlarmBudget, PairedDifference, paired_difference
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_the_per_image_changes():
+    before = torch.tensor([0.2, 0.5, 0.7, 0.9])
+    after = torch.tensor([0.3, 0.5, 0.9, 0.95])
+    change = paired_difference(after, before)
+    differences = [0.1, 0.0, 0.2, 0.05]
+    mean = sum(differences) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 3)
+    assert change.mean == pytest.approx(mean) and change.se == pytest.approx(sd / 2) and change.images == 4
+    assert change.z == pytest.approx(mean / (sd / 2))
+    assert change.upper(1.0) == pytest.approx(mean + sd / 2)
+    assert "+0.0875 +- " in change.describe() and "(SE, 4 images)" in change.describe()
+
+
+def test_pairing_removes_the_spread_between_images():
+    """Images differ far more from each other than from themselves a epoch later: paired, a small
+    shift every image shares is clear; the unpaired spread would hide it."""
+    generator = torch.Generator().manual_seed(0)
+    before = torch.rand(100, generator=generator)
+    after = before + 0.01 + 0.002 * torch.randn(100, generator=generator)
+    assert paired_difference(after, before).z > 20
+    assert float(before.std()) / 10 > 0.01  # the unpaired standard error is larger than the shift
+
+
+def test_unchanged_and_uniform_changes():
+    scores = torch.tensor([0.125, 0.5, 0.75])  # exact in binary: +0.25 moves each image by exactly 0.25
+    assert paired_difference(scores, scores).z == 0.0
+    assert paired_difference(scores + 0.25, scores).z == math.inf  # every image moved alike
+    assert PairedDifference(-0.1, 0.0, 3).z == -math.inf
+
+
+def test_scores_of_different_images_are_refused():
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(torch.zeros(5), torch.zeros(6))
+
+
+@pytest.mark.parametrize("tests", [1, 10, 35, 300])
+def test_the_budget_splits_the_run_rate_over_its_tests(tests):
+    budget = FalseAlarmBudget(tests)
+    assert budget.per_test == pytest.approx(0.05 / tests)
+    assert 1 - NormalDist().cdf(budget.z) == pytest.approx(budget.per_test)
+    assert FalseAlarmBudget(tests * 2).z > budget.z
+
+
+def test_a_budget_holds_under_pure_noise():
+    """35 tests of pure validation noise per run (a demo run's count), 400 runs: the share of runs
+    with any false alarm stays near the design 5 % (Bonferroni is conservative: at most 5 %)."""
+    budget = FalseAlarmBudget(35)
+    generator = torch.Generator().manual_seed(1)
+    alarms = 0
+    for _ in range(400):
+        scores = torch.randn(35, 100, generator=generator, dtype=torch.float64)
+        alarms += any(paired_difference(row, torch.zeros(100, dtype=torch.float64)).z >= budget.z for row in scores)
+    assert alarms / 400 <= 0.08
