@@ -72,7 +72,9 @@ def validation_pass(module: nn.Module, data, config: TrainConfig, device: torch.
             scores.update(cod_scores(probabilities, batch))
         losses = structure_loss(logits, masks, reduction="none")
         accumulator.update(scores, losses.sum())
-        rows = batch["index"] if "index" in batch else torch.arange(position, position + len(masks))
+        # A dataset without "index": the unshuffled, unpadded sampler gives rank r the images r, r + W, ...
+        rows = batch["index"] if "index" in batch else \
+            torch.arange(position, position + len(masks)) * data.world_size + data.rank
         table[rows.to(device)] = torch.stack([scores["iou"].float(), losses.float()], dim=1)
         position += len(masks)
     image_blind_iou = baseline.compute(data.all_reduce) if baseline is not None else None
