@@ -52,6 +52,15 @@ def replay(history: Dict[str, Any]) -> List[Dict[str, Any]]:
         if len(stats) < 2:
             continue
         health = analyse_history(stats, scores, ScheduleContext(**row["context"]), budget)
+        history.setdefault("closest", {})
+        for evidence in health["evidence"]:  # how near each paired test came to its critical z
+            toward_alarm = {"iou_fell": -1.0, "val_loss_rose": 1.0}.get(evidence["rule"])
+            if toward_alarm is not None and isinstance(evidence["z"], (int, float)) and math.isfinite(evidence["z"]):
+                share = toward_alarm * evidence["z"] / evidence["critical_z"]
+                best = history["closest"].get(evidence["rule"])
+                if best is None or share > best["share_of_critical_z"]:
+                    history["closest"][evidence["rule"]] = {"epoch": row["epoch"], "z": evidence["z"],
+                                                            "share_of_critical_z": round(share, 3)}
         for rule, message in zip(health["fired"], health["issues"]):
             alarms.append({"rule": rule, "epoch": row["epoch"], "step": row["global_step"], "message": message})
     return alarms

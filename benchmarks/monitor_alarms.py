@@ -178,7 +178,8 @@ def summarise(histories: List[Dict[str, Any]], plan: List[Dict[str, Any]]) -> Di
             if legacy else None
         row = {"run": entry["run"], "group": entry["group"], "held_out": entry["held_out"], "error": history["error"],
                "val_iou": [round(r["val_iou"], 4) if r["val_iou"] == r["val_iou"] else None for r in history["epochs"]],
-               "alarms": _by_rule(alarms), "legacy_alarms": _by_rule(old) if old is not None else "git history absent",
+               "alarms": _by_rule(alarms), "closest_to_alarm": history.get("closest", {}),
+               "legacy_alarms": _by_rule(old) if old is not None else "git history absent",
                "seconds": history["seconds"]}
         if entry["group"] == "sabotage":
             row.update(judge(history, alarms, reference))

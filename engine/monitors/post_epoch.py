@@ -101,7 +101,10 @@ class PostEpochEvaluator(Callback):
         self.history.append(EpochStats(record["epoch"], record["val_loss"], train_loss, record.get("val_iou"),
                                        record.get("val_image_blind_iou"), record.get("val_iou_ema")))
         if getattr(trainer, "val_per_image", None) is not None:
-            self.scores[record["epoch"]] = trainer.val_per_image.detach().float().cpu().clone()
+            table = trainer.val_per_image.detach().float().cpu().clone()
+            if any(old.shape != table.shape for old in self.scores.values()):
+                self.scores.clear()  # another validation set (e.g. resumed on other roots): nothing to pair with
+            self.scores[record["epoch"]] = table
         health: Dict[str, Any] = {}
         context = schedule_context(trainer.plan, record["epoch"] - 1, self.warmup_epochs)
         if record["epoch"] == 1 and self._first_epoch is not None:

@@ -183,3 +183,13 @@ def test_without_loss_terms_the_gap_falls_back_to_the_total():
     records = run_epochs(PostEpochEvaluator("2+"), fake_trainer(), [1.0, 1.0], [0.5, 0.5])
     assert "train_structure_loss" not in records[1]
     assert records[1]["health"]["train_val_gap"] == pytest.approx(100.0)
+
+
+def test_a_validation_set_of_another_size_starts_the_paired_history_afresh():
+    """A resume on other data roots validates other images: the old tables are dropped, and saving works."""
+    evaluator, trainer = PostEpochEvaluator(), fake_trainer()
+    flat, scores = flat_run(4)
+    run_epochs(evaluator, trainer, flat[:2], scores={1: scores[1], 2: scores[2]})
+    trainer.epoch, trainer.val_per_image = 2, scores[3][:50]
+    evaluator.on_epoch_end(trainer, {"epoch": 3, "global_step": 30, "val_loss": 0.7, "val_iou": 0.6, "train_loss": 0.7})
+    assert list(evaluator.scores) == [3] and evaluator.state_dict()["scores"].shape == (1, 50, 2)

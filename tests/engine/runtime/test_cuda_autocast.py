@@ -142,6 +142,7 @@ class FakeCudaData:
         self.cuda, self.img_size = cuda, img_size
         self.train_dataset = self.val_dataset = list(range(num_samples))
         self.samples_per_rank, self.is_main_process = num_samples, True
+        self.rank, self.world_size = 0, 1
 
     def batches(self, dataset, batch_size, epoch, shuffle, start_sample):
         for start in range(start_sample, len(dataset), batch_size):
