@@ -86,7 +86,10 @@ class ScheduleContext:
                 and self.lr <= TAIL_FRACTION * self.peak_lr)
 
     def lower_lr_advice(self) -> str:
-        """The flags that lower this stage's LR to half of today's, when resuming."""
+        """The flags that lower this stage's LR to half of today's, when resuming (the flag alone
+        when the LR is unknown)."""
+        if self.lr is None:
+            return f"lower {self.lr_flag}"
         return f"resume with {self.lr_flag} {self.lr / 2:.3g} (half of the current {self.lr:.3g})"
 
 
@@ -212,28 +215,34 @@ def _record(health: Dict[str, Any], rule: str, before: EpochStats, after: EpochS
                                "critical_z": round(z, 3)})
 
 
+def _recent_against_before(health, rule: str, epochs, scores, column: int, lower_is_better: bool, z: float):
+    """``_best_pair`` over the last ``RECENT_EPOCHS`` epochs, its evidence recorded under ``rule``."""
+    pair = _best_pair(epochs, RECENT_EPOCHS, scores, column, lower_is_better)
+    if pair is not None:
+        _record(health, rule, *pair, z)
+    return pair
+
+
 def _add_iou_fall(health, epochs, scores, context: ScheduleContext, z: float) -> None:
-    pair = _best_pair(epochs, RECENT_EPOCHS, scores, IOU, lower_is_better=False)
+    pair = _recent_against_before(health, "iou_fell", epochs, scores, IOU, lower_is_better=False, z=z)
     if pair is None:
         return
     before, after, change = pair
-    _record(health, "iou_fell", before, after, change, z)
     if change.z <= -z:
         health["fired"].append("iou_fell")
         health["issues"].append(
             f"val IoU fell: the best of the last {RECENT_EPOCHS} epochs (epoch {after.epoch}) is below epoch "
             f"{before.epoch} by {change.describe()}, z = {change.z:.1f} (beyond the noise: |z| >= {z:.2f})")
-        advice = f"{context.lower_lr_advice()}" if context.lr is not None else f"lower {context.lr_flag}"
+        advice = context.lower_lr_advice()
         health["suggestions"].append(f"the weights are getting worse: {advice}; best_model.pth keeps epoch "
                                      f"{before.epoch}'s weights (see the training-collapse guide)")
 
 
 def _add_val_loss_rise(health, epochs, scores, context: ScheduleContext, z: float) -> None:
-    pair = _best_pair(epochs, RECENT_EPOCHS, scores, LOSS, lower_is_better=True)
+    pair = _recent_against_before(health, "val_loss_rose", epochs, scores, LOSS, lower_is_better=True, z=z)
     if pair is None:
         return
     before, after, change = pair
-    _record(health, "val_loss_rose", before, after, change, z)
     if change.z < z:
         return
     last = epochs[-1]
@@ -251,7 +260,7 @@ def _add_val_loss_rise(health, epochs, scores, context: ScheduleContext, z: floa
             f" and the training loss did not fall ({before.train_loss:.4f} -> {last.train_loss:.4f})"
         health["fired"].append("val_loss_rising")
         health["issues"].append(f"val loss rising: {rise}{trend}")
-        advice = context.lower_lr_advice() if context.lr is not None else f"lower {context.lr_flag}"
+        advice = context.lower_lr_advice()
         health["suggestions"].append(f"the optimisation is getting worse, not only the fit to the training set: "
                                      f"{advice}")
 
