@@ -185,8 +185,8 @@ def _add_train_parser(subparsers) -> None:
         "Stage 1 trains the decoder on a frozen encoder, stage 2 the whole model; the run writes\n"
         "best_model.pth, last.pth, metrics.jsonl, config.yaml and TensorBoard logs to --checkpoint-dir.",
         ["--config configs/demo.yaml",
-         "--config configs/cod10k_camo_edgenext_base.yaml --dataset-path /kaggle/input/cod10k/COD10K-v3 --dry-run",
-         "--config configs/cod10k_camo_edgenext_base.yaml --dataset-path DATA --time-limit 11.5h",
+         "--config configs/cod10k_camo_edgenext_base.yaml --dataset-path COD10K-v3 CAMO-V.1.0-CVIU2019 --dry-run",
+         "--config configs/cod10k_edgenext_base.yaml --dataset-path COD10K-v3 --time-limit 11.5h",
          "--continue-from /kaggle/input/<previous-notebook>/checkpoints --time-limit 11.5h",
          "--checkpoint-dir checkpoints/run --resume-from auto"],
         usage="%(prog)s [--config FILE.yaml] [--dry-run] [options]")

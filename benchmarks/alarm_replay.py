@@ -14,27 +14,40 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.monitors.health_rules import EpochStats, ScheduleContext, analyse_history  # noqa: E402
+from engine.monitors.health_rules import RULE_TESTS, EpochStats, ScheduleContext, analyse_history  # noqa: E402
 from engine.monitors.lr_check import first_epoch_lr_check, tenth_of  # noqa: E402
 from engine.monitors.paired_evidence import FalseAlarmBudget  # noqa: E402
+from engine.monitors.post_epoch import LR_CHECK_TESTS  # noqa: E402
 
 LEGACY_COMMIT = "248c8f8"  # the last commit with the fixed 1/5/10/30 % rules (engine/monitors/post_epoch.py)
 LEGACY_RULES = (("slow improvement", "slow_loss"), ("slow IoU progress", "slow_iou"), ("severe overfitting", "gap_severe"),
                 ("mild overfitting", "gap_mild"), ("no signal", "no_signal"), ("plateau", "plateau"),
                 ("underfitting", "underfitting"))
+TOWARD_ALARM = {"iou_fell": -1.0, "val_loss_rose": 1.0, "below_image_blind": -1.0}  # the sign of z that alarms
 
 
-def replay(history: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Today's health issues over a saved run: ``[{"rule", "epoch", "step", "message"}]``."""
-    budget = FalseAlarmBudget(history["budget_tests"])
-    alarms = []
+def judged_epochs(history: Dict[str, Any]) -> int:
+    """The epochs the run's report judged (older histories kept only the budget of 3 tests per epoch)."""
+    if "judged_epochs" in history:
+        return history["judged_epochs"]
+    return (history["budget_tests"] - LR_CHECK_TESTS) // 3
+
+
+def replay(history: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """Today's health issues over a saved run, ``[{"rule", "epoch", "step", "message"}]``, and how
+    close each paired test came to its critical z (``{rule: {"epoch", "z", "share_of_critical_z"}}``).
+
+    The budget is today's: ``RULE_TESTS`` per judged epoch, plus the epoch-1 check.
+    """
+    budget = FalseAlarmBudget(RULE_TESTS * judged_epochs(history) + LR_CHECK_TESTS)
+    alarms, closest = [], {}
     losses = torch.tensor(history["epoch1_step_losses"], dtype=torch.float64)
     tenth = tenth_of(len(losses))
     epochs = history["epochs"]
@@ -52,18 +65,17 @@ def replay(history: Dict[str, Any]) -> List[Dict[str, Any]]:
         if len(stats) < 2:
             continue
         health = analyse_history(stats, scores, ScheduleContext(**row["context"]), budget)
-        history.setdefault("closest", {})
         for evidence in health["evidence"]:  # how near each paired test came to its critical z
-            toward_alarm = {"iou_fell": -1.0, "val_loss_rose": 1.0}.get(evidence["rule"])
+            toward_alarm = TOWARD_ALARM.get(evidence["rule"])
             if toward_alarm is not None and isinstance(evidence["z"], (int, float)) and math.isfinite(evidence["z"]):
                 share = toward_alarm * evidence["z"] / evidence["critical_z"]
-                best = history["closest"].get(evidence["rule"])
+                best = closest.get(evidence["rule"])
                 if best is None or share > best["share_of_critical_z"]:
-                    history["closest"][evidence["rule"]] = {"epoch": row["epoch"], "z": evidence["z"],
-                                                            "share_of_critical_z": round(share, 3)}
+                    closest[evidence["rule"]] = {"epoch": row["epoch"], "z": evidence["z"],
+                                                 "share_of_critical_z": round(share, 3)}
         for rule, message in zip(health["fired"], health["issues"]):
             alarms.append({"rule": rule, "epoch": row["epoch"], "step": row["global_step"], "message": message})
-    return alarms
+    return alarms, closest
 
 
 def epoch_stats(row: Dict[str, Any]) -> EpochStats:
@@ -112,19 +124,36 @@ def replay_legacy(legacy, history: Dict[str, Any]) -> List[Dict[str, Any]]:
     return alarms
 
 
-def visible_epoch(history: Dict[str, Any], reference: Dict[int, float]) -> Optional[Dict[str, Any]]:
+def visible_epoch(history: Dict[str, Any], reference: List[Tuple[int, float]]) -> Optional[Dict[str, Any]]:
     """The first epoch whose val IoU shows the failure: NaN, below half the healthy runs' mean IoU
-    at that epoch, or 0.05 below the run's own best before it. None if no epoch does."""
+    after as many optimizer steps, or 0.05 below the run's own best before it. None if no epoch does.
+
+    The healthy mean is compared at the same step, not the same epoch: a run with 4 steps per epoch
+    is not failing at epoch 1 because a run with 50 steps per epoch scored more there. Before the
+    healthy runs' first validation there is nothing to compare with, and only the other two count.
+    """
     best = -math.inf
     for row in history["epochs"]:
         iou = row["val_iou"]
-        if iou is None or not math.isfinite(iou) or iou < 0.5 * reference.get(row["epoch"], 0.0) or iou < best - 0.05:
+        healthy = healthy_iou_at(reference, row["global_step"])
+        if iou is None or not math.isfinite(iou) or iou < best - 0.05 or (healthy is not None and iou < 0.5 * healthy):
             return row
         best = max(best, iou)
     return None
 
 
-def judge(history: Dict[str, Any], alarms: List[Dict[str, Any]], reference: Dict[int, float]) -> Dict[str, Any]:
+def healthy_iou_at(reference: List[Tuple[int, float]], step: int) -> Optional[float]:
+    """The healthy runs' mean val IoU after ``step`` optimizer steps (linear between their epochs;
+    their last value after their last epoch; None before their first validation)."""
+    if not reference or step < reference[0][0]:
+        return None
+    for (step_a, iou_a), (step_b, iou_b) in zip(reference, reference[1:]):
+        if step_a <= step <= step_b:
+            return iou_a + (iou_b - iou_a) * (step - step_a) / max(step_b - step_a, 1)
+    return reference[-1][1]
+
+
+def judge(history: Dict[str, Any], alarms: List[Dict[str, Any]], reference: List[Tuple[int, float]]) -> Dict[str, Any]:
     """When a sabotaged run's failure shows, and whether an alarm came no later than one epoch after it."""
     shown = visible_epoch(history, reference)
     first = min((alarm["step"] for alarm in alarms), default=None)
@@ -144,10 +173,11 @@ def judge(history: Dict[str, Any], alarms: List[Dict[str, Any]], reference: Dict
     return verdict
 
 
-def healthy_reference(histories: List[Dict[str, Any]]) -> Dict[int, float]:
-    """Mean val IoU per epoch over the healthy synthetic runs."""
-    per_epoch: Dict[int, List[float]] = {}
+def healthy_reference(histories: List[Dict[str, Any]]) -> List[Tuple[int, float]]:
+    """``(global step, mean val IoU)`` at each epoch end, over healthy runs of one setting (the same
+    steps per epoch, so their epochs end at the same steps)."""
+    per_step: Dict[int, List[float]] = {}
     for history in histories:
         for row in history["epochs"]:
-            per_epoch.setdefault(row["epoch"], []).append(row["val_iou"])
-    return {epoch: sum(values) / len(values) for epoch, values in per_epoch.items()}
+            per_step.setdefault(row["global_step"], []).append(row["val_iou"])
+    return [(step, sum(values) / len(values)) for step, values in sorted(per_step.items())]

@@ -9,6 +9,9 @@ import torch
 from data.loaders import EpochIndex, split_epoch_index
 
 OVERFIT_SCENES, OVERFIT_EPOCHS = 32, 40
+REAL_IMAGES = 480  # photographs of the healthy real runs: the recipe holds out 10 % (48) to validate
+# The real overfitting run: 32 photographs to memorise, the other 128 of its 160 validate (80 % held out).
+OVERFIT_REAL_IMAGES, OVERFIT_REAL_VAL_FRACTION, OVERFIT_REAL_EPOCHS = 160, 0.8, 80
 
 
 class ShuffledMasks(torch.utils.data.Dataset):
@@ -53,10 +56,11 @@ def inject_nan(trainer, first_call: int, calls: int) -> None:
     criterion.forward = poisoned
 
 
-def memorise_fixed_scenes(trainer) -> None:
-    """The same few training scenes every epoch, without augmentation: a model that can memorise them."""
+def memorise_fixed_samples(trainer) -> None:
+    """The same few training samples every epoch, without augmentation: a model that can memorise them."""
     train = trainer.data.train_dataset
-    train.fresh_each_epoch = False
+    if hasattr(train, "fresh_each_epoch"):  # synthetic scenes: the same scenes every epoch
+        train.fresh_each_epoch = False
     train.transform = trainer.data.val_dataset.transform
 
 
@@ -65,17 +69,19 @@ def apply_sabotage(name: str, trainer) -> None:
         trainer.data.train_dataset = ShuffledMasks(trainer.data.train_dataset)
     elif name == "nan_loss":
         inject_nan(trainer, first_call=trainer.plan.steps_per_epoch(1) + 5, calls=3)  # 3 updates early in epoch 2
-    elif name == "overfit":
-        memorise_fixed_scenes(trainer)
+    elif name.startswith("overfit"):
+        memorise_fixed_samples(trainer)
 
 
 Overrides = Callable[[Dict[str, Any]], Dict[str, Any]]
-# name -> (settings changed from the base run's, trained on real photographs)
-SABOTAGES: Dict[str, Tuple[Overrides, bool]] = {
-    "lr_x30": (lambda base: dict(lr=30 * base["lr"], stage2_lr=30 * base["stage2_lr"]), False),
-    "lr_x0.001": (lambda base: dict(lr=1e-3 * base["lr"], stage2_lr=1e-3 * base["stage2_lr"], min_lr=1e-7), False),
-    "masks_shuffled": (lambda base: {}, False),
-    "nan_loss": (lambda base: {}, False),
-    "overfit": (lambda base: dict(synthetic_train_size=OVERFIT_SCENES, epochs=OVERFIT_EPOCHS), False),
-    "masks_shuffled-real": (lambda base: {}, True),
+# name -> (settings changed from the base run's, real photographs it trains and validates on: 0 for the demo's scenes)
+SABOTAGES: Dict[str, Tuple[Overrides, int]] = {
+    "lr_x30": (lambda base: dict(lr=30 * base["lr"], stage2_lr=30 * base["stage2_lr"]), 0),
+    "lr_x0.001": (lambda base: dict(lr=1e-3 * base["lr"], stage2_lr=1e-3 * base["stage2_lr"], min_lr=1e-7), 0),
+    "masks_shuffled": (lambda base: {}, 0),
+    "nan_loss": (lambda base: {}, 0),
+    "overfit": (lambda base: dict(synthetic_train_size=OVERFIT_SCENES, epochs=OVERFIT_EPOCHS), 0),
+    "masks_shuffled-real": (lambda base: {}, REAL_IMAGES),
+    "overfit-real": (lambda base: dict(epochs=OVERFIT_REAL_EPOCHS, val_fraction=OVERFIT_REAL_VAL_FRACTION),
+                     OVERFIT_REAL_IMAGES),
 }

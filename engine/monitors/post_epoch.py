@@ -27,11 +27,15 @@ STRUCTURE_TERM = "structure_raw"  # the loss term that validation also measures 
 LR_CHECK_TESTS = 2  # the epoch-1 check's two one-sided tests (rose, barely moved)
 
 
-def false_alarm_budget(epochs: str, total_epochs: int) -> FalseAlarmBudget:
-    """The run's budget: ``RULE_TESTS`` per judged epoch (from epoch 2 on) plus the epoch-1 check."""
+def judged_epoch_count(epochs: str, total_epochs: int) -> int:
+    """How many epochs the rules judge: the selected ones from epoch 2 on."""
     selected = parse_epoch_selection(epochs)
-    judged = sum(1 for epoch in range(2, total_epochs + 1) if selected(epoch))
-    return FalseAlarmBudget(RULE_TESTS * judged + LR_CHECK_TESTS)
+    return sum(1 for epoch in range(2, total_epochs + 1) if selected(epoch))
+
+
+def false_alarm_budget(epochs: str, total_epochs: int) -> FalseAlarmBudget:
+    """The run's budget: ``RULE_TESTS`` per judged epoch plus the epoch-1 check."""
+    return FalseAlarmBudget(RULE_TESTS * judged_epoch_count(epochs, total_epochs) + LR_CHECK_TESTS)
 
 
 class PostEpochEvaluator(Callback):

@@ -86,16 +86,16 @@ def _restored_global_state():
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``python train_ultimate.py *args`` in this process: exit code, stdout and stderr as strings.
 
-    Runs in the repository root, like the subprocess it replaces. ``SystemExit`` (argparse errors,
+    Runs in ``cwd`` (default: the repository root, like the subprocess it replaces). ``SystemExit`` (argparse errors,
     ``--help``) becomes the exit code, as the interpreter would make it; any other exception is not
     caught: a user would see it as a traceback, so the test must fail.
     """
     argv = [str(arg) for arg in args]
     stdout, stderr = io.StringIO(), io.StringIO()
-    with _restored_global_state(), contextlib.chdir(ROOT), _fresh_process_warnings(), \
+    with _restored_global_state(), contextlib.chdir(cwd), _fresh_process_warnings(), \
             contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             returncode = train_ultimate.main(argv)

@@ -14,7 +14,7 @@ MID_STAGE2 = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=1.2e-4, peak_lr=
 TAIL = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=3e-5, peak_lr=2e-4, min_lr=1e-5)
 AT_MIN = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=1e-5, peak_lr=2e-4, min_lr=1e-5)
 CONSTANT = ScheduleContext(stage=2, lr_flag="--stage2-lr", lr=2e-4, peak_lr=2e-4, min_lr=1e-5, decaying=False)
-BUDGET = FalseAlarmBudget(35)
+BUDGET = FalseAlarmBudget(46)
 
 FELL = draw_history([0.30, 0.50, 0.60, 0.66, 0.55, 0.54], [1.2, 1.0, 0.9, 0.85, 0.85, 0.85])
 OVERFIT = draw_history([0.3, 0.5, 0.6, 0.62, 0.62, 0.62], [1.0, 0.8, 0.7, 0.68, 0.76, 0.80],
@@ -93,8 +93,9 @@ def test_context_from_a_real_plan_names_the_stage_and_sees_the_tail():
 
 
 def test_learning_from_the_images_is_no_signal_issue():
-    # one epoch above the bar (+0.02) among the last three, too few epochs to judge, or no bar at all
-    for ious, bar in (([0.30, 0.29, 0.34], 0.31), ([0.25, 0.24], 0.31), ([0.2, 0.2, 0.2], None)):
+    # one epoch above the bar (+0.02) among the last three; at the bar, within the noise, for too few
+    # epochs to judge on means; or no bar at all
+    for ious, bar in (([0.30, 0.29, 0.34], 0.31), ([0.30, 0.29], 0.31), ([0.2, 0.2, 0.2], None)):
         history, scores = draw_history(ious, [1.0] * len(ious), image_blind_iou=bar, image_noise=0.0)
         health = analyse_history(history, scores, MID_STAGE1, BUDGET)
         assert "no_signal" not in health["fired"], health
