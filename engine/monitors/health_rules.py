@@ -317,9 +317,8 @@ def _add_below_image_blind(health, epochs, scores, bar: Optional[float], z: floa
     health["fired"].append("no_signal")
     health["issues"].append(
         f"no signal from the images: the best val IoU so far (epoch {best.epoch}) is below what one fixed mask for "
-        f"every image (the validation set's mean mask) scores, {bar:.4f}, by {(-change.mean):.4f} +- {change.se:.4f} "
-        f"over {change.images} images, z = {change.z:.1f} (beyond the noise: z <= -{z:.2f}): the model does worse "
-        "than ignoring the images")
+        f"every image (the validation set's mean mask) scores, {bar:.4f}, by {change.describe()}, z = {change.z:.1f} "
+        f"(beyond the noise: z <= -{z:.2f}): the model does worse than ignoring the images")
     health["suggestions"].append(_NO_SIGNAL_ADVICE)
 
 

@@ -52,6 +52,7 @@ TINY = {"--backbone": "test_convnext", "--num-experts": "3", "--decoder-channels
         "--num-workers": "0", "--progress": "off", "--synthetic-train-size": "8", "--synthetic-val-size": "4"}
 RESUME_TINY = {"--num-workers": "0", "--progress": "off"}  # a resume keeps its model and sizes
 ALWAYS_SHRUNK = ("--epochs", "--stage1-epochs")
+INSTALLS = ("pip install", "!pip install")  # not run: the test environment has the requirements
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -78,7 +79,7 @@ def tiny(words, resume_epochs: int = 3):
     command = words[words.index("train_ultimate.py") + 1:]
     if not command or command[0] != "train":
         return words
-    resuming = any(flag in words for flag in ("--resume-from", "--continue-from"))
+    resuming = resumes(words)
     settings = dict(RESUME_TINY, **{"--epochs": str(resume_epochs)}) if resuming else dict(TINY)
     if "--pretrained-path" in words:
         settings.pop("--backbone")  # the weights file fits the documented backbone
@@ -89,13 +90,17 @@ def tiny(words, resume_epochs: int = 3):
     return [*words, *extra]
 
 
+def resumes(words) -> bool:
+    return any(flag in words for flag in ("--resume-from", "--continue-from"))
+
+
 def script(body: str, kaggle: Path, shrink=tiny) -> str:
     """The block as bash: Kaggle paths moved under ``kaggle``, train commands shrunk, installs skipped."""
     lines = []
     for line in joined_lines(body):
         line = line.replace("/kaggle/", f"{kaggle}/")
         stripped = line.strip()
-        if stripped.startswith(("pip install", "!pip install")):
+        if stripped.startswith(INSTALLS):
             lines.append(f": skipped, the test environment has it: {shlex.quote(stripped)}")
         elif COMMAND.match(line):
             words = shlex.split(stripped, comments=True)
@@ -115,7 +120,7 @@ def in_process_commands(body: str, kaggle: Path, shrink=tiny):
     commands = []
     for line in joined_lines(body):
         stripped = line.strip()
-        if not stripped or stripped.startswith(("#", "pip install")):
+        if not stripped or stripped.startswith(("#", *INSTALLS)):
             continue
         if "$" in stripped or not re.match(r"python3? train_ultimate\.py\s", stripped):
             return None
@@ -131,7 +136,7 @@ def new_session(working: Path) -> None:
 
 def save_for_continue(body: str, kaggle: Path, working: Path) -> None:
     """Save the session's output as the input a ``--continue-from`` names, then start a new session."""
-    for source in re.findall(r"--continue-from\s+(\S+)", body.replace("\\\n", " ")):
+    for source in re.findall(r"--continue-from\s+(\S+)", "\n".join(joined_lines(body))):
         target = Path(source.replace("/kaggle/", f"{kaggle}/"))
         if not target.exists() and (working / target.name).exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +178,7 @@ class Session:
         self.resume_epochs = other.resume_epochs
 
     def shrink(self, words):
-        if any(flag in words for flag in ("--resume-from", "--continue-from")):
+        if resumes(words):
             self.resume_epochs += 1
             return tiny(words, self.resume_epochs - 1)
         return tiny(words)
