@@ -45,6 +45,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from benchmarks.alarm_replay import healthy_reference, judge, load_legacy_rules, replay, replay_legacy  # noqa: E402
+from benchmarks.alarm_table import markdown_table  # noqa: E402
 from benchmarks.alarm_sabotage import REAL_IMAGES, SABOTAGES, apply_sabotage  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.config import build_config  # noqa: E402
@@ -234,7 +235,12 @@ def main() -> None:
                                                     "(e.g. 'healthy-demo-*'; default: all)")
     parser.add_argument("--rerun", action="store_true", help="train again runs whose history exists")
     parser.add_argument("--replay", action="store_true", help="train nothing: judge the saved histories")
+    parser.add_argument("--table", action="store_true",
+                        help="train nothing: print the saved summary's per-run table as markdown (docs/BENCHMARKS.md)")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads((args.histories / "summary.json").read_text())))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args.histories.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
