@@ -18,8 +18,10 @@ there and a fresh, empty ``/kaggle/working`` begins.
 
 Markers in the documents (HTML comments, invisible when rendered):
 
-- ``<!-- not run here: REASON -->`` on the line above a block: it needs a GPU or the real data;
-  ``test_blocks_not_run_here_say_why`` lists those blocks with their reasons as its skip reason.
+- ``<!-- not run here: REASON -->`` on the line above a block: it needs a GPU or the real data, or
+  it sets up the machine (``make``, ``git clone``, ``pip``); every bash block without a
+  ``train_ultimate.py`` command needs one. ``test_blocks_not_run_here_say_why`` lists those blocks
+  with their reasons as its skip reason.
 - ``<!-- new session -->`` above a block: it starts a new Kaggle session (empty ``/kaggle/working``),
   for a block that is an alternative to the ones before it rather than their next step.
 - ``<!-- starts from: README.md -->`` anywhere in a document: it begins where the README's commands
@@ -274,10 +276,40 @@ def test_every_command_block_is_seen():
                 assert not COMMAND.search(body), f"{document.name}: fence the command block as ```bash: {body[:80]}"
 
 
+def other_blocks(document: Path):
+    """``(line, bash text, reason not run or None)`` of each bash block without a train_ultimate.py command."""
+    text = document.read_text()
+    found = []
+    for match in FENCE.finditer(text):
+        language, body = match.groups()
+        if language == "bash" and not COMMAND.search(body):
+            reason = NOT_RUN.search(text[max(0, match.start() - 300):match.start() + len(language) + 4])
+            found.append((text.count("\n", 0, match.start()) + 1, body, reason.group(1) if reason else None))
+    return found
+
+
 def test_blocks_not_run_here_say_why():
-    """The blocks only a GPU or the real data can run, reported as this test's skip reason."""
-    not_run = [f"{document.relative_to(ROOT)}:{line} ({reason})"
-               for document in DOCUMENTS for line, _, reason, _ in blocks(document) if reason]
+    """The blocks this file does not run (a GPU, the real data, the machine's set-up), reported with
+    their reasons as this test's skip reason. A bash block without a train_ultimate.py command is not
+    run above, so it must say why, or where else it runs."""
+    silent = [f"{document.relative_to(ROOT)}:{line}" for document in DOCUMENTS
+              for line, _, reason in other_blocks(document) if reason is None]
+    assert not silent, f"mark these bash blocks <!-- not run here: REASON --> or run them: {silent}"
+    not_run = [f"{document.relative_to(ROOT)}:{line} ({reason})" for document in DOCUMENTS
+               for line, _, reason, *_ in sorted([*blocks(document), *other_blocks(document)]) if reason]
     assert all(reason.strip() for reason in not_run)
     if not_run:
         pytest.skip(f"not run here: {'; '.join(not_run)}")
+
+
+def test_make_demo_runs_as_the_makefile_says(tmp_path):
+    """The README's first command: the Makefile's demo recipe, shrunk like the commands above
+    (``make test`` is this suite itself)."""
+    recipe = re.search(r"^demo:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    words = shlex.split(recipe.replace("$(PY)", "python"))
+    assert words[:3] == ["python", "train_ultimate.py", "train"], recipe
+    for name in ("configs", "models", "train_ultimate.py"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    result = run_cli(*tiny(words)[2:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "checkpoints" / "demo" / "best_model.pth").exists()  # where the README says the demo writes
