@@ -148,7 +148,7 @@ def drift_figure(run: Path) -> Path:
     alerts = [(step, gain) for step, gain, (_, flag) in zip(steps, gains, zip(alert_steps, alert_flags)) if flag > 0.5]
     if alerts:
         axis.scatter(*zip(*alerts), color="red", zorder=3, label="drift warning")
-    axis.set(title="LR 0.05 (25x the demo's): relative gradient gain", xlabel="optimizer step",
+    axis.set(title="LR 0.07 (35x the demo's): relative gradient gain", xlabel="optimizer step",
              ylabel="gain / early gain")
     axis.legend()
     axis.grid(alpha=0.3)
@@ -173,6 +173,6 @@ if __name__ == "__main__":
         healthy = train(Path(scratch) / "healthy")
         loss_ema_figure(healthy)
         base_vs_ema_figure(healthy)
-        unstable = train(Path(scratch) / "high_lr", epochs=3, lr=0.05, stage2_lr=0.05, use_ema=False,
+        unstable = train(Path(scratch) / "high_lr", epochs=3, lr=0.07, stage2_lr=0.07, use_ema=False,
                          grad_monitor_interval=3)
         drift_figure(unstable)
