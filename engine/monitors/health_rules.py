@@ -14,7 +14,8 @@ passes a critical ``z`` that holds the false alarms of a whole run within a stat
 - **no signal**: val IoU within ``NO_SIGNAL_MARGIN`` of one fixed mask for every image for
   ``NO_SIGNAL_EPOCHS`` epochs (``mask_prior.py``; judged on means, the bar is far from the noise);
   sooner, from the second epoch on, when even the best epoch so far is significantly *below* that
-  fixed mask (a model worse than ignoring the images: masks that do not match, an LR far off).
+  fixed mask (a model worse than ignoring the images: masks that do not match, an LR far off); its
+  test at epoch ``EARLY_NO_SIGNAL_EPOCH`` spends the budget's early share (``early_z``).
 
 SPEC section 8's grades (improvement < 1 / 1-5 / > 5 %, gap < 10 / 10-30 / > 30 %) still
 describe each epoch in the log and in TensorBoard; they raise nothing by themselves.
@@ -33,6 +34,7 @@ from engine.training.validation import PER_IMAGE_SCORES
 IOU, LOSS = PER_IMAGE_SCORES.index("iou"), PER_IMAGE_SCORES.index("loss")
 RECENT_EPOCHS = 2  # a fall must last this many epochs: healthy runs dip for one (measured, see the guide)
 RULE_TESTS = 4  # tests per judged epoch: IoU fell, val loss rising, plateau, below the image-blind bar
+EARLY_NO_SIGNAL_EPOCH = 2  # the below-the-bar test of this epoch spends the budget's early share (early_z)
 RULES = ("iou_fell", "overfitting", "val_loss_rising", "plateau", "no_signal")  # health["fired"] names
 NO_SIGNAL_MARGIN = 0.02
 NO_SIGNAL_EPOCHS = 3
@@ -202,7 +204,9 @@ def analyse_history(history: Sequence[EpochStats], scores: Optional[Mapping[int,
         _add_iou_fall(health, epochs, scores, context, budget.z)
         _add_val_loss_rise(health, epochs, scores, context, budget.z)
         _add_plateau(health, epochs, scores, context, budget.z, plateau_epochs, plateau_tolerance)
-        _add_below_image_blind(health, epochs, scores, history[-1].image_blind_iou, budget.z)
+        early = history[-1].epoch == EARLY_NO_SIGNAL_EPOCH
+        _add_below_image_blind(health, epochs, scores, history[-1].image_blind_iou,
+                               budget.early_z if early else budget.z)
     if "no_signal" not in health["fired"]:
         _add_no_signal(health, history)
     if context.at_min_lr:

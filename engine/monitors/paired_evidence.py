@@ -14,8 +14,11 @@ from statistics import NormalDist
 import torch
 
 # The design false-alarm rate per run: the chance that validation noise alone raises at least one
-# health issue anywhere in a healthy run, split evenly over every test the run makes (Bonferroni).
+# health issue anywhere in a healthy run, split over every test the run makes (weighted Bonferroni).
 RUN_FALSE_ALARM_RATE = 0.05
+# The share of that rate spent on one test, the first no-signal test (epoch 2): it decides early whether
+# a whole run is wasted, and healthy runs sit far on its safe side; the other tests share the rest evenly.
+EARLY_SHARE = 0.2
 # Below this many validation images the standard error itself is too noisy to judge by.
 MIN_IMAGES = 20
 
@@ -59,22 +62,31 @@ def paired_difference(after: torch.Tensor, before: torch.Tensor) -> PairedDiffer
 class FalseAlarmBudget:
     """The critical ``z`` of each test, so that a whole run stays within ``run_rate`` false alarms.
 
+    ``early_share`` of the rate goes to the one early test (``early_z``); the ``tests`` others split
+    the rest evenly (``z``). The shares add up to ``run_rate``, so the run's rate holds (Bonferroni).
+
     Args:
         tests: how many one-sided tests the run makes (rules x judged epochs, plus the epoch-1 check).
         run_rate: the design chance of any false alarm in a healthy run.
+        early_share: the share of ``run_rate`` given to the early test.
     """
 
     tests: int
     run_rate: float = RUN_FALSE_ALARM_RATE
+    early_share: float = EARLY_SHARE
 
     @property
     def per_test(self) -> float:
-        return self.run_rate / max(self.tests, 1)
+        return self.run_rate * (1.0 - self.early_share) / max(self.tests, 1)
 
     @property
     def z(self) -> float:
         return NormalDist().inv_cdf(1.0 - self.per_test)
 
+    @property
+    def early_z(self) -> float:
+        return NormalDist().inv_cdf(1.0 - self.run_rate * self.early_share)
+
     def describe(self) -> str:
-        return (f"false-alarm budget {self.run_rate:.0%} per run over {self.tests} tests: each needs "
-                f"|z| >= {self.z:.2f}")
+        return (f"false-alarm budget {self.run_rate:.0%} per run: the early no-signal test needs z <= "
+                f"-{self.early_z:.2f}, each of the other {self.tests} tests |z| >= {self.z:.2f}")

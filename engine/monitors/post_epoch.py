@@ -78,6 +78,9 @@ class PostEpochEvaluator(Callback):
         self._structure_sum: Optional[torch.Tensor] = None
         self._structure_updates = 0
 
+    def on_train_start(self, trainer) -> None:
+        logger.info("Health report: %s", self.budget.describe())
+
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         """Sum the structure term (one add); in epoch 1, keep the step losses of its first and last tenth."""
         if step.loss_terms is not None and STRUCTURE_TERM in step.loss_term_names:

@@ -1,5 +1,7 @@
 """Each health rule fires on a known-bad history of per-image scores and stays quiet on noisy
 healthy ones; histories are drawn image by image (score_histories.py), never as hand-picked means."""
+import dataclasses
+
 import pytest
 
 from engine.monitors.health_rules import ScheduleContext, analyse_history
@@ -51,9 +53,23 @@ def test_below_the_image_blind_bar_is_no_signal_from_the_second_epoch(ious):
     assert "no_signal" in fired[2]
     health = analyse_history(history[:2], scores, MID, DEMO_BUDGET)
     evidence = next(e for e in health["evidence"] if e["rule"] == "below_image_blind")
-    assert evidence["after_epoch"] == 2 and evidence["z"] <= -DEMO_BUDGET.z and evidence["images"] == 100
+    assert evidence["after_epoch"] == 2 and evidence["z"] <= -DEMO_BUDGET.early_z and evidence["images"] == 100
     assert any("below what one fixed mask for every image" in issue for issue in health["issues"])
     assert len([issue for issue in health["issues"] if "no signal" in issue]) == 1  # not twice with the means rule
+
+
+def test_the_second_epochs_no_signal_test_spends_the_early_share_and_later_ones_do_not():
+    """A demo run at 0.01x the LR (val IoU 0.171, 0.192 against the bar 0.247; its epoch-2 z was -2.76):
+    beyond the early critical z but not the others', so it fires at epoch 2 and, judged at any
+    later epoch, the same evidence would not."""
+    history, scores = draw_history([0.171, 0.192], [1.3, 1.3], seed=0, image_noise=0.06, image_blind_iou=0.247)
+    health = analyse_history(history, scores, MID, DEMO_BUDGET)
+    evidence = next(e for e in health["evidence"] if e["rule"] == "below_image_blind")
+    assert -DEMO_BUDGET.z < evidence["z"] <= -DEMO_BUDGET.early_z  # the case the early share is for
+    assert "no_signal" in health["fired"] and f"z <= -{DEMO_BUDGET.early_z:.2f}" in health["issues"][0]
+    later = [dataclasses.replace(h, epoch=h.epoch + 1) for h in history]
+    shifted = {h.epoch + 1: scores[h.epoch] for h in history}
+    assert "no_signal" not in analyse_history(later, shifted, MID, DEMO_BUDGET)["fired"]
 
 
 def test_iou_fall_fires_when_it_lasts_two_epochs():

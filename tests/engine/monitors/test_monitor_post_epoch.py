@@ -193,3 +193,12 @@ def test_a_validation_set_of_another_size_starts_the_paired_history_afresh():
     trainer.epoch, trainer.val_per_image = 2, scores[3][:50]
     evaluator.on_epoch_end(trainer, {"epoch": 3, "global_step": 30, "val_loss": 0.7, "val_iou": 0.6, "train_loss": 0.7})
     assert list(evaluator.scores) == [3] and evaluator.state_dict()["scores"].shape == (1, 50, 2)
+
+
+def test_the_run_starts_by_stating_its_false_alarm_budget(caplog):
+    """The demo's budget (12 epochs, judged from 2): the early test's z and the others' z, once."""
+    evaluator = PostEpochEvaluator("2+", total_epochs=12)
+    with caplog.at_level("INFO", logger="engine.monitors.post_epoch"):
+        evaluator.on_train_start(None)
+    assert caplog.messages == ["Health report: false-alarm budget 5% per run: the early no-signal test needs "
+                               "z <= -2.33, each of the other 46 tests |z| >= 3.13"]

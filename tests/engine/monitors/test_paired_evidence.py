@@ -46,18 +46,22 @@ def test_scores_of_different_images_are_refused():
 @pytest.mark.parametrize("tests", [1, 10, 35, 300])
 def test_the_budget_splits_the_run_rate_over_its_tests(tests):
     budget = FalseAlarmBudget(tests)
-    assert budget.per_test == pytest.approx(0.05 / tests)
+    early = 1 - NormalDist().cdf(budget.early_z)
     assert 1 - NormalDist().cdf(budget.z) == pytest.approx(budget.per_test)
-    assert FalseAlarmBudget(tests * 2).z > budget.z
+    assert early + tests * budget.per_test == pytest.approx(0.05)  # the shares add up to the run's rate
+    assert early == pytest.approx(0.05 * budget.early_share)
+    assert FalseAlarmBudget(tests * 2).z > budget.z and FalseAlarmBudget(tests * 2).early_z == budget.early_z
+    assert FalseAlarmBudget(tests, early_share=0.0).per_test == pytest.approx(0.05 / tests)
 
 
 def test_a_budget_holds_under_pure_noise():
-    """46 tests of pure validation noise per run (a demo run's count), 400 runs: the share of runs
-    with any false alarm stays near the design 5 % (Bonferroni is conservative: at most 5 %)."""
+    """The early test and 46 others of pure validation noise per run (a demo run's count), 400 runs:
+    the share of runs with any false alarm stays near the design 5 % (Bonferroni: at most 5 %)."""
     budget = FalseAlarmBudget(46)
     generator = torch.Generator().manual_seed(1)
     alarms = 0
     for _ in range(400):
-        scores = torch.randn(46, 100, generator=generator, dtype=torch.float64)
-        alarms += any(paired_difference(row, torch.zeros(100, dtype=torch.float64)).z >= budget.z for row in scores)
+        scores = torch.randn(47, 100, generator=generator, dtype=torch.float64)
+        z = [paired_difference(row, torch.zeros(100, dtype=torch.float64)).z for row in scores]
+        alarms += z[0] >= budget.early_z or any(value >= budget.z for value in z[1:])
     assert alarms / 400 <= 0.08
