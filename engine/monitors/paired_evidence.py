@@ -62,8 +62,9 @@ def paired_difference(after: torch.Tensor, before: torch.Tensor) -> PairedDiffer
 class FalseAlarmBudget:
     """The critical ``z`` of each test, so that a whole run stays within ``run_rate`` false alarms.
 
-    ``early_share`` of the rate goes to the one early test (``early_z``); the ``tests`` others split
-    the rest evenly (``z``). The shares add up to ``run_rate``, so the run's rate holds (Bonferroni).
+    ``early_share`` of the rate goes to the one early test (``early_z``); the run's ``tests`` split
+    the rest evenly (``z``; the early test is counted among them too, which only makes it stricter).
+    The shares add up to ``run_rate``, so the run's rate holds (Bonferroni).
 
     Args:
         tests: how many one-sided tests the run makes (rules x judged epochs, plus the epoch-1 check).
@@ -85,8 +86,10 @@ class FalseAlarmBudget:
 
     @property
     def early_z(self) -> float:
+        if self.early_share <= 0.0:
+            return math.inf  # no early share: the early test never fires on its own budget
         return NormalDist().inv_cdf(1.0 - self.run_rate * self.early_share)
 
     def describe(self) -> str:
         return (f"false-alarm budget {self.run_rate:.0%} per run: the early no-signal test needs z <= "
-                f"-{self.early_z:.2f}, each of the other {self.tests} tests |z| >= {self.z:.2f}")
+                f"-{self.early_z:.2f}, each of the run's {self.tests} tests |z| >= {self.z:.2f}")

@@ -201,4 +201,4 @@ def test_the_run_starts_by_stating_its_false_alarm_budget(caplog):
     with caplog.at_level("INFO", logger="engine.monitors.post_epoch"):
         evaluator.on_train_start(None)
     assert caplog.messages == ["Health report: false-alarm budget 5% per run: the early no-signal test needs "
-                               "z <= -2.33, each of the other 46 tests |z| >= 3.13"]
+                               "z <= -2.33, each of the run's 46 tests |z| >= 3.13"]

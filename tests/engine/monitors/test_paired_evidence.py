@@ -52,6 +52,7 @@ def test_the_budget_splits_the_run_rate_over_its_tests(tests):
     assert early == pytest.approx(0.05 * budget.early_share)
     assert FalseAlarmBudget(tests * 2).z > budget.z and FalseAlarmBudget(tests * 2).early_z == budget.early_z
     assert FalseAlarmBudget(tests, early_share=0.0).per_test == pytest.approx(0.05 / tests)
+    assert FalseAlarmBudget(tests, early_share=0.0).early_z == float("inf")
 
 
 def test_a_budget_holds_under_pure_noise():
