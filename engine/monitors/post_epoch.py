@@ -79,7 +79,8 @@ class PostEpochEvaluator(Callback):
         self._structure_updates = 0
 
     def on_train_start(self, trainer) -> None:
-        logger.info("Health report: %s", self.budget.describe())
+        if is_main_process(trainer):
+            logger.info("Health report: %s", self.budget.describe())
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
         """Sum the structure term (one add); in epoch 1, keep the step losses of its first and last tenth."""

@@ -1,6 +1,7 @@
 """Post-epoch evaluator: descriptions, records, TensorBoard tags, auto LR on a plateau, state and resume."""
 import io
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -202,3 +203,7 @@ def test_the_run_starts_by_stating_its_false_alarm_budget(caplog):
         evaluator.on_train_start(None)
     assert caplog.messages == ["Health report: false-alarm budget 5% per run: the early no-signal test needs "
                                "z <= -2.33, each of the run's 46 tests |z| >= 3.13"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="engine.monitors.post_epoch"):
+        evaluator.on_train_start(SimpleNamespace(data=SimpleNamespace(is_main_process=False)))
+    assert caplog.messages == []  # under DDP only rank 0 says it
