@@ -29,9 +29,9 @@ def verdict_cells(row: Dict[str, Any]) -> List[str]:
         return ["-", "-"]
     shown = (f"{row['visible_at_epoch']}, {row['visible_at_step']}" if row["visible_at_epoch"] is not None
              else "never")
+    verdicts = {True: "yes", False: "no", None: "-"}
     legacy = row.get("legacy", {}).get("caught_in_time")
-    in_time = "yes" if row["caught_in_time"] else "no"
-    return [shown, f"{in_time} / {'-' if legacy is None else ('yes' if legacy else 'no')}"]
+    return [shown, f"{verdicts[row['caught_in_time']]} / {verdicts[legacy]}"]
 
 
 def markdown_table(summary: Dict[str, Any]) -> str:

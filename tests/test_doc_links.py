@@ -1,5 +1,6 @@
 """Every relative link of the README, the guides and docs/ reaches a file, and its #anchor a heading
 of that file (GitHub's anchor rule), so moving a section cannot leave a dead link behind."""
+import functools
 import re
 from pathlib import Path
 
@@ -8,12 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "guides").glob("*.md")), *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+CODE_BLOCK = re.compile(r"^```.*?^```", flags=re.S | re.M)
 
 
 def prose(text: str) -> str:
     """The text outside fenced code blocks and inline code (links there are examples, not links)."""
-    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", CODE_BLOCK.sub("", text))
 
 
 def github_anchor(heading: str) -> str:
@@ -21,9 +22,10 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@functools.lru_cache(maxsize=None)  # read each linked document once
 def anchors(path: Path) -> set:
     found, seen = set(), {}
-    for line in re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M).splitlines():
+    for line in CODE_BLOCK.sub("", path.read_text()).splitlines():
         if line.startswith("#"):
             anchor = github_anchor(line.lstrip("#"))
             count = seen.get(anchor, 0)

@@ -58,19 +58,25 @@ INSTALLS = ("pip install", "!pip install")  # not run: the test environment has 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def blocks(document: Path):
-    """``(line, bash text, reason not run or None, starts a new session)`` of each command block, in order."""
+def bash_blocks(document: Path, commands: bool):
+    """``(line, bash text, reason not run or None, starts a new session)`` of each bash block, in order:
+    those with a train_ultimate.py command (``commands``) or those without."""
     text = document.read_text()
     found = []
     for match in FENCE.finditer(text):
         language, body = match.groups()
-        if language != "bash" or not COMMAND.search(body):
+        if language != "bash" or bool(COMMAND.search(body)) != commands:
             continue
         before = text[max(0, match.start() - 300):match.start() + len(language) + 4]
         reason = NOT_RUN.search(before)
         found.append((text.count("\n", 0, match.start()) + 1, body, reason.group(1) if reason else None,
                       bool(NEW_SESSION.search(before))))
     return found
+
+
+def blocks(document: Path):
+    """The command blocks this file runs (or marks not run)."""
+    return bash_blocks(document, commands=True)
 
 
 def tiny(words, resume_epochs: int = 3):
@@ -276,27 +282,16 @@ def test_every_command_block_is_seen():
                 assert not COMMAND.search(body), f"{document.name}: fence the command block as ```bash: {body[:80]}"
 
 
-def other_blocks(document: Path):
-    """``(line, bash text, reason not run or None)`` of each bash block without a train_ultimate.py command."""
-    text = document.read_text()
-    found = []
-    for match in FENCE.finditer(text):
-        language, body = match.groups()
-        if language == "bash" and not COMMAND.search(body):
-            reason = NOT_RUN.search(text[max(0, match.start() - 300):match.start() + len(language) + 4])
-            found.append((text.count("\n", 0, match.start()) + 1, body, reason.group(1) if reason else None))
-    return found
-
-
 def test_blocks_not_run_here_say_why():
     """The blocks this file does not run (a GPU, the real data, the machine's set-up), reported with
     their reasons as this test's skip reason. A bash block without a train_ultimate.py command is not
     run above, so it must say why, or where else it runs."""
     silent = [f"{document.relative_to(ROOT)}:{line}" for document in DOCUMENTS
-              for line, _, reason in other_blocks(document) if reason is None]
+              for line, _, reason, _ in bash_blocks(document, commands=False) if reason is None]
     assert not silent, f"mark these bash blocks <!-- not run here: REASON --> or run them: {silent}"
     not_run = [f"{document.relative_to(ROOT)}:{line} ({reason})" for document in DOCUMENTS
-               for line, _, reason, *_ in sorted([*blocks(document), *other_blocks(document)]) if reason]
+               for line, _, reason, _ in sorted([*blocks(document), *bash_blocks(document, commands=False)])
+               if reason]
     assert all(reason.strip() for reason in not_run)
     if not_run:
         pytest.skip(f"not run here: {'; '.join(not_run)}")
