@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -32,11 +33,32 @@ def tiny_config(tmp_path):
     return make
 
 
+# The tiny run as `train` flags: TINY_SETTINGS' values for the flags every CLI test passes, over 2 epochs.
+TINY_FLAG_SETTINGS = dict({name: TINY_SETTINGS[name] for name in (
+    "backbone", "pretrained", "num_experts", "decoder_channels", "img_size", "synthetic_train_size",
+    "synthetic_val_size", "batch_size", "num_workers", "stage1_epochs", "lr", "stage2_lr")}, epochs=2)
+
+
+def tiny_flags(**overrides) -> List[str]:
+    """``train`` flags of the tiny run, e.g. ``tiny_flags(epochs=3, use_ema=True, lr=None)``.
+
+    Overrides are setting names as in ``TrainConfig``: a value gives ``--name value``, True ``--name``,
+    False ``--no-name``, None drops the flag (the setting's default applies).
+    """
+    flags: List[str] = []
+    for name, value in dict(TINY_FLAG_SETTINGS, **overrides).items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False:
+            flags.append("--no-" + flag[2:])
+        elif value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
 # One short real training run (2 epochs, EMA on) shared by every test that needs a trained checkpoint.
-TINY_TRAIN_FLAGS = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-                    "--img-size", "48", "--synthetic-train-size", "12", "--synthetic-val-size", "6", "--batch-size", "4",
-                    "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1", "--lr", "0.001", "--stage2-lr",
-                    "0.001", "--use-ema", "--ema-decay", "0.5", "--grad-monitor-interval", "1", "--log-interval", "1"]
+TINY_TRAIN_FLAGS = tiny_flags(use_ema=True, ema_decay=0.5, grad_monitor_interval=1, log_interval=1)
 
 
 @pytest.fixture(scope="session")

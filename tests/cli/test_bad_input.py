@@ -9,10 +9,10 @@ from PIL import Image
 
 from data.layouts import DatasetError
 from tests.cli.in_process import run_cli, snapshot
+from tests.conftest import tiny_flags
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-        "--img-size", "48", "--batch-size", "4", "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1"]
+TINY = tiny_flags(synthetic_train_size=None, synthetic_val_size=None, lr=None, stage2_lr=None)
 
 
 def run_train(*args):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.in_process import assert_refused, run_cli
+from tests.conftest import tiny_flags
 from train_ultimate import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,9 +21,7 @@ PHASE2 = """train --dataset-path /kaggle/input/cod10k-dataset/COD10K-v3
   --accumulation-steps 4 --img-size 384 --epochs 150 --stage1-epochs 30 --lr 0.00025
   --stage2-lr 0.0002 --scheduler cosine --min-lr 0.00001 --progressive-unfreeze
   --use-ema --ema-decay 0.999 --num-workers 4""".split()
-TINY_FLAGS = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-              "--img-size", "48", "--synthetic-train-size", "12", "--synthetic-val-size", "6", "--batch-size", "4",
-              "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1", "--lr", "0.001", "--stage2-lr", "0.001"]
+TINY_FLAGS = tiny_flags()
 
 
 def run_subprocess(*args, timeout=600):

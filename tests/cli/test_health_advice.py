@@ -8,11 +8,10 @@ import torch
 from engine.monitors.health_rules import schedule_context
 from engine.training.stages import PlanState, StagePlan
 from tests.cli.in_process import run_main
+from tests.conftest import tiny_flags
 
-TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-        "--img-size", "48", "--batch-size", "4", "--synthetic-train-size", "8", "--synthetic-val-size", "2",
-        "--num-workers", "0", "--epochs", "8", "--lr", "1e-3", "--stage2-lr", "1e-3", "--min-lr", "1e-5",
-        "--progress", "off"]
+TINY = tiny_flags(synthetic_train_size=8, synthetic_val_size=2, epochs=8, stage1_epochs=None, min_lr=1e-5,
+                  progress="off")
 pytestmark = pytest.mark.timeout(300)
 
 

@@ -16,14 +16,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress, saved_weights
 from tests.cli.in_process import assert_refused, run_cli, run_main, snapshot
+from tests.conftest import tiny_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "guides" / "KAGGLE_GUIDE.md"
-TINY = ["--stage2-batch-size", "4", "--no-pretrained", "--backbone", "test_convnext", "--num-experts", "3",
-        "--decoder-channels", "16",
-        "--img-size", "48", "--batch-size", "4", "--num-workers", "0", "--epochs", "3", "--stage1-epochs", "1",
-        "--lr", "0.001", "--stage2-lr", "0.001", "--log-interval", "1", "--use-ema", "--ema-decay", "0.5",
-        "--keep-checkpoints", "1", "--cache", "disk", "--progress", "off"]
+SESSION_SETTINGS = dict(synthetic_train_size=None, synthetic_val_size=None, stage2_batch_size=4, epochs=3,
+                        log_interval=1, use_ema=True, ema_decay=0.5, keep_checkpoints=1, cache="disk", progress="off")
+TINY = tiny_flags(**SESSION_SETTINGS)
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -124,7 +123,7 @@ def test_a_later_session_without_its_input_is_refused_and_writes_nothing(tmp_pat
 
 def test_the_later_session_command_run_again_in_one_session_resumes_its_own_copy(tmp_path):
     first = tmp_path / "session1" / "checkpoints"
-    tiny = [flag for flag in TINY if flag not in ("--cache", "disk")]
+    tiny = tiny_flags(**dict(SESSION_SETTINGS, cache=None))
     assert run_cli("train", *tiny, "--checkpoint-dir", first, "--stop-after-epochs", "1").returncode == 0
     working = tmp_path / "session2" / "checkpoints"
     assert run_cli("train", "--continue-from", first, "--checkpoint-dir", working,

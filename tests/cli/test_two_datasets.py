@@ -6,12 +6,12 @@ import pytest
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import stored_config
 from tests.cli.in_process import assert_refused, run_cli
+from tests.conftest import tiny_flags
 from tests.data.test_multiple_roots import camo_download, cod10k_root, write_pair
 
 CAMO_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "camo-train"
-TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-        "--img-size", "48", "--batch-size", "2", "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1",
-        "--val-fraction", "0.25", "--progress", "off"]
+TINY = tiny_flags(synthetic_train_size=None, synthetic_val_size=None, batch_size=2, lr=None, stage2_lr=None,
+                  val_fraction=0.25, progress="off")
 pytestmark = pytest.mark.timeout(600)
 
 

@@ -12,13 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress
 from tests.cli.in_process import run_cli
+from tests.conftest import tiny_flags
 from tests.engine.training.test_resume import StopAtStep
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-        "--img-size", "48", "--synthetic-train-size", "12", "--synthetic-val-size", "6", "--batch-size", "4",
-        "--num-workers", "0", "--epochs", "2", "--stage1-epochs", "1", "--lr", "0.001", "--stage2-lr", "0.001",
-        "--log-interval", "1", "--keep-checkpoints", "3"]
+TINY = tiny_flags(log_interval=1, keep_checkpoints=3)
 pytestmark = pytest.mark.timeout(600)
 
 

@@ -10,6 +10,7 @@ from engine.callbacks.early_stopping import EarlyStoppingCallback
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress
 from tests.cli.in_process import run_cli
+from tests.conftest import tiny_flags
 
 
 class FakeTrainer:
@@ -81,10 +82,8 @@ class ScriptedValidation(Callback):
         metrics["iou"] = SCRIPTED_IOU[trainer.epoch]  # trainer.epoch: epochs completed before this one
 
 
-RUN_FLAGS = ["--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--decoder-channels", "16",
-             "--img-size", "48", "--synthetic-train-size", "8", "--synthetic-val-size", "4", "--batch-size", "4",
-             "--num-workers", "0", "--epochs", "8", "--stage1-epochs", "1", "--lr", "0.001", "--stage2-lr", "0.001",
-             "--grad-monitor-interval", "0", "--eval-epochs", "none", "--keep-checkpoints", "0"]
+RUN_FLAGS = tiny_flags(synthetic_train_size=8, synthetic_val_size=4, epochs=8, grad_monitor_interval=0,
+                       eval_epochs="none", keep_checkpoints=0)
 
 
 def test_early_stop_saves_last_and_a_resumed_run_keeps_counting(tmp_path, monkeypatch):

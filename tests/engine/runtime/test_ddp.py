@@ -11,7 +11,7 @@ from typing import List, Optional
 import pytest
 import torch
 
-from tests.conftest import TINY_SETTINGS
+from tests.conftest import TINY_SETTINGS, tiny_flags
 
 ROOT = Path(__file__).resolve().parents[3]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -104,10 +104,8 @@ def test_compiled_model_under_ddp_matches_eager_ddp(tmp_path, eager_ranks):
 @pytest.mark.slow
 def test_real_cli_under_torchrun_writes_once_and_resumes(tmp_path, caplog):
     folder = tmp_path / "ckpt"
-    flags = ["train_ultimate.py", "train", "--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3",
-             "--top-k", "2", "--decoder-channels", "16", "--img-size", "48", "--synthetic-train-size", "12",
-             "--synthetic-val-size", "6", "--batch-size", "2", "--num-workers", "0", "--stage1-epochs", "1",
-             "--device", "cpu", "--checkpoint-dir", str(folder)]
+    flags = ["train_ultimate.py", "train", *tiny_flags(top_k=2, batch_size=2, epochs=None, lr=None, stage2_lr=None,
+                                                       device="cpu"), "--checkpoint-dir", str(folder)]
     first = torchrun(*flags, "--epochs", "2", "--stop-after-epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = torchrun(*flags, "--epochs", "2", "--resume-from", "auto")

@@ -1,13 +1,12 @@
 """A failing rank ends the whole torchrun job with its one-line error instead of hanging the others."""
 import pytest
 
+from tests.conftest import tiny_flags
 from tests.engine.ddp_worker import FAILED_PATH
 from tests.engine.runtime.test_ddp import ROOT, torchrun
 
-FLAGS = ["train", "--backbone", "test_convnext", "--no-pretrained", "--num-experts", "3", "--top-k", "2",
-         "--decoder-channels", "16", "--img-size", "48", "--synthetic-train-size", "8", "--synthetic-val-size", "2",
-         "--batch-size", "2", "--num-workers", "0", "--epochs", "1", "--stage1-epochs", "1", "--device", "cpu",
-         "--progress", "off"]
+FLAGS = ["train", *tiny_flags(top_k=2, synthetic_train_size=8, synthetic_val_size=2, batch_size=2, epochs=1, lr=None,
+                              stage2_lr=None, device="cpu", progress="off")]
 
 
 @pytest.mark.slow
