@@ -30,7 +30,7 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.runtime.cuda_device import select_device
     from engine.runtime.distributed import shutdown
     from engine.training.data_module import scan_data
-    from engine.training.resume import resolve_run_config
+    from engine.training.run_config import resolve_run_config
 
     flags = flag_values(args)
     if args.quiet and flags.get("progress") is None:

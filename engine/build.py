@@ -27,7 +27,8 @@ from engine.runtime.distributed import init_distributed
 from engine.training.callback import Callback
 from engine.training.data_module import DataSources, build_data, scan_data
 from engine.training.losses import SegmentationCriterion
-from engine.training.resume import find_resume_path, restore_trainer
+from engine.training.resume import restore_trainer
+from engine.training.run_config import find_resume_path
 from engine.training.trainer import Trainer
 from models import build_model
 

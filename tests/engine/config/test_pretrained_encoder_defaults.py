@@ -8,7 +8,7 @@ from engine.build import build_trainer
 from engine.checkpoint.format import LEGACY_VALUES
 from engine.config import TrainConfig, build_config
 from engine.training.modes import evaluating
-from engine.training.resume import resolve_run_config
+from engine.training.run_config import resolve_run_config
 from engine.training.unfreeze import freeze_batch_norm_statistics
 
 BN_BACKBONE = dict(backbone="test_efficientnet")  # timm's tiny EfficientNet: BatchNorm throughout

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from engine.training.resume import resolve_run_config
+from engine.training.run_config import resolve_run_config
 from tests.cli.in_process import run_cli
 
 
@@ -15,7 +15,7 @@ def resolve(tiny_run_dir, tmp_path, yaml_values, flags=None):
 
 def test_a_yaml_that_resets_the_schedule_batch_or_ema_warns_with_the_flags_that_keep_them(tiny_run_dir, tmp_path,
                                                                                           caplog):
-    with caplog.at_level(logging.WARNING, logger="engine.training.resume"):
+    with caplog.at_level(logging.WARNING, logger="engine.training.run_config"):
         config, _ = resolve(tiny_run_dir, tmp_path, {"epochs": 120, "use_ema": False, "batch_size": 8, "lr": 0.001})
     [record] = caplog.records
     message = record.getMessage()
@@ -30,7 +30,7 @@ def test_a_yaml_that_resets_the_schedule_batch_or_ema_warns_with_the_flags_that_
                                                 ({"epochs": 2, "log_interval": 7}, {})])
 def test_typed_flags_and_unchanged_or_harmless_yaml_keys_do_not_warn(yaml_values, flags, tiny_run_dir, tmp_path,
                                                                      caplog):
-    with caplog.at_level(logging.WARNING, logger="engine.training.resume"):
+    with caplog.at_level(logging.WARNING, logger="engine.training.run_config"):
         resolve(tiny_run_dir, tmp_path, yaml_values, flags)
     assert not caplog.records
 
