@@ -30,7 +30,6 @@ from data.layouts import SamplePair
 
 logger = logging.getLogger(__name__)
 
-CACHE_MODES = ("none", "memory", "disk")
 # Bump when the stored arrays change meaning (e.g. a new interpolation), so old entries miss.
 CACHE_FORMAT_VERSION = 2
 
@@ -262,15 +261,14 @@ def build_cache(mode: str, base_size: Optional[int], folder: str | Path | None =
     Returns:
         A :class:`ResizeCache`.
     """
-    if mode == "none":
-        return ResizeCache(base_size)
-    if mode == "memory":
-        return MemoryResizeCache(base_size)
-    if mode == "disk":
-        if folder is None:
-            raise ValueError("the disk resize cache needs a folder")
-        return DiskResizeCache(base_size, folder, read_only)
-    raise ValueError(f"cache mode {mode!r} is unknown; choose one of {', '.join(CACHE_MODES)}")
+    # The modes' one list is engine.config's CACHE_MODES (data does not import engine); these build them.
+    builders = {"none": lambda: ResizeCache(base_size), "memory": lambda: MemoryResizeCache(base_size),
+                "disk": lambda: DiskResizeCache(base_size, folder, read_only)}
+    if mode not in builders:
+        raise ValueError(f"cache mode {mode!r} is unknown; choose one of {', '.join(builders)}")
+    if mode == "disk" and folder is None:
+        raise ValueError("the disk resize cache needs a folder")
+    return builders[mode]()
 
 
 class CachedSegmentationDataset(SegmentationDataset):

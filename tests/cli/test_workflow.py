@@ -9,8 +9,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from data.cache import ResizeCache, build_cache
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress
+from engine.config import CACHE_MODES
 from tests.cli.in_process import run_cli
 from tests.conftest import tiny_flags
 from tests.engine.training.test_resume import StopAtStep
@@ -137,8 +139,6 @@ def test_progress_off_prints_epoch_summaries_only(tmp_path):
     assert "| Step 1/" in logged.stderr and "it/s" not in logged.stderr  # captured stderr is not a terminal
 
 
-def test_cache_modes_of_the_config_are_the_ones_the_data_code_implements():
-    from data.cache import CACHE_MODES as implemented
-    from engine.config import CACHE_MODES
-
-    assert CACHE_MODES == implemented
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_every_cache_mode_the_config_offers_is_built_by_the_data_code(mode, tmp_path):
+    assert isinstance(build_cache(mode, 96, tmp_path), ResizeCache)
