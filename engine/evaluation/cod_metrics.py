@@ -10,10 +10,13 @@ Empty ground truth (COD10K NonCAM images): IoU and Dice follow the training conv
 ``engine.evaluation.mask_scores`` (an empty prediction scores 1, any predicted foreground 0); S-measure, E-measure
 and MAE use pysodmetrics' own definitions for an all-background map, and the weighted F-measure of
 such an image is 0 (pysodmetrics' convention), which is why the standard protocol scores CAM only.
+
+Only pysodmetrics' public API is used (``step`` and ``get_results`` of a metric that saw one image),
+never its per-image lists, so a new pysodmetrics that renames its internals changes nothing here.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 import py_sod_metrics
@@ -45,6 +48,29 @@ def binary_scores(prediction: np.ndarray, ground_truth: np.ndarray) -> Dict[str,
     return {"IoU": float(scores["iou"][0]), "Dice": float(scores["dice"][0])}
 
 
+def image_scores(prediction: np.ndarray, ground_truth: np.ndarray) -> Dict[str, Any]:
+    """One image's S-measure, E-measure curve and adaptive value, weighted F-measure and MAE.
+
+    Each is pysodmetrics' public result (``step`` then ``get_results``) of a metric that saw this
+    image alone, so no attribute of pysodmetrics beyond its documented API is read.
+
+    Returns:
+        ``{"Smeasure", "emCurve" (256 values), "adpEm", "wFmeasure", "MAE"}``.
+    """
+    smeasure, emeasure = py_sod_metrics.Smeasure(), py_sod_metrics.Emeasure()
+    weighted_fmeasure, mae = py_sod_metrics.WeightedFmeasure(), py_sod_metrics.MAE()
+    for metric in (smeasure, emeasure, weighted_fmeasure, mae):
+        metric.step(pred=prediction, gt=ground_truth)
+    emeasure_results = emeasure.get_results()["em"]
+    return {
+        "Smeasure": float(smeasure.get_results()["sm"]),
+        "emCurve": np.asarray(emeasure_results["curve"], dtype=np.float64),
+        "adpEm": float(emeasure_results["adp"]),
+        "wFmeasure": float(weighted_fmeasure.get_results()["wfm"]),
+        "MAE": float(mae.get_results()["mae"]),
+    }
+
+
 class CODMetrics:
     """Accumulates one dataset's scores image by image; ``results()`` gives the means.
 
@@ -53,14 +79,10 @@ class CODMetrics:
     """
 
     def __init__(self):
-        self.smeasure = py_sod_metrics.Smeasure()
-        self.emeasure = py_sod_metrics.Emeasure()
-        self.weighted_fmeasure = py_sod_metrics.WeightedFmeasure()
-        self.mae = py_sod_metrics.MAE()
-        self.binary: List[Dict[str, float]] = []
+        self.images: List[Dict[str, Any]] = []
 
     def __len__(self) -> int:
-        return len(self.binary)
+        return len(self.images)
 
     def step(self, prediction: np.ndarray, ground_truth: np.ndarray) -> None:
         """Score one image.
@@ -74,9 +96,7 @@ class CODMetrics:
                              "resize the prediction to the ground truth first")
         if prediction.dtype != np.uint8 or ground_truth.dtype != np.uint8:
             raise TypeError("prediction and ground truth must be uint8 maps (0-255)")
-        for metric in (self.smeasure, self.emeasure, self.weighted_fmeasure, self.mae):
-            metric.step(pred=prediction, gt=ground_truth)
-        self.binary.append(binary_scores(prediction, ground_truth))
+        self.images.append({**image_scores(prediction, ground_truth), **binary_scores(prediction, ground_truth)})
 
     def last_image(self) -> Dict[str, float]:
         """Scores of the image stepped last, keyed by :data:`METRIC_NAMES` (a ``--per-image`` row).
@@ -85,31 +105,20 @@ class CODMetrics:
         thresholds; the dataset's ``maxEm`` is the max of the image-averaged curve, so it is not the
         mean of these per-image maxima (the other metrics average exactly).
         """
-        if not self.binary:
+        if not self.images:
             raise ValueError("no images were scored")
-        curve = np.asarray(self.emeasure.changeable_ems[-1], dtype=np.float64)
-        return {
-            "Smeasure": float(self.smeasure.sms[-1]),
-            "meanEm": float(curve.mean()),
-            "maxEm": float(curve.max()),
-            "adpEm": float(self.emeasure.adaptive_ems[-1]),
-            "wFmeasure": float(self.weighted_fmeasure.weighted_fms[-1]),
-            "MAE": float(self.mae.maes[-1]),
-            **self.binary[-1],
-        }
+        scores = dict(self.images[-1])
+        curve = scores.pop("emCurve")
+        scores.update(meanEm=float(curve.mean()), maxEm=float(curve.max()))
+        return {name: float(scores[name]) for name in METRIC_NAMES}
 
     def results(self) -> Dict[str, float]:
         """Mean scores over the images seen, keyed by :data:`METRIC_NAMES`."""
-        if not self.binary:
+        if not self.images:
             raise ValueError("no images were scored")
-        emeasure = self.emeasure.get_results()["em"]
-        return {
-            "Smeasure": float(self.smeasure.get_results()["sm"]),
-            "meanEm": float(emeasure["curve"].mean()),
-            "maxEm": float(emeasure["curve"].max()),
-            "adpEm": float(emeasure["adp"]),
-            "wFmeasure": float(self.weighted_fmeasure.get_results()["wfm"]),
-            "MAE": float(self.mae.get_results()["mae"]),
-            "IoU": float(np.mean([scores["IoU"] for scores in self.binary])),
-            "Dice": float(np.mean([scores["Dice"] for scores in self.binary])),
-        }
+        curve = np.mean(np.array([scores["emCurve"] for scores in self.images], dtype=np.float64), axis=0)
+        means = {"meanEm": float(curve.mean()), "maxEm": float(curve.max())}
+        for name in METRIC_NAMES:
+            if name not in means:
+                means[name] = float(np.mean(np.array([scores[name] for scores in self.images], dtype=np.float64)))
+        return {name: means[name] for name in METRIC_NAMES}

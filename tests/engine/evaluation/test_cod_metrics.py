@@ -1,4 +1,5 @@
-"""COD metrics of ``eval``: pysodmetrics is the oracle; IoU/Dice follow the per-epoch convention."""
+"""COD metrics of ``eval``: the dataset averages equal pysodmetrics' own accumulation over the same images
+(hand-derived and published values: ``test_cod_metrics_by_hand.py``); IoU/Dice follow the per-epoch convention."""
 import cv2
 import numpy as np
 import py_sod_metrics
@@ -29,7 +30,7 @@ def samples():
     return pairs
 
 
-def test_scores_equal_pysodmetrics_on_the_same_maps(samples):
+def test_dataset_means_equal_pysodmetrics_accumulating_the_same_maps(samples):
     metrics = CODMetrics()
     oracle = {"sm": py_sod_metrics.Smeasure(), "em": py_sod_metrics.Emeasure(),
               "wfm": py_sod_metrics.WeightedFmeasure(), "mae": py_sod_metrics.MAE()}
@@ -45,6 +46,16 @@ def test_scores_equal_pysodmetrics_on_the_same_maps(samples):
     assert set(results) == set(METRIC_NAMES)
     for key, value in expected.items():
         assert results[key] == pytest.approx(float(value), abs=1e-12), key
+
+
+def test_last_image_is_that_image_scored_alone(samples):
+    metrics = CODMetrics()
+    for prediction, gt in samples:
+        metrics.step(prediction, gt)
+        alone = CODMetrics()
+        alone.step(prediction, gt)
+        assert metrics.last_image() == alone.results()
+    assert len(metrics) == len(samples)
 
 
 def test_iou_and_dice_are_means_of_per_image_scores_at_half(samples):
