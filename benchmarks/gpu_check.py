@@ -43,16 +43,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from data.loaders import split_epoch_index  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.callbacks import Callback, Order  # noqa: E402
 from engine.config import AMP_MODES, ConfigError, build_config, load_yaml  # noqa: E402
-from engine.training.memory import estimate_training_memory  # noqa: E402
+from engine.commands.memory_estimate import estimate_training_memory  # noqa: E402
 from engine.training.precision import resolve_amp  # noqa: E402
 
 from benchmarks.gpu_check_ddp import cli_flags, measure_ddp  # noqa: E402,F401 - cli_flags: the tests read it here
+from benchmarks.rendered_scenes import RenderedScenes  # noqa: E402
 
 CONFIG = ROOT / "configs" / "cod10k_edgenext_base.yaml"
 RUN_KEYS = ("dataset_path", "checkpoint_dir", "epochs", "stage1_epochs", "progressive_unfreeze")  # set here instead
@@ -97,25 +96,6 @@ def documented_settings(scenes: int, val_scenes: int) -> Dict[str, Any]:
     values = {key: value for key, value in load_yaml(str(CONFIG)).items() if key not in RUN_KEYS}
     return dict(values, pretrained=False, epochs=2, stage1_epochs=1, synthetic_train_size=scenes,
                 synthetic_val_size=val_scenes, progress="off")
-
-
-class RenderedScenes(Dataset):
-    """A dataset's samples rendered once (epoch 0, by ``workers`` processes) and served from memory."""
-
-    def __init__(self, source: Dataset, workers: int):
-        loader = DataLoader(source, batch_size=None, num_workers=workers)
-        # clone: a tensor from a worker holds a shared-memory file descriptor; hundreds would hit the limit
-        self.samples = [{key: value.clone() if torch.is_tensor(value) else value for key, value in sample.items()}
-                        for sample in loader]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, item):
-        return self.samples[split_epoch_index(item, 0)[1]]  # the Trainer's loaders tag indices with the epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
 
 
 def synchronize(device: torch.device) -> None:

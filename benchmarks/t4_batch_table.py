@@ -1,5 +1,5 @@
 """Estimate: the largest stage-2 batch that fits a 16 GB T4, per backbone, image size and
-``--grad-checkpointing``, from ``engine.training.memory`` (fake CUDA, fp16 autocast as ``--amp auto``
+``--grad-checkpointing``, from ``engine.commands.memory_estimate`` (fake CUDA, fp16 autocast as ``--amp auto``
 gives a T4). No GPU is used; the README table comes from here and stays labelled an estimate until a
 T4 has measured it.
 
@@ -22,7 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 from engine.config import build_config  # noqa: E402
-from engine.training.memory import GIB, estimate_training_memory  # noqa: E402
+from engine.commands.memory_estimate import GIB, estimate_training_memory  # noqa: E402
 
 T4_BUDGET = 15.0 * GIB  # 15.1 GiB usable on a 16 GB T4, less some room for the CUDA context
 BACKBONES = {"edgenext_base": dict(num_experts=7), "tf_efficientnet_lite0": dict(num_experts=7)}

@@ -10,11 +10,11 @@ import yaml
 from engine.build import check_new_run_folder, resolve_resume_path
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.lock import check_unlocked
+from engine.commands.memory_estimate import GIB, estimate_training_memory
 from engine.config import TrainConfig
 from engine.monitors.averaging_windows import averaging_facts
 from engine.runtime.cuda_device import amp_dtype, select_device
 from engine.training.data_module import count_training_samples, resolve_num_workers
-from engine.training.memory import GIB, estimate_training_memory
 from engine.training.resume import planned_state
 from engine.training.stages import StagePlan
 
@@ -47,7 +47,7 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
 
 
 def memory_lines(config: TrainConfig, device: torch.device) -> List[str]:
-    """The per-stage GPU memory estimate (``engine.training.memory``): for this GPU and its AMP
+    """The per-stage GPU memory estimate (``engine.commands.memory_estimate``): for this GPU and its AMP
     dtype, or, on a machine without one, for a T4 (where ``--amp auto`` means fp16)."""
     if device.type == "cuda":
         dtype = amp_dtype(config.amp, device)

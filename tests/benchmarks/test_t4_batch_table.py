@@ -2,7 +2,7 @@
 import pytest
 
 from benchmarks import t4_batch_table
-from engine.training.memory import GIB
+from engine.commands.memory_estimate import GIB
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -1,11 +1,11 @@
-"""engine.training.memory: the fake-CUDA count of what autograd saves equals the real count, and
-the estimate moves the right way with batch, pixels, checkpointing, stage and AMP."""
+"""engine.commands.memory_estimate (the dry run's estimate): the fake-CUDA count of what autograd saves
+equals the real count, and the estimate moves the right way with batch, pixels, checkpointing, stage and AMP."""
 import pytest
 import torch
 
+from engine.commands.memory_estimate import GIB, estimate_stage, estimate_training_memory, saved_for_backward
 from engine.runtime.fake_cuda import FakeCuda
 from engine.training.losses import SegmentationCriterion
-from engine.training.memory import GIB, estimate_stage, estimate_training_memory, saved_for_backward
 from models import ModelConfig, build_model
 
 
@@ -78,5 +78,7 @@ def test_the_documented_recipe_fits_a_t4_and_says_it_is_an_estimate(tiny_config)
                          batch_size=8, stage2_batch_size=8, epochs=3, stage1_epochs=1)
     stages = estimate_training_memory(config, torch.float16)
     assert [stage.stage for stage in stages] == [1, 2]
-    assert 1.5 * GIB < stages[1].activations < 3 * GIB  # about 2.1 GiB saved for backward, measured by hand
+    # A regression bound around this estimator's own figure (about 2.1 GiB saved for backward), not a
+    # measurement: the real peak on a GPU is benchmarks/gpu_check.py's to measure.
+    assert 1.5 * GIB < stages[1].activations < 3 * GIB
     assert stages[1].total < 15 * GIB and "estimate" in stages[1].describe()
