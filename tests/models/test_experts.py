@@ -50,10 +50,18 @@ def test_frequency_expert_under_bfloat16_autocast():
 
 
 def test_frequency_expert_starts_near_identity_filter():
-    expert = FrequencyExpert(4)
-    with torch.no_grad():
-        expert.gain.zero_()
-        expert.gain[..., 0] = 1.0
+    """As constructed (no weights touched): every band's complex gain is 1 + N(0, 0.02) noise, so the
+    Fourier filter passes an input almost unchanged. With orthonormal FFTs (Parseval) the relative
+    change is at most the largest |gain - 1|, here below 0.1; it is not exactly 0 (the noise breaks
+    the symmetry between experts)."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expert = FrequencyExpert(4)
+        gain = torch.view_as_complex(expert.gain.detach().contiguous())  # (channels, bands)
+        assert gain.shape == (4, 8) and float((gain - 1).abs().max()) < 0.1
         x = torch.randn(1, 4, 7, 10)
-        filtered = torch.fft.irfft2(torch.fft.rfft2(x, norm="ortho") * expert._filter(7, 10, x.device), s=(7, 10), norm="ortho")
-    torch.testing.assert_close(filtered, x, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            spectrum = torch.fft.rfft2(x, norm="ortho")
+            filtered = torch.fft.irfft2(spectrum * expert._filter(7, 10, x.device), s=(7, 10), norm="ortho")
+        change = float((filtered - x).norm() / x.norm())
+        assert 0 < change <= float((gain - 1).abs().max()) + 1e-6
