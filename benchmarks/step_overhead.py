@@ -19,34 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
 
-from data.loaders import split_epoch_index  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.callbacks import Callback, Order  # noqa: E402
 from engine.config import build_config  # noqa: E402
+
+from benchmarks.rendered_scenes import RenderedScenes  # noqa: E402
 
 SETTINGS = dict(backbone="edgenext_xx_small", pretrained=False, num_experts=4, decoder_channels=32, img_size=128,
                 synthetic_train_size=64, synthetic_val_size=8, batch_size=8, accumulation_steps=2, epochs=100,
                 stage1_epochs=0, num_workers=0, log_interval=20, keep_checkpoints=0)
 MONITORS_OFF = dict(loss_ema=False, grad_monitor_interval=0, expert_monitor=False, eval_epochs="none", use_ema=False)
 MONITORS_ON = dict(loss_ema=True, grad_monitor_interval=50, expert_monitor=True, eval_epochs="2+", use_ema=True)
-
-
-class InMemory(Dataset):
-    """Pre-rendered samples, so data loading does not enter the timing."""
-
-    def __init__(self, source: Dataset):
-        self.samples = [source[index] for index in range(len(source))]
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, item):
-        return self.samples[split_epoch_index(item, 0)[1]]  # loaders tag indices with their epoch
-
-    def set_epoch(self, epoch):
-        pass
 
 
 class StepTimer(Callback):
@@ -72,7 +56,7 @@ class TrainerEpochs:
 
     def __init__(self, overrides: dict, folder: str):
         self.trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **overrides)))
-        self.trainer.data.train_dataset = InMemory(self.trainer.data.train_dataset)
+        self.trainer.data.train_dataset = RenderedScenes(self.trainer.data.train_dataset)
         self.timer = StepTimer()
         self.trainer.add_callback(self.timer)
 
@@ -88,7 +72,7 @@ class BareEpochs:
     def __init__(self, folder: str):
         trainer = build_trainer(build_config({}, dict(SETTINGS, checkpoint_dir=folder, **MONITORS_OFF)))
         self.model, self.criterion, self.optimizer = trainer.model, trainer.criterion, trainer.optimizer
-        self.data, self.dataset, self.device = trainer.data, InMemory(trainer.data.train_dataset), trainer.device
+        self.data, self.dataset, self.device = trainer.data, RenderedScenes(trainer.data.train_dataset), trainer.device
         self.model.train()
         self.epoch = 0
 
