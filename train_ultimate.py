@@ -117,7 +117,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from engine.commands.evaluate import output_names, predict_images
+    from engine.commands.predict import output_names, predict_images
     from engine.commands.predictor import list_images
     from engine.commands.safe_outputs import check_predict_output, record_predict_output
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.commands.export import LogitsOnly, load_safetensors_model
+from engine.commands.export import LogitsOnly
+from engine.commands.export_reader import load_safetensors_model
 from engine.commands.predictor import Predictor, build_checkpoint_model, checkpoint_config, select_weights
 from engine.runtime.cuda_device import select_device
 from models import ModelConfig

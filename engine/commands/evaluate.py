@@ -1,8 +1,8 @@
-"""``eval`` and ``predict``: score checkpoints on test sets at the ground truth's resolution, and
-write prediction PNGs at the input's resolution.
+"""``eval``: score checkpoints and saved prediction maps on test sets at the ground truth's resolution.
 
-Both quantise probabilities to 8 bits the same way (``engine.evaluation.cod_metrics.to_uint8_map``), so the
-scores ``eval`` reports equal pysodmetrics run on the PNGs ``predict`` writes.
+It quantises probabilities to 8 bits as ``predict`` does (``engine.evaluation.cod_metrics.to_uint8_map``), so
+the scores ``eval`` reports equal pysodmetrics run on the PNGs ``predict`` writes
+(``engine.commands.predict``).
 """
 from __future__ import annotations
 
@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import cv2
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data.image_io import read_image
 from data.layouts import DatasetError, SamplePair, find_pairs
 from engine.commands.eval_loader import build_test_loader
-from engine.commands.predictor import Predictor, list_images, overlay, resize_maps, write_png
+from engine.commands.predictor import Predictor, resize_maps, write_png
 from engine.commands.saved_maps import MethodScores, score_methods, unique_folder_names
 from engine.config import ConfigError
 from engine.evaluation.cod_metrics import CODMetrics, to_uint8_map
@@ -197,57 +194,3 @@ def evaluate(predictors: Mapping[str, Predictor], roots: Sequence[Path], include
         rows.update(score_methods(methods, pairs, name, single_dataset=len(roots) == 1))
         evaluation.add(name, len(pairs), rows)
     return evaluation
-
-
-def output_names(images: Sequence[Path]) -> List[str]:
-    """PNG names for the inputs: ``<stem>.png``, or ``<name with dots as _>.png`` when stems collide."""
-    stems = [path.stem for path in images]
-    return [f"{path.stem}.png" if stems.count(path.stem) == 1 else f"{path.name.replace('.', '_')}.png"
-            for path in images]
-
-
-def predict_images(predictor: Predictor, source: Path, output: Path, binary: bool = False,
-                   with_overlay: bool = False) -> int:
-    """Write one mask PNG per input image at its original size; returns how many were written.
-
-    Masks hold the probability as 0-255, or 0/255 with ``binary`` (foreground where the 8-bit
-    probability is > 127, i.e. the threshold ``eval`` uses for IoU). Overlays go to
-    ``output/overlay/<name>.jpg``. In a folder, unreadable images are skipped with a warning.
-    """
-    source, output = Path(source), Path(output)
-    images = list_images(source)
-    if not images:
-        raise DatasetError(f"no images at {source}; pass an image file or a folder of "
-                           ".jpg/.png/.bmp/.webp/.tif files to --input")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        if with_overlay:
-            (output / "overlay").mkdir(exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create --output {output} ({error.strerror}); pass a writable folder") from None
-    written = 0
-    for path, name in tqdm(list(zip(images, output_names(images))), desc="predict", leave=False, dynamic_ncols=True,
-                           disable=not logger.isEnabledFor(logging.INFO)):
-        try:
-            image = read_image(path)
-        except DatasetError as error:
-            if source.is_file():
-                raise
-            logger.warning("Skipped: %s", error)
-            continue
-        probabilities = predictor.predict(image)
-        mask = to_uint8_map(probabilities)
-        if binary:
-            mask = np.where(mask > 127, 255, 0).astype(np.uint8)
-        write_png(output / name, mask)
-        if with_overlay:
-            ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(overlay(image, probabilities), cv2.COLOR_RGB2BGR))
-            if ok:
-                encoded.tofile(str(output / "overlay" / (Path(name).stem + ".jpg")))
-        written += 1
-    if not written:
-        raise DatasetError(f"none of the {len(images)} image(s) in {source} could be read (see the warnings "
-                           "above); no mask was written")
-    logger.info("Wrote %d mask(s) to %s%s", written, output, f" ({len(images) - written} skipped)"
-                if written < len(images) else "")
-    return written

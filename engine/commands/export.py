@@ -5,7 +5,8 @@ A ``.pth`` checkpoint carries the model, the EMA shadow, the AdamW moments and t
 
 - ``safetensors``: the chosen weights (optionally fp16) plus, as string metadata, the model config,
   its signature, the inference side and the backbone normalisation: enough to rebuild the model
-  offline (no pretrained download) with ``engine.api.load_model``.
+  offline (no pretrained download) with ``engine.api.load_model`` (read by
+  ``engine.commands.export_reader``).
 - ``onnx`` / ``pt2`` (``torch.export``): :class:`LogitsOnly`, a wrapper taking RGB in [0, 1] at any
   ``H x W`` and returning logits at that size. It resizes to the training side inside the graph,
   because the segmenter's own forward specialises on its input size when traced by ``torch.export``
@@ -20,7 +21,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,15 +29,14 @@ from torch import nn
 
 from engine import __version__
 from engine.checkpoint import CheckpointError
-from engine.checkpoint.format import SIGNATURE_KEYS, model_signature, signature_conflicts
+from engine.checkpoint.format import model_signature
+from engine.commands.export_reader import WEIGHTS_FORMAT, read_metadata
 from engine.config import ConfigError
-from models import ModelConfig, build_model
+from models import ModelConfig
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("safetensors", "onnx", "pt2")
-WEIGHTS_FORMAT = "camo-moe-weights"  # the metadata "format" of our safetensors files
-REQUIRED_METADATA = ("format", "model_config", "model_signature", "img_size", "normalization", "weights")
 
 
 class LogitsOnly(nn.Module):
@@ -156,82 +156,6 @@ def save_safetensors(model: nn.Module, model_config: ModelConfig, img_size: int,
     metadata = weights_metadata(model_config, img_size, normalization, weights, "float16" if half else "float32",
                                 source)
     write_atomically(output, lambda path: save_file(state, str(path), metadata=metadata))
-
-
-def read_metadata(path: Path) -> Dict[str, str]:
-    """The metadata of one of our safetensors files, checked; one-line ``CheckpointError`` otherwise."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable safetensors file ({first}); pass a file written by "
-                              "train_ultimate.py export --format safetensors") from None
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing or metadata.get("format") != WEIGHTS_FORMAT:
-        what = f"lacks the metadata {', '.join(missing)}" if missing else f"has format {metadata.get('format')!r}"
-        raise CheckpointError(f"{path} {what}, so the model cannot be rebuilt from it; export the checkpoint "
-                              "with train_ultimate.py export --format safetensors")
-    return metadata
-
-
-def parse_metadata(metadata: Dict[str, str], path: Path) -> Tuple[ModelConfig, int, Tuple[Any, Any]]:
-    """``(model config, inference side, normalisation)`` from checked metadata."""
-    try:
-        config = ModelConfig(**json.loads(metadata["model_config"]))
-        signature = json.loads(metadata["model_signature"])
-        img_size = int(metadata["img_size"])
-        mean, std = json.loads(metadata["normalization"])
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path} has damaged metadata ({str(error)[:100]}); export the checkpoint again") \
-            from None
-    conflicts = signature_conflicts(signature, dataclasses.asdict(config))
-    if conflicts or set(signature) != set(SIGNATURE_KEYS):
-        key = conflicts[0] if conflicts else "model_signature"
-        raise CheckpointError(f"{path}: its model_config and model_signature disagree on {key}; the metadata was "
-                              "edited: export the checkpoint again")
-    return dataclasses.replace(config, pretrained=False, pretrained_path=None), img_size, (tuple(mean), tuple(std))
-
-
-class ExportedModel(NamedTuple):
-    """A model rebuilt from a safetensors export (``model`` in eval mode on the device)."""
-
-    model: nn.Module
-    config: ModelConfig
-    img_size: int
-    normalization: Tuple[Any, Any]
-    metadata: Dict[str, str]
-
-
-def load_safetensors_model(path: Path, device: torch.device) -> ExportedModel:
-    """Rebuild the exported model offline, on ``device``.
-
-    fp16 files are loaded into the float32 model (inference runs in float32).
-
-    Raises:
-        CheckpointError: not our safetensors file, missing or mismatched metadata, or weights that
-            do not fit the model the metadata describes.
-    """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model file {path} not found; pass a .pth checkpoint or an exported .safetensors")
-    metadata = read_metadata(path)
-    config, img_size, normalization = parse_metadata(metadata, path)
-    model = build_model(config)
-    state = load_file(str(path))
-    reference = model.state_dict()
-    state = {name: tensor.to(reference[name].dtype) if name in reference else tensor for name, tensor in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0][:160]
-        raise CheckpointError(f"the weights of {path} do not fit the model its metadata describes ({first}); "
-                              "export the checkpoint again") from None
-    return ExportedModel(model.to(device).eval(), config, img_size, normalization, metadata)
 
 
 def dynamic_dims(max_side: int = 8192) -> Dict[str, Dict[int, Any]]:
