@@ -93,8 +93,10 @@ class PostEpochEvaluator(Callback):
         if step.step_in_epoch == 1:
             self._tenth = tenth_of(step.steps_in_epoch)
             self._first_epoch = torch.zeros(2, max(self._tenth, 1), device=step.loss.device) if self._tenth else None
-        if self._first_epoch is None:  # too short an epoch, or resumed in the middle of epoch 1: not judged
+        if self._first_epoch is None:  # too short an epoch, or resumed mid-epoch 1 from an older checkpoint
             return
+        if self._first_epoch.device != step.loss.device:  # restored from a checkpoint, on the CPU
+            self._first_epoch = self._first_epoch.to(step.loss.device)
         from_end = step.steps_in_epoch - step.step_in_epoch
         if step.step_in_epoch <= self._tenth:
             self._first_epoch[0, step.step_in_epoch - 1] = step.loss.detach().float().reshape(())
@@ -152,9 +154,14 @@ class PostEpochEvaluator(Callback):
 
     def state_dict(self) -> Dict[str, Any]:
         epochs = sorted(self.scores)
+        # The running epoch's partial sums too: a run stopped mid-epoch reports the same epoch as one never stopped.
+        running = {"structure_sum": None if self._structure_sum is None else self._structure_sum.detach().cpu(),
+                   "structure_updates": self._structure_updates, "tenth": self._tenth,
+                   "first_epoch": None if self._first_epoch is None else self._first_epoch.detach().cpu()}
         return {"history": [asdict(h) for h in self.history], "adjusted_at_epoch": self.adjusted_at_epoch,
                 "score_epochs": epochs,
-                "scores": torch.stack([self.scores[e] for e in epochs]) if epochs else torch.zeros(0)}
+                "scores": torch.stack([self.scores[e] for e in epochs]) if epochs else torch.zeros(0),
+                "running_epoch": running}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """A checkpoint from before the per-image scores has only epoch means: the paired rules
@@ -163,6 +170,10 @@ class PostEpochEvaluator(Callback):
         self.adjusted_at_epoch = int(state.get("adjusted_at_epoch", 0))
         epochs, scores = state.get("score_epochs", []), state.get("scores")
         self.scores = {int(epoch): scores[index].float() for index, epoch in enumerate(epochs)}
+        # Older checkpoints have no running sums: the epoch's sums then restart at the resume point.
+        running = state.get("running_epoch") or {}
+        self._structure_sum, self._first_epoch = running.get("structure_sum"), running.get("first_epoch")
+        self._structure_updates, self._tenth = int(running.get("structure_updates", 0)), int(running.get("tenth", 0))
 
 
 def _report(last: EpochStats, health: Dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from engine.callbacks.run_log import LoggingCallback
 from engine.callbacks.save_checkpoints import CheckpointCallback
 from engine.callbacks.weight_ema import WeightEMACallback
 from engine.monitors import GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
-from tests.engine.training.test_resume import assert_same_tensors
+from tests.state_compare import assert_same_state
 
 
 def named(name, order):
@@ -42,8 +42,8 @@ def test_trainer_state_round_trips_into_a_fresh_trainer(tiny_config, tmp_path):
     fresh = build_trainer(tiny_config(epochs=2, use_ema=True, checkpoint_dir=str(tmp_path / "b")))
     fresh.load_state_dict(trained.state_dict())
     assert (fresh.epoch, fresh.global_step) == (trained.epoch, trained.global_step)
-    assert_same_tensors(trained.state_dict(), fresh.state_dict())
-    assert_same_tensors(trained.averaged_models["ema"].state_dict(), fresh.averaged_models["ema"].state_dict())
+    assert_same_state(trained.state_dict(), fresh.state_dict())
+    assert_same_state(trained.averaged_models["ema"].state_dict(), fresh.averaged_models["ema"].state_dict())
 
 
 class FailAtStep(Callback):

@@ -8,8 +8,7 @@ from engine.build import build_trainer
 from engine.callbacks.save_checkpoints import build_payload
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.files import atomic_save
-from engine.checkpoint.format import saved_weights
-from tests.engine.training.test_resume import assert_same_tensors
+from tests.state_compare import assert_same_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format2_mid_epoch.pth"
 SETTINGS = dict(backbone="test_efficientnet", decoder_channels=8, num_experts=2, top_k=1, detail_channels=4,
@@ -40,9 +39,10 @@ def test_format2_mid_epoch_checkpoint_resumes_bitwise(tiny_config, tmp_path):
         trainer.fit()
         assert trainer.global_step == 6
         runs[name] = load_checkpoint(tmp_path / f"resumed-{name}" / "last.pth")
-    for weights in ("base", "ema"):
-        assert_same_tensors(saved_weights(runs["format2"], weights), saved_weights(runs["format3"], weights), weights)
-    assert_same_tensors(runs["format2"]["trainer"]["optimizer"], runs["format3"]["trainer"]["optimizer"], "optimizer")
+    # every leaf of both files: weights, optimizer, plan, counters, callbacks, RNG (not where each run wrote)
+    assert_same_state(runs["format2"], runs["format3"], "last.pth", ignore=("last.pth.config.checkpoint_dir",
+                                                                           "last.pth.config.resume_from",
+                                                                           "last.pth.metrics.seconds"))
 
 
 def test_format2_state_is_restored_exactly(tiny_config, tmp_path):
@@ -51,9 +51,9 @@ def test_format2_state_is_restored_exactly(tiny_config, tmp_path):
     stopped on this machine is no reference, since float kernels may differ between CPUs."""
     raw = torch.load(FIXTURE, weights_only=True)
     trainer = _resume(tiny_config, FIXTURE, tmp_path / "resumed")
-    assert_same_tensors(raw["model"], trainer.unwrapped_model.state_dict(), "model")
-    assert_same_tensors(raw["ema"], trainer.averaged_models["ema"].state_dict(), "ema")
-    assert_same_tensors(raw["optimizer"]["state"], trainer.optimizer.state_dict()["state"], "optimizer")
+    assert_same_state(raw["model"], trainer.unwrapped_model.state_dict(), "model")
+    assert_same_state(raw["ema"], trainer.averaged_models["ema"].state_dict(), "ema")
+    assert_same_state(raw["optimizer"]["state"], trainer.optimizer.state_dict()["state"], "optimizer")
     assert torch.equal(raw["epoch_loss_sum"], trainer.epoch_loss_sum.cpu())
     assert (raw["epoch_updates"], raw["plan"]["stage2_start"]) == (trainer.epoch_updates, trainer.plan.state.stage2_start)
     assert torch.equal(raw["rng"]["torch"], torch.get_rng_state())
