@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from engine.training.callback import Callback, Order, StepOutput
 
@@ -19,23 +19,26 @@ class TimeLimitCallback(Callback):
     Args:
         limit_seconds: wall-clock budget of this invocation.
         reserve_seconds: time kept free for the final save.
+        clock: seconds from a monotonic clock (tests pass a fake one).
     """
 
     name = "time_limit"
     order = Order.CONTROL
 
-    def __init__(self, limit_seconds: float, reserve_seconds: Optional[float] = None):
+    def __init__(self, limit_seconds: float, reserve_seconds: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.limit_seconds = limit_seconds
         self.reserve_seconds = reserve_seconds if reserve_seconds is not None else min(300.0, 0.02 * limit_seconds)
-        self._start = time.monotonic()
+        self.clock = clock
+        self._start = clock()
         self._last = self._start
         self._longest_step = 0.0
 
     def on_train_start(self, trainer) -> None:
-        self._start = self._last = time.monotonic()
+        self._start = self._last = self.clock()
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._longest_step = max(self._longest_step, now - self._last)
         self._last = now
         if now - self._start + 2 * self._longest_step + self.reserve_seconds >= self.limit_seconds:
