@@ -123,7 +123,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
     "monitors": [
         ("loss-ema", BOOL, "bias-corrected loss EMA in TensorBoard (train/loss_ema) and on the console line"),
         ("loss-ema-beta", float, "loss EMA decay; window about 1/(1-beta) optimizer steps"),
-        ("grad-monitor-interval", int, "optimizer steps between gradient-gain measurements (0: drift monitor off)"),
+        ("grad-monitor-interval", int, "optimizer steps between gradient-gain measurements and grad-norm "
+                                        "reports (0: both gradient monitors off)"),
         ("drift-window", int, "gain checks kept for the moving average and the drift reference"),
         ("drift-threshold", float, "rise of the relative gradient gain vs the oldest check in the window that flags "
                                    "a check (0.5 = +50 percent)"),

@@ -19,7 +19,8 @@ from engine.checkpoint import load_checkpoint
 from engine.checkpoint.continuation import copy_run_history
 from engine.checkpoint.lock import check_writable
 from engine.config import ConfigError, TrainConfig
-from engine.monitors import ExpertUsageMonitor, GradientDriftMonitor, LossEMAMonitor, PostEpochEvaluator
+from engine.monitors import (ExpertUsageMonitor, GradientDriftMonitor, GradNormMonitor, LossEMAMonitor,
+                             PostEpochEvaluator)
 from engine.monitors.averaging_windows import averaging_facts
 from engine.runtime.compile import compile_model
 from engine.runtime.cuda_device import select_device
@@ -49,6 +50,7 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
         # on every rank: validation metrics are all-reduced, so all ranks stop at the same epoch
         EarlyStoppingCallback(config.early_stop_patience, config.best_metric) if config.early_stop_patience else None,
         LossEMAMonitor(config.loss_ema_beta, config.log_interval) if config.loss_ema else None,
+        GradNormMonitor(config.grad_monitor_interval, config.grad_clip) if config.grad_monitor_interval > 0 else None,
         GradientDriftMonitor(config.grad_monitor_interval, config.drift_window, config.gain_threshold,
                              config.drift_threshold, config.drift_consecutive, config.grad_clip)
         if config.grad_monitor_interval > 0 else None,

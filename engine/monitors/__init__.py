@@ -8,6 +8,7 @@ import the others.
 from __future__ import annotations
 
 from engine.monitors.expert_usage import ExpertUsageMonitor
+from engine.monitors.grad_norm import GradNormMonitor
 from engine.monitors.gradient_drift import DriftDetector, GradientDriftMonitor
 from engine.monitors.loss_ema import LossEMA, LossEMAMonitor
 from engine.monitors.health_rules import analyse_history
@@ -15,6 +16,6 @@ from engine.monitors.post_epoch import PostEpochEvaluator
 from engine.training.callback import is_main_process
 
 __all__ = [
-    "DriftDetector", "ExpertUsageMonitor", "GradientDriftMonitor", "LossEMA", "LossEMAMonitor",
+    "DriftDetector", "ExpertUsageMonitor", "GradNormMonitor", "GradientDriftMonitor", "LossEMA", "LossEMAMonitor",
     "PostEpochEvaluator", "analyse_history", "is_main_process",
 ]

@@ -8,7 +8,8 @@ encoder, so it sets new baselines). The *relative gain* is the geometric mean of
 blocks: about 1 at the start, and in measured healthy runs it settles at 0.7-0.9 as training
 proceeds; gradients amplifying on their way back push it up. Every ``interval`` optimizer steps, full
 backward hooks are attached for exactly one update (all its micro-batches) and removed right after.
-``DriftDetector`` holds the rule (pure, testable).
+``DriftDetector`` holds the rule (pure, testable). The total grad norm of every update is the other
+gradient monitor's (``grad_norm.py``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from engine.monitors.loss_ema import LossEMA
+from engine.monitors.grad_norm import lr_advice
 from engine.runtime.compile import eager_while_measuring
 from engine.training.callback import Callback, StepOutput, is_main_process
 
@@ -187,43 +188,30 @@ class GainProbe:
 
 
 class GradientDriftMonitor(Callback):
-    """Samples block gains every ``interval`` updates; watches the total grad norm on every update.
+    """Samples block gains every ``interval`` updates.
 
     It schedules itself: hooks are attached in ``on_optimizer_step`` of the update *before* a
     measured one (or in ``on_epoch_start`` when the measured update opens an epoch) and removed in
     the measured update's ``on_optimizer_step``, so they see every micro-batch of exactly that
     update. ``wants_measurement`` / ``attach`` / ``detach`` are public for a Trainer-driven call.
-    Grad norms are kept on the device and read once per measurement (no per-step sync).
+    Gains are kept on the device and read once per measurement (no per-step sync).
 
     Args:
         interval: optimizer steps between measurements (``--grad-monitor-interval``).
         window, gain_threshold, drift_threshold, consecutive, baseline_checks: see ``DriftDetector``.
         grad_clip: the run's ``--grad-clip``, quoted in the advice.
-        exploding, vanishing: total grad-norm bounds that warn. With ``grad_clip`` on, updates above
-            ``exploding`` are clipped, and a healthy from-scratch run has them while it learns
-            (measured: 1-16 per healthy synthetic run of 320 updates, norms up to 27), so they warn
-            only while the loss is rising: its short EMA above ``LOSS_RISE`` x its lowest value in
-            the stage. Otherwise they are logged at INFO.
     """
 
     name = "gradient_drift"
-    LOSS_RISE = 1.2  # a rise of the short loss EMA that batch noise does not reach (about 10 updates)
 
     def __init__(self, interval: int = 50, window: int = 10, gain_threshold: Optional[float] = None,
-                 drift_threshold: float = 0.5, consecutive: int = 3, grad_clip: float = 1.0,
-                 exploding: float = 10.0, vanishing: float = 1e-6, baseline_checks: int = 3):
+                 drift_threshold: float = 0.5, consecutive: int = 3, grad_clip: float = 1.0, baseline_checks: int = 3):
         if interval < 1:
             raise ValueError(f"gradient monitor interval must be >= 1, got {interval}")
         self.interval, self.grad_clip = interval, grad_clip
-        self.exploding, self.vanishing = exploding, vanishing
         self.detector = DriftDetector(window, gain_threshold, drift_threshold, consecutive, baseline_checks)
         self.probe: Optional[GainProbe] = None
         self._eager = contextlib.ExitStack()  # holds the eager stance while hooks are attached
-        self._norms: List[torch.Tensor] = []  # grad norms since the last measurement (device)
-        self._norm_stats: Optional[torch.Tensor] = None  # folded [count > exploding, count < vanishing, max]
-        self._updates = 0  # optimizer steps since the last measurement
-        self._loss = LossEMA(beta=0.9)  # short: does the loss rise while the norms spike?
-        self._lowest_loss: Dict[int, float] = {}  # stage -> lowest short loss EMA at a measurement
 
     # ------------------------------------------------------------------ hook API
     def wants_measurement(self, next_step: int) -> bool:
@@ -249,13 +237,6 @@ class GradientDriftMonitor(Callback):
             self.attach(trainer.unwrapped_model)
 
     def on_optimizer_step(self, trainer, step: StepOutput) -> None:
-        self._updates += 1
-        if step.loss is not None:
-            self._loss.update(step.loss.detach().float().reshape(()))
-        if step.grad_norm is not None:
-            self._norms.append(step.grad_norm.detach().float().reshape(()))
-            if len(self._norms) >= 256:
-                self._fold_norms()
         names, gains = self.detach()
         if self.wants_measurement(step.step):
             self._measure(trainer, step, names, gains)
@@ -269,38 +250,10 @@ class GradientDriftMonitor(Callback):
         self.detach()  # also after an error: no hooks left on the model, the compile stance restored
 
     # ------------------------------------------------------------------ measurement
-    def _fold_norms(self) -> None:
-        """Reduce the buffered grad norms into ``[count > exploding, count < vanishing, max]`` (device)."""
-        if not self._norms:
-            return
-        norms = torch.stack(self._norms)
-        stats = torch.stack([(norms > self.exploding).sum().float(), (norms < self.vanishing).sum().float(),
-                             norms.max()])
-        if self._norm_stats is not None:
-            stats = torch.stack([stats[0] + self._norm_stats[0], stats[1] + self._norm_stats[1],
-                                 torch.maximum(stats[2], self._norm_stats[2])])
-        self._norm_stats, self._norms = stats, []
-
     def _measure(self, trainer, step: StepOutput, names: List[str], gains: Optional[torch.Tensor]) -> None:
-        """One host copy of gains and norm statistics; TensorBoard, detector and warnings."""
-        self._fold_norms()
-        parts = [gains] if gains is not None else []
-        has_norms = self._norm_stats is not None and step.grad_norm is not None
-        if has_norms:
-            loss = self._loss.value if self._loss.value is not None else torch.full((), math.nan)
-            parts += [self._norm_stats.to(step.grad_norm.device), step.grad_norm.detach().float().reshape(1),
-                      loss.to(step.grad_norm.device, torch.float32).reshape(1)]
-        values = torch.cat(parts).tolist() if parts else []
-        updates, self._norm_stats, self._updates = self._updates, None, 0
-        main = is_main_process(trainer)
-        if has_norms:
-            exploding, vanishing, peak, grad_norm, loss_ema = values[len(names):]
-            trainer.log_scalar("gradient_monitor/grad_norm", grad_norm, step.step)
-            loss_rising = self._loss_rising(getattr(trainer, "stage", 1), loss_ema)
-            if main:
-                self._warn_norms(trainer, step, int(exploding), int(vanishing), peak, updates, loss_rising)
-        block_gains = {name: gain for name, gain in zip(names, values[:len(names)])
-                       if math.isfinite(gain) and gain > 0}
+        """One host copy of the gains; TensorBoard, detector and warnings."""
+        values = gains.tolist() if gains is not None else []
+        block_gains = {name: gain for name, gain in zip(names, values) if math.isfinite(gain) and gain > 0}
         if not block_gains:
             return
         check = self.detector.check(block_gains, getattr(trainer, "stage", 1))
@@ -314,22 +267,8 @@ class GradientDriftMonitor(Callback):
         trainer.log_scalar("gradient_monitor/gain_threshold", check.threshold, step.step)
         trainer.log_scalar("gradient_monitor/flagged", float(bool(check.reasons)), step.step)
         trainer.log_scalar("gradient_monitor/alert", float(check.alert), step.step)
-        if check.alert and main:
+        if check.alert and is_main_process(trainer):
             self._warn_drift(trainer, step, check, block_gains)
-
-    def _loss_rising(self, stage: int, loss_ema: float) -> bool:
-        """Whether the short loss EMA is above ``LOSS_RISE`` x its lowest measured value in ``stage``."""
-        if not math.isfinite(loss_ema):
-            return True  # a non-finite loss is never "falling"
-        lowest = min(self._lowest_loss.get(stage, loss_ema), loss_ema)
-        self._lowest_loss[stage] = lowest
-        return loss_ema > self.LOSS_RISE * lowest
-
-    def _advice(self, trainer, lr: float) -> str:
-        flag = "--stage2-lr" if getattr(trainer, "stage", 1) == 2 else "--lr"
-        clip = (f"tighten gradient clipping (--grad-clip {self.grad_clip:g} -> {0.7 * self.grad_clip:.2g})"
-                if self.grad_clip > 0 else "enable gradient clipping (--grad-clip 1.0)")
-        return f"halve the LR ({flag} {lr:.3g} -> {lr / 2:.3g}); {clip}"
 
     def _warn_drift(self, trainer, step: StepOutput, check: DriftCheck, block_gains: Dict[str, float]) -> None:
         rises = {name: gain / self.detector.baseline(name) for name, gain in block_gains.items()
@@ -339,29 +278,8 @@ class GradientDriftMonitor(Callback):
             "Gradient drift at step %d (LR %.3g): %s for %d checks in a row (moving average %.2f over %d "
             "blocks; largest rises vs their early gains: %s). Actions: %s.", step.step, step.lr,
             "; ".join(check.reasons), check.streak, check.moving_average, len(rises),
-            ", ".join(f"{name} x{rise:.2f}" for name, rise in top), self._advice(trainer, step.lr))
-
-    def _warn_norms(self, trainer, step: StepOutput, exploding: int, vanishing: int, peak: float,
-                    updates: int, loss_rising: bool = True) -> None:
-        if exploding and self.grad_clip > 0 and not loss_rising:
-            # Clipped updates stay bounded: a from-scratch model often runs here while learning well.
-            logger.info("Clipped gradient spikes: %d of the last %d updates had a total grad norm > %g (max %.3g) "
-                        "up to step %d; --grad-clip %g scaled them down and the loss is not rising: harmless.",
-                        exploding, updates, self.exploding, peak, step.step, self.grad_clip)
-        elif exploding:
-            if self.grad_clip > 0:
-                advice = (f"--grad-clip {self.grad_clip:g} scaled these updates down, but the loss is rising "
-                          f"(short loss EMA above {self.LOSS_RISE:g} x its lowest in this stage). Actions: "
-                          f"{self._advice(trainer, step.lr)}")
-            else:
-                advice = f"Actions: {self._advice(trainer, step.lr)}"
-            logger.warning("Exploding gradients: %d of the last %d updates had a total grad norm > %g (max %.3g) "
-                           "up to step %d (LR %.3g). %s.", exploding, updates, self.exploding, peak,
-                           step.step, step.lr, advice)
-        if vanishing:
-            logger.warning("Vanishing gradients: %d of the last %d updates had a total grad norm < %g up to step "
-                           "%d (LR %.3g): check that the trained layers are not frozen and the loss is not "
-                           "saturated.", vanishing, updates, self.vanishing, step.step, step.lr)
+            ", ".join(f"{name} x{rise:.2f}" for name, rise in top),
+            lr_advice(getattr(trainer, "stage", 1), step.lr, self.grad_clip))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"detector": self.detector.state_dict()}
