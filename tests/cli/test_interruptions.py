@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
+from engine.checkpoint.files import TEMP_PREFIX
 from engine.checkpoint.format import progress
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,31 +71,56 @@ def test_signal_to_the_process_group_with_workers_saves_cleanly(tmp_path, signum
 
 def all_checkpoints_load(folder: Path):
     for path in folder.glob("*.pth"):
-        if path.name.startswith(".tmp-ckpt-"):
+        if path.name.startswith(TEMP_PREFIX):
             continue  # a save killed half-way: the temp file is never read and is cleaned up on start
         torch.load(path, weights_only=True)
 
 
+def temp_files(folder: Path):
+    """The temp files of saves in progress (or killed): a save writes one, then renames it over its target."""
+    return {path.name for path in folder.glob(f"{TEMP_PREFIX}*")} if folder.is_dir() else set()
+
+
+def kill_when_a_save_starts(process, folder: Path, earlier, timeout=120):
+    """SIGKILL ``process`` the moment a temp file that was not in ``earlier`` appears: inside a save."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if temp_files(folder) - earlier:
+            os.kill(process.pid, signal.SIGKILL)
+            return
+    raise AssertionError("no save started")
+
+
 @pytest.mark.slow
 def test_random_sigkills_never_corrupt_checkpoints(tmp_path):
+    """Ten SIGKILLs, every other one the moment a save has begun, the others at random times; then
+    the run resumes to its end. A kill inside a save leaves that save's temp file behind (a save that
+    finished renamed it, one that failed removed it): at least three kills must show one, so the
+    test proves it killed saves half-way, and every checkpoint still loads."""
     folder, epochs = tmp_path / "ckpt", 4
     rng = random.Random(0)
     # Saving every optimizer step makes many kills land inside a save.
     extra = ("--epochs", str(epochs), "--save-every-minutes", "0.0001", "--resume-from", "auto")
-    for _ in range(10):
+    killed_mid_save = 0
+    for attempt in range(10):
+        earlier = temp_files(folder)  # left by the previous kill; this start removes them
         process = start(folder, *extra)
-        if (folder / "last.pth").exists():
-            time.sleep(rng.uniform(3.0, 6.0))  # start-up (imports) then a little training
-        else:
+        if not (folder / "last.pth").exists():
             wait_for_training(process, folder)
             time.sleep(rng.uniform(0.0, 1.0))
+        elif attempt % 2:
+            kill_when_a_save_starts(process, folder, earlier)
+        else:
+            time.sleep(rng.uniform(3.0, 6.0))  # start-up (imports) then a little training
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=60)
+        killed_mid_save += bool(temp_files(folder) - earlier)
         all_checkpoints_load(folder)
+    assert killed_mid_save >= 3
     final = subprocess.run([sys.executable, str(ROOT / "train_ultimate.py"), *TINY, "--checkpoint-dir", str(folder),
                             *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-2000:]
     all_checkpoints_load(folder)
     assert progress(load_checkpoint(folder / "last.pth"))["epoch"] == epochs
-    assert not list(folder.glob(".tmp-ckpt-*"))
+    assert not temp_files(folder)  # the stale temp files of the killed saves were cleaned up on start
