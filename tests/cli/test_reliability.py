@@ -337,15 +337,28 @@ def test_a_surviving_ddp_rank_ends_on_one_line_and_other_runtime_errors_keep_the
 
 
 def test_report_reads_a_damaged_metrics_file(tmp_path, tiny_run_dir):
+    """A line of bytes that are not UTF-8 (a write cut short) and a config.yaml that is not a mapping:
+    the bad line is named and skipped, and every figure of the intact run is drawn from the rest."""
     import shutil
 
-    folder = tmp_path / "run"
-    shutil.copytree(tiny_run_dir, folder)
+    from engine.commands.report import read_metrics
+
+    intact, folder = tmp_path / "intact", tmp_path / "run"
+    for copy in (intact, folder):
+        shutil.copytree(tiny_run_dir, copy)
+        shutil.rmtree(copy / "report", ignore_errors=True)  # train's own report: each copy draws its own
+    records = read_metrics(intact / "metrics.jsonl")
+    assert [record["epoch"] for record in records] == [1, 2]  # the tiny run's two epochs
     with open(folder / "metrics.jsonl", "ab") as stream:
         stream.write(b"\xff\xfe not utf-8\n")
     (folder / "config.yaml").write_text("- a\n- b\n")
+    assert read_metrics(folder / "metrics.jsonl") == records
+    expected = run_cli("report", "--checkpoint-dir", intact)
     result = run_cli("report", "--checkpoint-dir", folder)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert expected.returncode == result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"metrics.jsonl line {len(records) + 1} is not JSON" in result.stderr, result.stderr
+    figures = sorted(path.name for path in (intact / "report").glob("*.png"))
+    assert "val_iou.png" in figures and sorted(path.name for path in (folder / "report").glob("*.png")) == figures
 
 
 @pytest.mark.parametrize("side", ["8", "18446744073709551616"])
