@@ -78,7 +78,11 @@ def test_check_runs_fp32_and_amp_reporting_rates_skips_and_autocast_validation(t
     for key in ("iou", "mae"):
         difference = validation["with_autocast"][key] - validation["without_autocast"][key]
         assert validation["difference"][key] == pytest.approx(difference, abs=2e-5)
-    assert isinstance(validation["within_tolerance"], bool)
+    # The verdict from the tolerances (IoU within 0.01, MAE within 0.005). fp16 autocast validates
+    # the same weights as fp32 to about 1e-4 here (a 1-step model), well inside them: True.
+    assert validation["tolerance"] == {"iou": 0.01, "mae": 0.005}
+    assert abs(validation["difference"]["iou"]) <= 0.01 and abs(validation["difference"]["mae"]) <= 0.005
+    assert validation["within_tolerance"] is True
 
 
 @pytest.mark.slow
