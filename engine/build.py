@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 
 from engine.callbacks.early_stopping import EarlyStoppingCallback
+from engine.callbacks.plateau_lr import PlateauLRCallback
 from engine.callbacks.preview import PreviewCallback
 from engine.callbacks.run_log import LoggingCallback
 from engine.callbacks.save_checkpoints import CheckpointCallback
@@ -42,6 +43,8 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
     Under DDP only rank 0 logs and saves; the other ranks keep the callbacks that change training.
     """
     folder = Path(config.checkpoint_dir)
+    health_report = (PostEpochEvaluator(config.eval_epochs, warmup_epochs=config.warmup_epochs,
+                                        total_epochs=config.epochs) if config.diagnosis_enabled else None)
     return [
         SignalStopCallback(),
         WeightEMACallback(config.ema_decay, config.ema_warmup) if config.use_ema else None,
@@ -55,9 +58,10 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
                              config.drift_threshold, config.drift_consecutive, config.grad_clip)
         if config.grad_monitor_interval > 0 else None,
         ExpertUsageMonitor(config.log_interval) if config.expert_monitor else None,
-        PostEpochEvaluator(config.eval_epochs, config.auto_adjust_lr, config.min_lr,
-                           warmup_epochs=config.warmup_epochs, total_epochs=config.epochs)
-        if config.diagnosis_enabled else None,
+        health_report,
+        # acts on the report's plateau finding: the report itself only observes
+        PlateauLRCallback(config.min_lr, health_report.plateau_epochs)
+        if config.auto_adjust_lr and health_report is not None else None,
         PreviewCallback(),  # val/preview image grid each epoch, through trainer.log_image
         LoggingCallback(folder, config.log_interval, step_lines=config.progress != "off") if is_main else None,
         CheckpointCallback(folder, config.keep_checkpoints, config.save_every_minutes, config.best_metric)

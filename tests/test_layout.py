@@ -1,5 +1,5 @@
-"""The layout of the code base, kept by tests: which room may import which, no import circles, and
-no file grown past ``MAX_LINES`` (docs/ARCHITECTURE.md draws the rooms).
+"""The layout of the code base, kept by tests: which room may import which, no import circles, no
+file grown past ``MAX_LINES``, and monitors that only observe (docs/ARCHITECTURE.md draws the rooms).
 
 Imports are read with ``ast`` from every statement, function bodies included: a function-level import
 is still an import, and the circle this test was written against hid in one.
@@ -23,7 +23,7 @@ ENGINE_LAYERS = (
     ("engine.runtime",),                    # the machine: devices, processes, compile, environment errors
     ("engine.checkpoint", "engine.evaluation"),  # checkpoint files; mask scores and COD metrics
     ("engine.training",),                   # the Trainer, its step, plan and callback protocol
-    ("engine.callbacks", "engine.monitors"),  # optional features plugged into the Trainer
+    ("engine.callbacks", "engine.monitors"),  # optional features: callbacks act on a run, monitors observe
     ("engine.build",),                      # the assembly of a run from a TrainConfig
     ("engine.commands",),                   # eval, predict, export, report, synth, dry run
     ("engine.api",),                        # the Python API
@@ -185,6 +185,79 @@ def test_a_function_level_import_counts(tmp_path):
     source.write_text("def f():\n    from engine.monitors.post_epoch import parse\n    from . import sibling\n")
     assert {"engine.monitors.post_epoch", "engine.monitors.post_epoch.parse"} <= imported_names(source, "pkg.late")
     assert "pkg.sibling" in imported_names(source, "pkg.late")
+
+
+# Monitors observe a run, callbacks act on it (docs/ARCHITECTURE.md, "Who acts on a run"). Acting, in
+# code: a Trainer service that changes the run (a stop, the plan's LR scale, an epoch restart), the
+# optimizer, or an assignment to anything reached from the Trainer.
+ACTING_ATTRIBUTES = ("request_stop", "scale_lr", "restart_epoch", "optimizer", "param_groups", "lr_scales")
+TRAINER_NAMES = ("trainer", "_trainer")
+
+
+def _reaches_trainer(node: ast.AST) -> bool:
+    """Whether ``node`` (an assignment target or an argument) is the Trainer or something reached from it."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Starred)):
+        if isinstance(node, ast.Attribute) and node.attr in TRAINER_NAMES:
+            return True
+        node = node.value
+    return isinstance(node, ast.Name) and node.id in TRAINER_NAMES
+
+
+def _targets(node: ast.AST) -> List[ast.AST]:
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        found = list(node.targets)
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        found = [node.target]
+    else:
+        return []
+    flat = []
+    while found:
+        target = found.pop()
+        if isinstance(target, (ast.Tuple, ast.List)):
+            found.extend(target.elts)
+        else:
+            flat.append(target)
+    return flat
+
+
+def actions_on_the_run(source: str) -> List[str]:
+    """The places in ``source`` that change a run instead of observing it."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in ACTING_ATTRIBUTES:
+            found.append(f"line {node.lineno}: .{node.attr}")
+        found += [f"line {node.lineno}: assigns to the Trainer" for target in _targets(node) if _reaches_trainer(target)]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr")
+                and node.args and _reaches_trainer(node.args[0])):
+            found.append(f"line {node.lineno}: {node.func.id} on the Trainer")
+    return found
+
+
+def test_monitors_only_observe_the_run():
+    acting = {name: actions_on_the_run(path.read_text(encoding="utf-8")) for name, path in package_modules().items()
+              if name.startswith("engine.monitors")}
+    acting = {name: places for name, places in acting.items() if places}
+    assert not acting, f"monitors observe, callbacks act (docs/ARCHITECTURE.md): move these into engine/callbacks/: {acting}"
+
+
+@pytest.mark.parametrize("source", [
+    "def on_epoch_end(self, trainer, record):\n    trainer.plan.scale_lr(trainer.stage, 0.5)\n",
+    "def on_epoch_end(self, trainer, record):\n    trainer.request_stop('plateau')\n",
+    "def on_optimizer_step(self, trainer, step):\n    trainer.optimizer.param_groups[0]['lr'] *= 0.5\n",
+    "def on_optimizer_step(self, trainer, step):\n    for group in trainer.optimizer.param_groups:\n        group['lr'] = 0\n",
+    "def on_epoch_end(self, trainer, record):\n    trainer.plan.state, x = None, 1\n",
+    "def on_epoch_end(self, trainer, record):\n    setattr(trainer, 'epoch', 0)\n",
+    "def on_epoch_end(self, trainer, record):\n    self._trainer.epoch += 1\n",
+    "def on_epoch_end(self, trainer, record):\n    trainer.restart_epoch()\n",
+])
+def test_an_action_on_the_run_is_caught(source):
+    assert actions_on_the_run(source)
+
+
+def test_observing_is_not_an_action():
+    source = ("def on_epoch_end(self, trainer, record):\n    lr = trainer.current_lr\n    self.seen = trainer.plan.describe()\n"
+              "    record['health'] = {'lr': lr}\n    trainer.log_scalar('x', lr, 1)\n")
+    assert actions_on_the_run(source) == []
 
 
 def test_no_python_file_is_over_the_line_limit():

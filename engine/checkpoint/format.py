@@ -11,7 +11,9 @@ Format 3 (this version)::
 
 Format 2 kept everything at the top level (``model``, ``ema``, ``optimizer``, ``epoch``...) and the
 plateau LR multiplier in the post-epoch callback; ``upgrade`` rewrites it as format 3 on load, so
-users' existing checkpoints resume bitwise. Format 1 weights do not fit the current model.
+users' existing checkpoints resume bitwise. Format 1 weights do not fit the current model. Format 3
+files written before ``--auto-adjust-lr`` became a callback of its own keep the epoch of its last
+halving in ``callbacks["post_epoch"]``; ``upgrade`` moves it to ``callbacks["plateau_lr"]``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ FORMAT_VERSION = 3
 SIGNATURE_KEYS = ("backbone", "num_experts", "top_k", "decoder_channels", "min_feature_stride",
                   "detail_channels")
 EMA_CALLBACK = "weight_ema"
+PLATEAU_CALLBACK = "plateau_lr"  # engine/callbacks/plateau_lr.py (--auto-adjust-lr)
 # Settings added after runs could be saved, with the value those runs trained with: a stored
 # config without one (an older checkpoint) keeps training and predicting as it did.
 LEGACY_VALUES: Dict[str, Any] = {"decoder_lr_scale": 1.0, "freeze_encoder_bn": False}
@@ -65,6 +68,8 @@ def check_model_format(payload: Dict[str, Any], path) -> None:
 
 def upgrade(payload: Dict[str, Any]) -> Dict[str, Any]:
     """``payload`` in the current layout (format 2 is rewritten; format 1 is left for the refusal)."""
+    if payload.get("version") == FORMAT_VERSION:
+        return _plateau_state_apart(payload)
     if payload.get("version") != 2:
         return payload
     callbacks = dict(payload.get("callbacks") or {})
@@ -90,7 +95,21 @@ def upgrade(payload: Dict[str, Any]) -> Dict[str, Any]:
     }
     upgraded = {key: payload[key] for key in ("rng", "config", "world_size", "model_signature", "metrics",
                                               "best_weights") if key in payload}
-    return dict(upgraded, version=FORMAT_VERSION, trainer=trainer)
+    return _plateau_state_apart(dict(upgraded, version=FORMAT_VERSION, trainer=trainer))
+
+
+def _plateau_state_apart(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """Until ``--auto-adjust-lr`` became its own callback, the post-epoch monitor kept the epoch of the
+    last halving (``adjusted_at_epoch``); it moves to that callback's state (``payload`` itself when
+    there is nothing to move)."""
+    callbacks = trainer_state(payload).get("callbacks") or {}
+    post_epoch = callbacks.get("post_epoch")
+    if not isinstance(post_epoch, dict) or "adjusted_at_epoch" not in post_epoch:
+        return payload
+    post_epoch = dict(post_epoch)
+    moved = {"adjusted_at_epoch": post_epoch.pop("adjusted_at_epoch")}
+    callbacks = dict(callbacks, post_epoch=post_epoch, **{PLATEAU_CALLBACK: callbacks.get(PLATEAU_CALLBACK, moved)})
+    return dict(payload, trainer=dict(trainer_state(payload), callbacks=callbacks))
 
 
 def stored_config(payload: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Training-health monitors, each a ``Callback`` that can be switched off on its own. They write
-through the Trainer's services (``trainer.log_scalar``) and see the model only through its public
-interface (``monitored_blocks()``, ``StepOutput.expert_fractions``).
+"""Training-health monitors, each a ``Callback`` that can be switched off on its own. They only
+observe the run (acting on a finding is a callback's, see docs/ARCHITECTURE.md): they write through
+the Trainer's services (``trainer.log_scalar``), into the epoch record and the log, and see the model
+only through its public interface (``monitored_blocks()``, ``StepOutput.expert_fractions``).
 
 The submodules import each other directly, never this package, so importing one of them does not
 import the others.

@@ -2,10 +2,10 @@
 
 After each selected epoch it keeps the base weights' per-image validation scores
 (``trainer.val_per_image``), judges them with ``analyse_history`` at the run's false-alarm budget,
-prints the report, writes ``evaluation/*`` to TensorBoard, stores the findings under
-``record["health"]`` (so ``metrics.jsonl`` keeps them) and, with ``auto_adjust_lr``, halves the
-current stage's LR on a plateau through the plan (``StagePlan.scale_lr``; never below the min LR).
-After epoch 1 it runs the LR check of ``lr_check.py`` on that epoch's step losses.
+prints the report, writes ``evaluation/*`` to TensorBoard and stores the findings under
+``record["health"]`` (so ``metrics.jsonl`` keeps them). It only observes: ``--auto-adjust-lr`` acts on
+a plateau finding in ``engine/callbacks/plateau_lr.py``. After epoch 1 it runs the LR check of
+``lr_check.py`` on that epoch's step losses.
 """
 from __future__ import annotations
 
@@ -42,13 +42,10 @@ class PostEpochEvaluator(Callback):
     """Runs ``analyse_history`` at the selected epochs and the LR check after epoch 1.
 
     It runs before the logging callback (``Order.DIAGNOSIS``): it adds ``record["health"]``,
-    which that callback writes to ``metrics.jsonl``.
+    which that callback writes to ``metrics.jsonl`` (and the plateau LR callback reads).
 
     Args:
         epochs: epoch selection (``--eval-epochs``), default ``"2+"`` = every epoch from 2 on.
-        auto_adjust_lr: halve the current stage's LR on a plateau (``--auto-adjust-lr``), through
-            the plan; at most once per ``plateau_epochs`` epochs.
-        min_lr: the LR is never lowered below this (``--min-lr``).
         plateau_epochs, plateau_tolerance: see ``analyse_history``.
         warmup_epochs: ``--warmup-epochs`` (the epoch-1 check does not judge an all-warmup epoch).
         total_epochs: the run's ``--epochs``: with the selection, the number of tests the
@@ -58,17 +55,14 @@ class PostEpochEvaluator(Callback):
     name = "post_epoch"
     order = Order.DIAGNOSIS
 
-    def __init__(self, epochs: str = "2+", auto_adjust_lr: bool = False, min_lr: float = 0.0,
-                 plateau_epochs: int = 3, plateau_tolerance: float = 0.01, warmup_epochs: float = 0.0,
-                 total_epochs: int = 10):
+    def __init__(self, epochs: str = "2+", plateau_epochs: int = 3, plateau_tolerance: float = 0.01,
+                 warmup_epochs: float = 0.0, total_epochs: int = 10):
         self.selected = parse_epoch_selection(epochs)
         self.budget = false_alarm_budget(epochs, total_epochs)
         self.warmup_epochs = warmup_epochs
-        self.auto_adjust_lr, self.min_lr = auto_adjust_lr, min_lr
         self.plateau_epochs, self.plateau_tolerance = plateau_epochs, plateau_tolerance
         self.history: List[EpochStats] = []
         self.scores: Dict[int, torch.Tensor] = {}  # epoch -> (N, 2) per-image scores of the base weights
-        self.adjusted_at_epoch = 0
         # Epoch 1's step losses of its first and last tenth, written in place on the device (no sync).
         self._first_epoch: Optional[torch.Tensor] = None
         self._tenth = 0
@@ -125,8 +119,6 @@ class PostEpochEvaluator(Callback):
             health.update(analyse_history(self.history, self.scores, context, self.budget, self.plateau_epochs,
                                           self.plateau_tolerance))
             self._write(trainer, health, record["global_step"])
-            if self.auto_adjust_lr and health["plateau"]:
-                self._halve_lr(trainer, health, record["epoch"])
         if health.get("lr_sanity", {}).get("verdict", "ok") in ("too_low", "too_high"):
             health.setdefault("issues", []).append(health["lr_sanity"]["message"])
         if health:
@@ -140,26 +132,13 @@ class PostEpochEvaluator(Callback):
                 trainer.log_scalar(f"evaluation/{key}", health[key], step)
         trainer.log_scalar("evaluation/plateau_detected", float(health["plateau"]), step)
 
-    def _halve_lr(self, trainer, health: Dict[str, Any], epoch: int) -> None:
-        if self.adjusted_at_epoch and epoch - self.adjusted_at_epoch < self.plateau_epochs:
-            return  # give the previous halving time to show
-        current = trainer.current_lr
-        if current * 0.5 < self.min_lr:
-            health["lr_adjustment"] = f"not halved: the LR {current:.3g} is already near --min-lr {self.min_lr:.3g}"
-            return
-        scale = trainer.plan.scale_lr(trainer.stage, 0.5)
-        self.adjusted_at_epoch = epoch
-        health["lr_adjustment"] = (f"LR halved on plateau: {current:.3g} -> {current * 0.5:.3g} (stage "
-                                   f"{trainer.stage} LR scale x{scale:.3g}, kept in the plan)")
-
     def state_dict(self) -> Dict[str, Any]:
         epochs = sorted(self.scores)
         # The running epoch's partial sums too: a run stopped mid-epoch reports the same epoch as one never stopped.
         running = {"structure_sum": None if self._structure_sum is None else self._structure_sum.detach().cpu(),
                    "structure_updates": self._structure_updates, "tenth": self._tenth,
                    "first_epoch": None if self._first_epoch is None else self._first_epoch.detach().cpu()}
-        return {"history": [asdict(h) for h in self.history], "adjusted_at_epoch": self.adjusted_at_epoch,
-                "score_epochs": epochs,
+        return {"history": [asdict(h) for h in self.history], "score_epochs": epochs,
                 "scores": torch.stack([self.scores[e] for e in epochs]) if epochs else torch.zeros(0),
                 "running_epoch": running}
 
@@ -167,7 +146,6 @@ class PostEpochEvaluator(Callback):
         """A checkpoint from before the per-image scores has only epoch means: the paired rules
         then start with the epochs after the resume."""
         self.history = [EpochStats(**h) for h in state.get("history", [])]
-        self.adjusted_at_epoch = int(state.get("adjusted_at_epoch", 0))
         epochs, scores = state.get("score_epochs", []), state.get("scores")
         self.scores = {int(epoch): scores[index].float() for index, epoch in enumerate(epochs)}
         # Older checkpoints have no running sums: the epoch's sums then restart at the resume point.
@@ -195,5 +173,3 @@ def _report(last: EpochStats, health: Dict[str, Any]) -> None:
         logger.info("  suggestion: %s", suggestion)
     for note in health.get("notes", []):
         logger.info("  note: %s", note)
-    if "lr_adjustment" in health:
-        logger.info("  %s", health["lr_adjustment"])

@@ -115,5 +115,17 @@ def test_format2_layout_is_upgraded_on_load(tmp_path):
     assert torch.equal(saved_weights(payload, "ema")["w"], shadow["w"])
     assert payload["trainer"]["plan"]["lr_scales"] == {"2": 0.5}
     assert "lr_multiplier" not in payload["trainer"]["callbacks"]["post_epoch"]
+    assert payload["trainer"]["callbacks"]["post_epoch"] == {"history": [], "stage": 2}
+    assert payload["trainer"]["callbacks"]["plateau_lr"] == {"adjusted_at_epoch": 3}  # --auto-adjust-lr's own state
     assert payload["trainer"]["guard"] == {"bad": 0} and payload["trainer"]["optimizer"] == {"state": {}}
     assert upgrade(payload) is payload  # the current layout is left alone
+
+
+def test_a_format3_file_from_before_the_plateau_callback_gives_it_its_halving_epoch():
+    """The post-epoch monitor kept --auto-adjust-lr's last halving until the plateau LR callback took it over."""
+    old = {"version": FORMAT_VERSION, "trainer": {"model": {}, "callbacks": {
+        "post_epoch": {"history": [], "adjusted_at_epoch": 6}, "weight_ema": {"decay": 0.9}}}}
+    callbacks = upgrade(old)["trainer"]["callbacks"]
+    assert callbacks == {"post_epoch": {"history": []}, "plateau_lr": {"adjusted_at_epoch": 6},
+                         "weight_ema": {"decay": 0.9}}
+    assert old["trainer"]["callbacks"]["post_epoch"]["adjusted_at_epoch"] == 6  # the loaded dict is not edited

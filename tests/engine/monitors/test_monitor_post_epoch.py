@@ -1,4 +1,4 @@
-"""Post-epoch evaluator: descriptions, records, TensorBoard tags, auto LR on a plateau, state and resume."""
+"""Post-epoch evaluator: descriptions, records, TensorBoard tags, the plateau finding, state and resume."""
 import io
 import json
 from types import SimpleNamespace
@@ -102,47 +102,27 @@ def flat_run(epochs=10):
     return [h.val_loss for h in stats], scores
 
 
-def test_auto_adjust_halves_lr_on_plateau_never_below_min_lr():
-    evaluator = PostEpochEvaluator("2+", auto_adjust_lr=True, min_lr=1e-4, plateau_epochs=3)
-    trainer = fake_trainer(lr=1e-3, scheduler="constant")  # a constant LR: every flat stretch is a plateau
-    flat, scores = flat_run()
-    records = run_epochs(evaluator, trainer, flat, scores=scores)
-    halvings = [r["epoch"] for r in records if "halved" in r.get("health", {}).get("lr_adjustment", "")]
-    assert halvings == [6, 9]  # plateau first seen at epoch 6, then a 3-epoch cooldown
-    plan = trainer.plan
-    assert plan.lr_scale(1) == 0.25 and plan.lr_scale(2) == 1.0  # the scale belongs to the stage it was set in
-    assert plan.lr_at(4, 1) == pytest.approx(2.5e-4) and plan.lr_at(12, 0) == pytest.approx(1e-3)
-    cosine = make_plan()  # the floor: a scaled cosine never goes below --min-lr
-    cosine.scale_lr(1, 0.25)
-    for epoch, step in ((0, 0), (4, 1), (9, 2)):
-        scheduled = make_plan().lr_at(epoch, step)
-        assert cosine.lr_at(epoch, step) == pytest.approx(max(0.25 * scheduled, min(scheduled, 1e-4)))
-    assert cosine.lr_at(9, 2) == pytest.approx(1e-4)  # the cosine tail, clamped at min LR
-    trainer.current_lr = 1.5e-4  # halving would cross min LR: refused
-    more, more_scores = flat_run(13)
-    assert "not halved" in run_epochs(evaluator, trainer, more, scores=more_scores)[-1]["health"]["lr_adjustment"]
-    untouched = fake_trainer(scheduler="constant")
-    run_epochs(PostEpochEvaluator(), untouched, flat, scores=scores)  # off by default
-    assert untouched.plan.lr_scale(1) == 1.0
-
-
-def test_state_and_the_plan_scale_round_trip_through_weights_only_load():
-    from engine.training.stages import PlanState
-
-    evaluator = PostEpochEvaluator(auto_adjust_lr=True)
+def test_the_report_finds_the_plateau_and_leaves_the_lr_alone():
+    """The report only observes: a plateau is a finding; halving the LR is engine/callbacks/plateau_lr.py's."""
     trainer = fake_trainer(scheduler="constant")
+    flat, scores = flat_run()
+    records = run_epochs(PostEpochEvaluator(), trainer, flat, scores=scores)
+    assert [r["epoch"] for r in records if r.get("health", {}).get("plateau")] == [6, 7, 8, 9, 10]
+    assert trainer.plan.lr_scale(1) == 1.0 and not any("lr_adjustment" in r.get("health", {}) for r in records)
+
+
+def test_state_round_trips_through_weights_only_load():
+    evaluator = PostEpochEvaluator()
     flat, scores = flat_run(6)
-    run_epochs(evaluator, trainer, flat, scores=scores)
+    run_epochs(evaluator, fake_trainer(scheduler="constant"), flat, scores=scores)
     buffer = io.BytesIO()
-    torch.save({"evaluator": evaluator.state_dict(), "plan": trainer.plan.state.state_dict()}, buffer)
+    torch.save(evaluator.state_dict(), buffer)
     buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    restored = PostEpochEvaluator(auto_adjust_lr=True)
-    restored.load_state_dict(saved["evaluator"])
-    assert restored.history == evaluator.history and restored.adjusted_at_epoch == evaluator.adjusted_at_epoch == 6
+    restored = PostEpochEvaluator()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.history == evaluator.history
     assert restored.scores.keys() == scores.keys()
     assert all(torch.equal(restored.scores[epoch], scores[epoch]) for epoch in scores)
-    assert PlanState.from_state_dict(saved["plan"]).lr_scales == {1: 0.5}
 
 
 def test_an_older_checkpoint_without_per_image_scores_resumes_with_means_only():
