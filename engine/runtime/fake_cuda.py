@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 from typing import Dict, Iterator, Optional
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 FAKE_DEVICE = torch.device("cuda")
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -141,8 +140,3 @@ class FakeCuda:
     def batch(self, batch_size: int, img_size: int) -> Dict[str, torch.Tensor]:
         """A fake training/validation batch: ``{"image": (B, 3, S, S), "mask": (B, 1, S, S)}``."""
         return {"image": self.images(batch_size, img_size), "mask": self.masks(batch_size, img_size)}
-
-
-def has_only_fake_tensors(module: nn.Module) -> bool:
-    """Whether every parameter and buffer of ``module`` is a fake tensor."""
-    return all(is_fake(tensor) for tensor in itertools.chain(module.parameters(), module.buffers()))
