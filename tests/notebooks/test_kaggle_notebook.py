@@ -7,6 +7,7 @@ import nbclient
 import nbformat
 import pytest
 
+from engine.evaluation.cod_metrics import METRIC_NAMES
 from tests.cli.in_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,17 @@ def test_two_sessions_train_continue_evaluate_and_predict(tmp_path):
                             PREVIOUS_SESSION=str(first / "checkpoints")))
     rows = [json.loads(line) for line in (second / "checkpoints" / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]  # epoch 1 copied from the first session, epoch 2 trained
-    scores = json.loads((second / "checkpoints" / "scores.json").read_text())
-    assert scores  # eval wrote its table
+    # eval's table is the notebook's checkpoint scored on the test set: the same as eval run here
+    scores = json.loads((second / "checkpoints" / "scores.json").read_text())["results"]
+    again = tmp_path / "again.json"
+    assert run_cli("eval", "--checkpoint", second / "checkpoints" / "best_model.pth", "--dataset-path", data,
+                   "--output", again).returncode == 0
+    expected = json.loads(again.read_text())["results"]
+    assert list(scores) == ["synthetic"] and scores.keys() == expected.keys()
+    for dataset, rows in expected.items():
+        assert scores[dataset].keys() == rows.keys()
+        for row, values in rows.items():
+            assert set(values) == set(METRIC_NAMES)
+            assert scores[dataset][row] == pytest.approx(values, abs=1e-9), (dataset, row)
     assert len(list((second / "masks").glob("*.png"))) == 2
     assert len(outputs(notebook, "image/png")) + len(outputs(notebook, "image/jpeg")) >= 3  # curves and overlays
