@@ -13,6 +13,7 @@ broken collective, SIGKILL or ``COLLECTIVE_TIMEOUT`` (a rank that hangs without 
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -82,20 +83,34 @@ def wrap_model(model: nn.Module, context: DistributedContext, device: torch.devi
     DDP registers its gradient hooks at construction, so the Trainer re-wraps whenever the set of
     trainable parameters changes (stage change, progressive unfreezing). Buffers are synced once per
     optimizer step by ``sync_buffers`` instead of before every forward.
+
+    A DDP wrapper and its reducer form a reference cycle that only a cyclic GC pass frees, and the
+    reducer holds the gradient buckets (one copy of the trainable gradients): callers drop their
+    reference to the wrapper being replaced first, and the collection here frees it before the new
+    wrapper allocates its own buckets. The gradients are views into the buckets
+    (``gradient_as_bucket_view``), so a rank holds one gradient copy, not two.
     """
+    if context.enabled:
+        gc.collect()
     if not context.enabled or not any(p.requires_grad for p in model.parameters()):
         return model
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True,
+                                               **_NO_FORWARD_BUFFER_SYNC)
 
 
-def any_rank(flag: bool, context: DistributedContext, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one (keeps stop decisions in step)."""
-    if not context.enabled:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value)
-    return bool(value.item() > 0)
+def agree(values: torch.Tensor, context: DistributedContext) -> List[int]:
+    """Per entry of the ``(K,)`` integer (or bool) tensor ``values``: its largest value over the ranks.
+
+    One all-reduce (MAX) under DDP and one host read in all, whatever ``K``. The Trainer folds every
+    decision of an update into one call (loss or gradients non-finite, stop requested, the exit code
+    a stop asks for), so no rank acts on a decision another rank has not taken: a flag true on one
+    rank is true on all.
+    """
+    values = values.to(torch.int32)  # gloo and NCCL both reduce int32 with MAX
+    if context.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [int(value) for value in values.tolist()]
 
 
 BufferRef = Tuple[nn.Module, str]  # (owning module, attribute name): looked up at each sync

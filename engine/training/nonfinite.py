@@ -29,12 +29,15 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.total_skipped = 0
 
-    def check(self, loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> Tuple[bool, bool]:
-        """``(loss finite, gradients finite)`` of one update, in one host sync."""
+    @staticmethod
+    def non_finite(loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> torch.Tensor:
+        """``(2,)`` bool tensor on the loss's device: (loss non-finite, gradients non-finite); no host sync.
+
+        The Trainer reads it together with the other ranks' (``engine.runtime.distributed.any_rank``),
+        so every rank skips or steps alike.
+        """
         grads = torch.isfinite(grad_norm) if grad_norm is not None else torch.ones((), dtype=torch.bool)
-        loss_finite, grads_finite = torch.stack([torch.isfinite(loss).reshape(()),
-                                                 grads.to(loss.device).reshape(())]).tolist()
-        return bool(loss_finite), bool(grads_finite)
+        return ~torch.stack([torch.isfinite(loss).reshape(()), grads.to(loss.device).reshape(())])
 
     def record(self, loss_finite: bool, grads_finite: bool, step: int, lr: float, fp16_scaler: bool) -> None:
         """Count a good or skipped update; raise ``TrainingDivergedError`` past the limit.

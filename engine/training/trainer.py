@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from engine.config import TrainConfig
 from engine.evaluation.validation_cod import COD_VALIDATION_METRICS
-from engine.runtime.distributed import DistributedContext, any_rank, changing_buffers, sync_buffers, wrap_model
+from engine.runtime.distributed import DistributedContext, agree, changing_buffers, sync_buffers, wrap_model
 from engine.runtime.errors import DeviceOutOfMemoryError, out_of_memory_message
 from engine.training.callback import Callback, CallbackList, StepOutput
 from engine.training.modes import evaluating
@@ -116,6 +116,8 @@ class Trainer:
                 record = self._end_epoch()
                 self.callbacks.call("on_epoch_end", self, record)
                 self.closed_epoch = record["epoch"]
+                if self.distributed.enabled:  # a stop asked for on one rank (signal, time limit, quota) ends all
+                    self.should_stop = bool(self._agree()[0])
             self.callbacks.call("on_train_end", self)
         except BaseException as error:
             self.callbacks.call_quietly("on_exception", self, error)
@@ -176,12 +178,11 @@ class Trainer:
             self.batch_in_epoch += 1
             self.progress.update(1)
             if windows.is_window_end(index):
-                self._optimizer_step(window_loss, windows.window_of(index), windows.num_windows,
-                                     getattr(output, "expert_fractions", None), window_terms, term_names)
+                stop = self._optimizer_step(window_loss, windows.window_of(index), windows.num_windows,
+                                            getattr(output, "expert_fractions", None), window_terms, term_names)
                 window_loss, window_terms = torch.zeros((), device=self.device), None
-                if self.distributed.enabled:  # every rank must stop at the same step
-                    self.should_stop = any_rank(self.should_stop, self.distributed, self.device)
-                if self.should_stop:
+                if stop:
+                    self.should_stop = True
                     self.callbacks.call("on_stop_mid_epoch", self)
                     break
         self.progress.close()
@@ -197,17 +198,41 @@ class Trainer:
 
     def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int,
                         expert_fractions: Optional[torch.Tensor], loss_terms: Optional[torch.Tensor] = None,
-                        loss_term_names: Tuple[str, ...] = ()) -> None:
+                        loss_term_names: Tuple[str, ...] = ()) -> bool:
+        """One update at the end of an accumulation window; returns whether every rank stops after it.
+
+        The skip-or-step decision and the stop decision are read in one host sync, which under DDP is
+        one all-reduce: a non-finite loss on one rank skips the update on all, and a stop requested on
+        one rank before this update (a signal, a time limit) stops all of them here. A stop requested
+        during this update's callbacks is acted on alone at once, and under DDP at the next agreement.
+        """
         lr = self.plan.lr_at(self.epoch, window_index)
         self._set_lr(lr)
         grad_norm = self.precision.unscale_and_clip(self.optimizer, self.model, self.config.grad_clip)
-        loss_finite, grads_finite = self.guard.check(window_loss, grad_norm)
-        finite = loss_finite and grads_finite
+        loss_bad, grads_bad, stop_agreed = self._agree(self.guard.non_finite(window_loss, grad_norm))
+        finite = not (loss_bad or grads_bad)
         self.precision.step(self.optimizer, apply=finite)
         self.optimizer.zero_grad(set_to_none=True)
-        self.guard.record(loss_finite, grads_finite, self.global_step + 1, lr, self.precision.scaler is not None)
-        if not finite:
-            return
+        self.guard.record(not loss_bad, not grads_bad, self.global_step + 1, lr, self.precision.scaler is not None)
+        if finite:
+            self._apply_update(window_loss, lr, grad_norm, window_index, num_windows, expert_fractions, loss_terms,
+                               loss_term_names)
+        return stop_agreed if self.distributed.enabled else self.should_stop
+
+    def _agree(self, flags: Optional[torch.Tensor] = None) -> List[int]:
+        """``[*flags, stop requested]`` agreed over the ranks (MAX; one host sync, one all-reduce under
+        DDP). A stop requested on any rank is adopted with its exit code (e.g. 143 after SIGTERM)."""
+        own = torch.tensor([self.should_stop, self.exit_code], device=self.device)
+        values = agree(own if flags is None else torch.cat([flags.to(self.device, torch.int64), own]),
+                       self.distributed)
+        if self.distributed.enabled and values[-2] and not self.should_stop:
+            self.stop_reason, self.exit_code = "a stop requested on another rank", values[-1]
+        return values[:-1]
+
+    def _apply_update(self, window_loss: torch.Tensor, lr: float, grad_norm: Optional[torch.Tensor],
+                      window_index: int, num_windows: int, expert_fractions: Optional[torch.Tensor],
+                      loss_terms: Optional[torch.Tensor], loss_term_names: Tuple[str, ...]) -> None:
+        """Count a taken update and tell the callbacks (weight EMA, monitors, logs)."""
         sync_buffers(list(self.synced_buffers.values()), self.distributed)
         self.global_step += 1
         self.epoch_loss_sum += window_loss
@@ -230,6 +255,7 @@ class Trainer:
             return
         key = tuple(p.requires_grad for p in self.unwrapped_model.parameters())
         if key != self._wrapped_for:
+            self.model = self.unwrapped_model  # the old wrapper's last reference: wrap_model frees it
             self.model = wrap_model(self.unwrapped_model, self.distributed, self.device)
             self._wrapped_for = key
         self.synced_buffers = changing_buffers(self.unwrapped_model)

@@ -7,6 +7,7 @@ metrics to OUTPUT.
 raises a disk-full OSError, as a failing disk or a GPU running out of memory would.
 """
 import errno
+import gc
 import json
 import os
 import sys
@@ -30,13 +31,17 @@ def main(settings_json: str, output: str) -> None:
     """Train with ``settings_json``; with ``"compile": true`` graphs go through :class:`CountingBackend`."""
     settings = json.loads(settings_json)
     backend = CountingBackend()
+    gc.disable()
     with torch.compiler.set_stance("default", force_backend=backend) if settings.get("compile") else nullcontext():
         trainer = build_trainer(build_config({}, settings))
         trainer.fit()
     ema = trainer.averaged_models.get("ema")
+    # Automatic collection was off during fit: a replaced DDP wrapper still listed here was left to a
+    # cyclic GC pass that may come late (its reducer holds a gradient copy), not freed at the re-wrap.
+    wrappers = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
     metrics = trainer.validate(trainer.model)  # all-reduced: every rank takes part
     torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "compiled_calls": backend.calls, "global_step": trainer.global_step, "metrics": metrics,
+                "compiled_calls": backend.calls, "live_ddp_wrappers": wrappers, "global_step": trainer.global_step, "metrics": metrics,
                 "image_blind_iou": trainer.image_blind_iou, "per_image": trainer.last_per_image_scores},
                f"{output}/rank{trainer.distributed.rank}.pt")
     shutdown(trainer.distributed)
