@@ -17,22 +17,13 @@ from engine.training.callback import Callback, Order, StepOutput
 logger = logging.getLogger(__name__)
 
 
-def averaging_window(decay: float) -> float:
-    """Updates that carry most of an EMA's weight: ``1 / (1 - decay)`` (0.999 -> 1000)."""
-    return 1.0 / (1.0 - decay)
-
-
-def lag_in_epochs(decay: float, updates_per_epoch: int) -> float:
-    """How many epochs the EMA trails the live weights: window / optimizer updates per epoch."""
-    return averaging_window(decay) / updates_per_epoch
-
-
 class WeightEMA:
     """An exponential moving average of a model's floating state (parameters and buffers).
 
     Args:
         model: the live model; the shadow starts as an exact copy of it.
-        decay: EMA decay; the averaging window is about ``1 / (1 - decay)`` updates.
+        decay: EMA decay; the averaging window is about ``1 / (1 - decay)`` updates
+            (``engine.monitors.averaging_windows.window``, stated at the start of a run).
         warmup: ramp the decay as ``min(decay, (1 + step) / (10 + step))`` so early updates
             forget the (random or stale) starting weights quickly.
     """

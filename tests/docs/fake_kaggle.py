@@ -1,5 +1,5 @@
 """A fake ``/kaggle/input``: every dataset the README and the guides name, filled with synthetic scenes
-in the layout the docs say that dataset has (tests/cli/test_documents_run.py)."""
+in the layout the docs say that dataset has (tests/docs/test_documents_run.py)."""
 import shutil
 from pathlib import Path
 

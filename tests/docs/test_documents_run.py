@@ -1,7 +1,7 @@
 """Every command in README.md, guides/*.md and docs/*.md runs as written, in document order, on a fake /kaggle tree.
 
 Each document is read as one or more Kaggle sessions over shared inputs, the datasets a user adds
-(``tests/cli/fake_kaggle.py``: synthetic scenes in each layout the docs name). Its ``bash`` blocks run
+(``tests/docs/fake_kaggle.py``: synthetic scenes in each layout the docs name). Its ``bash`` blocks run
 in order as bash scripts in one ``/kaggle/working`` (and one working folder for relative paths, as in
 a fresh clone), so a command that reads an earlier one's output is checked against that output.
 Only settings that shrink the work are appended to ``train`` (backbone, sizes, epochs, workers), and
@@ -20,8 +20,10 @@ Markers in the documents (HTML comments, invisible when rendered):
 
 - ``<!-- not run here: REASON -->`` on the line above a block: it needs a GPU or the real data, or
   it sets up the machine (``make``, ``git clone``, ``pip``); every bash block without a
-  ``train_ultimate.py`` command needs one. ``test_blocks_not_run_here_say_why`` lists those blocks
-  with their reasons as its skip reason.
+  ``train_ultimate.py`` command needs one. ``not_run_here()`` lists those blocks with their reasons
+  (``test_blocks_not_run_here_say_why`` records them as the test's ``not_run_here`` property), and
+  the ``train_ultimate.py`` commands in them still parse with the real parser and name existing
+  ``--config`` files (``test_every_documented_command_parses``).
 - ``<!-- new session -->`` above a block: it starts a new Kaggle session (empty ``/kaggle/working``),
   for a block that is an alternative to the ones before it rather than their next step.
 - ``<!-- starts from: README.md -->`` anywhere in a document: it begins where the README's commands
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_flags import build_parser
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import has_ema, progress
 from tests.cli.in_process import run_cli
@@ -55,7 +58,13 @@ TINY = {"--backbone": "test_convnext", "--num-experts": "3", "--decoder-channels
 RESUME_TINY = {"--num-workers": "0", "--progress": "off"}  # a resume keeps its model and sizes
 ALWAYS_SHRUNK = ("--epochs", "--stage1-epochs")
 INSTALLS = ("pip install", "!pip install")  # not run: the test environment has the requirements
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+RUNS = (pytest.mark.slow, pytest.mark.timeout(900))  # the tests that run commands; the others only read
+
+
+def runs(test):
+    for mark in RUNS:
+        test = mark(test)
+    return test
 
 
 def bash_blocks(document: Path, commands: bool):
@@ -221,7 +230,7 @@ class Session:
 @pytest.fixture(scope="module")
 def kaggle_inputs(tmp_path_factory):
     """The shared ``/kaggle/input``: every dataset the documents name, in its documented layout."""
-    from tests.cli.fake_kaggle import build_inputs
+    from tests.docs.fake_kaggle import build_inputs
 
     inputs = tmp_path_factory.mktemp("inputs")
     build_inputs(inputs)
@@ -240,11 +249,16 @@ def readme_session(kaggle_inputs, tmp_path_factory):
     return session
 
 
+def documents_with_commands():
+    return [document for document in DOCUMENTS if document != README and blocks(document)]
+
+
 def documents_that_start_from_readme():
     return [document for document in DOCUMENTS if document != README
             and any(name == "README.md" for name in STARTS_FROM.findall(document.read_text()))]
 
 
+@runs
 def test_readme_commands_chain_best_weights_and_replan(readme_session):
     """The quickstart, continued in a second session, then the plateau run and phase 2 on its best weights."""
     assert readme_session.failure is None, readme_session.failure
@@ -262,11 +276,10 @@ def test_readme_commands_chain_best_weights_and_replan(readme_session):
         assert (working / output).exists(), output
 
 
-@pytest.mark.parametrize("document", [d for d in DOCUMENTS if d != README],
-                         ids=[str(d.relative_to(ROOT)) for d in DOCUMENTS if d != README])
+@runs
+@pytest.mark.parametrize("document", documents_with_commands(),
+                         ids=[str(d.relative_to(ROOT)) for d in documents_with_commands()])
 def test_document_commands_run_in_order(document, kaggle_inputs, readme_session, tmp_path):
-    if not blocks(document):
-        pytest.skip(f"{document.name} has no train_ultimate.py commands")
     session = Session(tmp_path, kaggle_inputs)
     if document in documents_that_start_from_readme():
         assert readme_session.failure is None, f"{document.name} starts from the README, whose commands failed"
@@ -282,21 +295,51 @@ def test_every_command_block_is_seen():
                 assert not COMMAND.search(body), f"{document.name}: fence the command block as ```bash: {body[:80]}"
 
 
-def test_blocks_not_run_here_say_why():
-    """The blocks this file does not run (a GPU, the real data, the machine's set-up), reported with
-    their reasons as this test's skip reason. A bash block without a train_ultimate.py command is not
-    run above, so it must say why, or where else it runs."""
+def not_run_here():
+    """``(document:line, reason)`` of every bash block this file does not run."""
+    return [(f"{document.relative_to(ROOT)}:{line}", reason) for document in DOCUMENTS
+            for line, _, reason, _ in sorted([*blocks(document), *bash_blocks(document, commands=False)]) if reason]
+
+
+def test_blocks_not_run_here_say_why(record_property):
+    """The blocks this file does not run (a GPU, the real data, the machine's set-up) each name their
+    reason. A bash block without a train_ultimate.py command is not run above, so it must say why,
+    or where else it runs."""
     silent = [f"{document.relative_to(ROOT)}:{line}" for document in DOCUMENTS
               for line, _, reason, _ in bash_blocks(document, commands=False) if reason is None]
     assert not silent, f"mark these bash blocks <!-- not run here: REASON --> or run them: {silent}"
-    not_run = [f"{document.relative_to(ROOT)}:{line} ({reason})" for document in DOCUMENTS
-               for line, _, reason, _ in sorted([*blocks(document), *bash_blocks(document, commands=False)])
-               if reason]
-    assert all(reason.strip() for reason in not_run)
-    if not_run:
-        pytest.skip(f"not run here: {'; '.join(not_run)}")
+    not_run = not_run_here()
+    assert all(reason.strip() for _, reason in not_run)
+    record_property("not_run_here", "; ".join(f"{where} ({reason})" for where, reason in not_run))
 
 
+def documented_commands():
+    """``(document:line, argv after train_ultimate.py)`` of every command in the bash blocks, run or not."""
+    found = []
+    for document in DOCUMENTS:
+        for line, body, _, _ in blocks(document):
+            for text in joined_lines(body):
+                if COMMAND.match(text):
+                    words = shlex.split(text, comments=True)
+                    found.append((f"{document.relative_to(ROOT)}:{line}", words[words.index("train_ultimate.py") + 1:]))
+    return found
+
+
+def test_every_documented_command_parses():
+    """Also the commands of the blocks not run here (a GPU, the real data): the flags exist, take the
+    values written, and a --config file named is in the repository."""
+    commands = documented_commands()
+    assert len(commands) >= 5
+    for where, argv in commands:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{where}: train_ultimate.py {shlex.join(argv)} does not parse")
+        config = getattr(args, "config", None)
+        assert not config or "$" in config or (ROOT / config).exists(), f"{where} names a missing --config {config}"
+
+
+@runs
 def test_make_demo_runs_as_the_makefile_says(tmp_path):
     """The README's first command: the Makefile's demo recipe, shrunk like the commands above
     (``make test`` is this suite itself)."""
