@@ -11,6 +11,7 @@ from typing import Any
 _HOMES = {
     "CamoSegmenter": "models.segmenter",
     "EXPERT_REGISTRY": "models.experts",
+    "GradCheckpointingError": "models.errors",
     "ModelConfig": "models.config",
     "PretrainedWeightsError": "models.errors",
     "SegmentationOutput": "models.output",

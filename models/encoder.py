@@ -1,6 +1,7 @@
 """timm encoder with ``features_only=True``: multi-scale features, normalisation and stage groups."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 from typing import Dict, List, Optional, Tuple
@@ -10,6 +11,7 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import nn
 
+from models.checkpointing import check_non_reentrant_checkpointing, non_reentrant_checkpointing
 from models.errors import PretrainedWeightsError, UnknownBackboneError
 from models.weights import load_weights_into
 
@@ -58,6 +60,7 @@ class TimmEncoder(nn.Module):
         out_channels: channels of each feature level, shallow -> deep (every level timm exposes;
             the decoder picks the ones it uses).
         reductions: stride of each feature level w.r.t. the input, shallow -> deep.
+        grad_checkpointing: timm's gradient checkpointing is on (``set_grad_checkpointing``).
     """
 
     def __init__(self, name: str, pretrained: bool = False, pretrained_path: Optional[str] = None) -> None:
@@ -86,7 +89,25 @@ class TimmEncoder(nn.Module):
         self.features_nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
         self.out_channels: List[int] = list(self.model.feature_info.channels())
         self.reductions: List[int] = list(self.model.feature_info.reduction())
+        self.grad_checkpointing = False
         logger.debug("Encoder %s: channels %s, strides %s", name, self.out_channels, self.reductions)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn timm's gradient checkpointing on or off; it always runs non-reentrant
+        (``models.checkpointing``), so stages behind frozen ones still get their gradients.
+
+        Raises:
+            GradCheckpointingError: this timm cannot be made to checkpoint non-reentrantly.
+        """
+        if not hasattr(self.model, "set_grad_checkpointing"):
+            if enable:
+                logger.warning("%s has no gradient checkpointing in timm: its encoder runs without",
+                               self.backbone_name)
+            return
+        if enable:
+            check_non_reentrant_checkpointing()
+        self.model.set_grad_checkpointing(enable)
+        self.grad_checkpointing = enable
 
     @property
     def normalization(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -103,7 +124,8 @@ class TimmEncoder(nn.Module):
         Returns:
             One map per level, ``(B, out_channels[i], ~H / reductions[i], ~W / reductions[i])``.
         """
-        features = list(self.model(images))
+        with non_reentrant_checkpointing() if self.grad_checkpointing else contextlib.nullcontext():
+            features = list(self.model(images))
         if self.features_nhwc:  # a view in channels-last memory: no copy
             features = [feature.permute(0, 3, 1, 2) for feature in features]
         return features

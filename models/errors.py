@@ -8,3 +8,8 @@ class PretrainedWeightsError(RuntimeError):
 
 class UnknownBackboneError(ValueError):
     """The backbone name is not a timm model."""
+
+
+class GradCheckpointingError(RuntimeError):
+    """``--grad-checkpointing`` cannot be had without dropping gradients (timm too old to checkpoint
+    non-reentrantly, ``models.checkpointing``)."""

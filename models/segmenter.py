@@ -28,9 +28,14 @@ class CamoSegmenter(nn.Module):
         self.head = head
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Trade compute for memory: timm's checkpointing in the encoder, per-expert in the decoder."""
-        if hasattr(self.encoder.model, "set_grad_checkpointing"):
-            self.encoder.model.set_grad_checkpointing(enable)
+        """Trade compute for memory: timm's checkpointing in the encoder (always non-reentrant, so the
+        stages behind frozen ones get gradients), per-expert in the decoder.
+
+        Raises:
+            GradCheckpointingError: the installed timm cannot checkpoint non-reentrantly (before 1.0.13
+                and torch's ``checkpoint`` not adjustable).
+        """
+        self.encoder.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
 
     def monitored_blocks(self) -> List[Tuple[str, nn.Module]]:

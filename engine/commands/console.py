@@ -31,10 +31,11 @@ def user_errors() -> tuple:
     from engine.checkpoint import CheckpointError
     from engine.config import ConfigError
     from engine.runtime.errors import DeviceOutOfMemoryError
-    from models import PretrainedWeightsError, UnknownBackboneError
+    from engine.runtime.launch import DevicesError
+    from models import GradCheckpointingError, PretrainedWeightsError, UnknownBackboneError
 
     return (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError, UnknownBackboneError,
-            DeviceOutOfMemoryError)
+            GradCheckpointingError, DeviceOutOfMemoryError, DevicesError)
 
 
 def cuda_out_of_memory() -> type:
