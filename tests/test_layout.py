@@ -7,6 +7,7 @@ is still an import, and the circle this test was written against hid in one.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Set
@@ -258,6 +259,46 @@ def test_observing_is_not_an_action():
     source = ("def on_epoch_end(self, trainer, record):\n    lr = trainer.current_lr\n    self.seen = trainer.plan.describe()\n"
               "    record['health'] = {'lr': lr}\n    trainer.log_scalar('x', lr, 1)\n")
     assert actions_on_the_run(source) == []
+
+
+# The tests that check documents against the code live in one room, tests/docs/; a test elsewhere that
+# reads a document says here why it stays where it is.
+DOCUMENT_READERS_ELSEWHERE = {
+    "tests/cli/test_kaggle_sessions.py": "runs the Kaggle guide's session commands to test resuming across sessions",
+}
+
+
+def reads_documents(source: str) -> bool:
+    """Whether ``source`` names a document of the repository in code (docstrings and comments aside):
+    README.md, the guides/ or docs/ folder, or a markdown path."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return any(isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+               and (node.value in ("README.md", "guides", "docs") or re.fullmatch(r"[\w./-]+\.md", node.value))
+               for node in ast.walk(tree))
+
+
+def test_tests_that_read_documents_are_in_the_documents_room():
+    tests = ROOT / "tests"
+    readers = {str(path.relative_to(ROOT)) for path in sorted(tests.rglob("*.py"))
+               if tests / "docs" not in path.parents and path != Path(__file__).resolve()
+               and reads_documents(path.read_text(encoding="utf-8"))}
+    assert readers == set(DOCUMENT_READERS_ELSEWHERE), (
+        f"move these document checks into tests/docs/: {sorted(readers - set(DOCUMENT_READERS_ELSEWHERE))}; "
+        f"no longer reading documents: {sorted(set(DOCUMENT_READERS_ELSEWHERE) - readers)}")
+
+
+@pytest.mark.parametrize("source, reads", [
+    ('"""Checks README.md."""\nROOT = 1\n', False),
+    ("text = (ROOT / 'README.md').read_text()\n", True),
+    ("GUIDE = ROOT / 'guides' / 'KAGGLE_GUIDE.md'\n", True),
+    ("pages = sorted((ROOT / 'docs').glob('*.md'))\n", True),
+    ("message = 'see docs/BENCHMARKS.md for the figures'\n", False),
+])
+def test_a_document_read_is_recognised(source, reads):
+    assert reads_documents(source) is reads
 
 
 def test_no_python_file_is_over_the_line_limit():

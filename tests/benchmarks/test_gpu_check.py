@@ -1,6 +1,5 @@
 """benchmarks/gpu_check.py: each measuring function on the CPU at tiny size, and main()'s one line without a GPU."""
 import json
-import shlex
 from pathlib import Path
 
 import pytest
@@ -116,11 +115,3 @@ def test_without_a_gpu_main_prints_one_line_and_exits_0(tmp_path, monkeypatch, c
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and output.read_text() == lines[0] + "\n"
     assert json.loads(lines[0]) == {"benchmark": "gpu_check", "gpu": False, "skipped": "no CUDA GPU: nothing measured"}
-
-
-def test_readme_commands_parse():
-    lines = [line for line in (ROOT / "README.md").read_text().splitlines()
-             if line.startswith("python benchmarks/gpu_check.py")]
-    assert lines
-    for line in lines:
-        gpu_check.parse_args(shlex.split(line, comments=True)[2:])

@@ -1,10 +1,9 @@
-"""The Python API (``engine.api``), torch.hub entry point and the README's snippet, on the session's tiny run.
+"""The Python API (``engine.api``) and torch.hub entry point, on the session's tiny run (the README's
+snippet: tests/docs/test_readme_snippets.py).
 
 Oracles: a forward pass written out here (cv2 resize, normalisation, model, sigmoid, bilinear resize)
 for ``predict``; ``predict`` image by image for ``predict_batch``.
 """
-import re
-import shutil
 from pathlib import Path
 
 import cv2
@@ -94,21 +93,3 @@ def test_torch_hub_load_from_the_local_repo(checkpoint):
 
     image = photos()[0]
     assert np.array_equal(hub_model.predict(image), load_model(checkpoint, "ema", "cpu").predict(image))
-
-
-def readme_python_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Python API"):]
-    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
-
-
-def test_readme_python_api_snippet_runs_verbatim(checkpoint, tmp_path, monkeypatch, capsys):
-    shutil.copy(checkpoint, tmp_path / "best_model.pth")
-    photo = np.random.default_rng(0).integers(0, 256, (37, 52, 3), dtype=np.uint8)
-    assert cv2.imwrite(str(tmp_path / "photo.jpg"), photo)
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(readme_python_block(), "README.md:Python API", "exec"), namespace)
-    assert namespace["prob"].shape == (37, 52) and namespace["mask"].dtype == bool
-    assert [probability.shape for probability in namespace["probs"]] == [(37, 52), (19, 26)]
-    assert "ema" in capsys.readouterr().out
