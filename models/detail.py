@@ -46,6 +46,8 @@ class DetailRefinement(nn.Module):
             Logits ``(B, 1, H_d, W_d)``.
         """
         size = detail.shape[-2:]
-        coarse = resize_to(coarse_logits, size)
-        mixed = torch.cat([resize_to(self.reduce(features), size), self.lateral(detail), coarse], dim=1)
+        # keep_dtype: half precision under CUDA autocast, like the convs around them.
+        coarse = resize_to(coarse_logits, size, keep_dtype=True)
+        reduced = resize_to(self.reduce(features), size, keep_dtype=True)
+        mixed = torch.cat([reduced, self.lateral(detail), coarse], dim=1)
         return coarse + self.correction(self.refine(mixed))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import ConvNormAct, autocast_disabled, group_norm
+from models.layers import ConvNormAct, autocast_disabled, group_norm, keep_half_precision
 
 EXPERT_REGISTRY: Dict[str, Type["Expert"]] = {}
 
@@ -176,10 +176,11 @@ class PyramidContextExpert(Expert):
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [
-            F.interpolate(reduce(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
-            for b, reduce in zip(self.bins, self.reduce)
-        ]
+        pooled = []
+        for bin_count, reduce in zip(self.bins, self.reduce):
+            context = reduce(F.adaptive_avg_pool2d(x, bin_count))
+            with keep_half_precision(context):  # CUDA autocast would upsample to fp32, and the cat with it
+                pooled.append(F.interpolate(context, size=size, mode="bilinear", align_corners=False))
         return self.fuse(torch.cat([x, *pooled], dim=1))
 
 

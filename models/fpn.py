@@ -42,7 +42,10 @@ class FeaturePyramidFusion(nn.Module):
         top_down = laterals[-1]
         pyramid = [self.smooth[-1](top_down)]
         for level in range(len(laterals) - 2, -1, -1):
-            top_down = laterals[level] + resize_to(top_down, laterals[level].shape[-2:])
+            # keep_dtype: under CUDA autocast the sum stays in half precision (not an fp32 map that the
+            # smoothing conv would cast back).
+            top_down = laterals[level] + resize_to(top_down, laterals[level].shape[-2:], keep_dtype=True)
             pyramid.insert(0, self.smooth[level](top_down))
         size = pyramid[0].shape[-2:]
-        return self.fuse(torch.cat([resize_to(level_map, size) for level_map in pyramid], dim=1)), pyramid
+        upsampled = [resize_to(level_map, size, keep_dtype=True) for level_map in pyramid]
+        return self.fuse(torch.cat(upsampled, dim=1)), pyramid

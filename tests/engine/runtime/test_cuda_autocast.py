@@ -3,7 +3,9 @@
 The model, the loss, the Trainer's step, validation and the preview run on fake CUDA tensors
 (``engine.runtime.fake_cuda``): CUDA autocast returns fp32 from ops (softmax, group_norm, upsampling, BCE)
 where CPU autocast does not, so dtype clashes that only a GPU would hit show up here (issue 25:
-the router's ``scatter`` of fp32 weights into fp16 logits crashed every CUDA run).
+the router's ``scatter`` of fp32 weights into fp16 logits crashed every CUDA run). The decoder runs
+its GroupNorms and upsampling outside autocast in half precision (issue 37); what it saves for
+backward, by dtype, is tests/models/test_half_precision.py's to count.
 """
 from __future__ import annotations
 
