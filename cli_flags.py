@@ -141,8 +141,9 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("deterministic", BOOL, "ask cuDNN/PyTorch for deterministic kernels on GPU (slower)"),
         ("device", DEVICES, "where training runs (auto: a GPU when visible)"),
         ("amp", AMP_MODES, "mixed precision (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
-        ("channels-last", BOOL, "channels-last memory format for model and inputs; off by default since on CUDA "
-                                "the decoder's GroupNorm runs only in NCHW (a layout copy around each norm)"),
+        ("channels-last", BOOL, "channels-last memory format for model and inputs. It cannot help this decoder: "
+                                "CUDA's GroupNorm takes and returns NCHW, so each decoder block converts layouts "
+                                "twice; only a convolutional encoder can gain"),
         ("grad-checkpointing", BOOL, "recompute encoder stages and experts in backward: less memory (384 px on "
                                      "16 GB cards) for extra compute, same gradients"),
         ("compile", BOOL, "torch.compile the model (torch >= 2.6; the first steps of each stage compile, then run "
