@@ -140,6 +140,9 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("seed", int, "random seed (data order, augmentation, init); CPU runs are bitwise repeatable"),
         ("deterministic", BOOL, "ask cuDNN/PyTorch for deterministic kernels on GPU (slower)"),
         ("device", DEVICES, "where training runs (auto: a GPU when visible)"),
+        ("devices", str, "how many GPUs to train on, one process each, launched by this command: auto (every "
+                         "visible GPU; one process on the CPU) or N (N gloo processes on the CPU); ignored under "
+                         "torchrun, whose --nproc_per_node decides"),
         ("amp", AMP_MODES, "mixed precision (auto: bf16 on Ampere+, fp16 on older GPUs, off on CPU)"),
         ("channels-last", BOOL, "channels-last memory format for model and inputs. It cannot help this decoder: "
                                 "CUDA's GroupNorm takes and returns NCHW, so each decoder block converts layouts "
@@ -369,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
-    """The train flags given on the command line (None = not given)."""
+    """The train flags given on the command line (None = not given); ``-q`` means ``--progress off``
+    unless a progress mode is given."""
     names = [flag.replace("-", "_") for flags in TRAIN_FLAGS.values() for flag, _, _ in flags]
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if getattr(args, "quiet", False) and "progress" not in given:
+        given["progress"] = "off"
+    return given

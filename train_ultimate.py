@@ -29,12 +29,11 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.config import load_yaml
     from engine.runtime.cuda_device import select_device
     from engine.runtime.distributed import shutdown
+    from engine.runtime.launch import launch_ranks, ranks_to_launch
     from engine.training.data_module import scan_data
     from engine.training.run_config import resolve_run_config
 
     flags = flag_values(args)
-    if args.quiet and flags.get("progress") is None:
-        flags["progress"] = "off"
     config, notes = resolve_run_config(load_yaml(args.config) if args.config else {}, flags)
     if args.dry_run:
         from engine.commands.dry_run import describe_dry_run
@@ -47,6 +46,8 @@ def run_train(args: argparse.Namespace) -> int:
         log.info(line)
     select_device(config.device, config.amp, config.compile)  # an unusable GPU is refused before any file is written
     sources = scan_data(config)  # so is a bad --dataset-path
+    if (processes := ranks_to_launch(config, "devices" in flags)) > 1:  # this process launches the ranks, waits
+        return launch_ranks(processes, os.path.abspath(__file__), args.argv)
     with run_lock(config.checkpoint_dir, rank=int(os.environ.get("RANK", "0"))):
         trainer = build_trainer(config, sources)
         for line in describe_run(trainer):
@@ -153,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """The error boundary of every command: a user error (flags, files, folders, disks, numbers)
     ends with one line on stderr and exit code 2; a bug keeps its traceback."""
     args = build_parser().parse_args(argv)  # before any torch import: --help and flag errors answer at once
+    args.argv = [str(word) for word in (sys.argv[1:] if argv is None else argv)]  # what launched ranks re-run
     setup_logging(args.quiet)
     from engine.runtime.errors import one_line, os_error_message
     from engine.training.nonfinite import TrainingDivergedError

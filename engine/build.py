@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 from engine.callbacks.early_stopping import EarlyStoppingCallback
@@ -92,7 +94,11 @@ def build_trainer(config: TrainConfig, sources: Optional[DataSources] = None) ->
     Args:
         sources: the dataset already scanned (``scan_data``); scanned here when None.
     """
+    # Python's and numpy's generators too: a checkpoint stores all three, and unseeded ones would hold
+    # each process's own OS entropy, so the same run resumed in another process would differ there.
     torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
     distributed = init_distributed(config.device)
     if not distributed.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # user-facing output from rank 0 only

@@ -14,6 +14,7 @@ from engine.commands.memory_estimate import GIB, estimate_training_memory
 from engine.config import TrainConfig
 from engine.monitors.averaging_windows import averaging_facts
 from engine.runtime.cuda_device import amp_dtype, select_device
+from engine.runtime.launch import describe_launch, processes_for, under_launcher
 from engine.training.data_module import count_training_samples, resolve_num_workers
 from engine.training.resume import planned_state
 from engine.training.stages import StagePlan
@@ -29,18 +30,21 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
     check_new_run_folder(config, resume_path)
     check_unlocked(config.checkpoint_dir)
     payload = load_checkpoint(resume_path) if resume_path else None
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = int(os.environ["WORLD_SIZE"]) if under_launcher() else processes_for(config.devices, config.device)
     state, epoch, changes = planned_state(payload, config, world_size)
     plan_notes = []
     if payload is not None:
         plan_notes = ([f"changed: {change}" for change in changes] + [f"re-planned from epoch {epoch + 1}"] if changes
                       else ["same schedule settings as the checkpoint: continuing its plan"])
-    plan = StagePlan(config, count_training_samples(config), state)
+    plan = StagePlan(config, -(-count_training_samples(config) // world_size), state)
     lines.append(f"plan (starting at epoch {epoch + 1}" + (f", resuming {resume_path}" if resume_path else "") + "):")
     facts, warnings = averaging_facts(config, plan, epoch)
     workers = resolve_num_workers(config.num_workers, world_size, warn=False)
     facts.append(f"data loading: {workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
                  + (" (from the CPU cores)" if config.num_workers is None else ""))
+    if world_size > 1:
+        facts.append(describe_launch(world_size, device.type == "cuda", config.batch_size,
+                                     config.stage2_batch_size or config.batch_size, config.accumulation_steps))
     lines += [f"  {line}" for line in plan_notes + plan.describe() + facts]
     lines += memory_lines(config, device)
     return lines, warnings

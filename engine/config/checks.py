@@ -134,6 +134,8 @@ def validate(config: TrainConfig) -> None:
     _require(config.cache in CACHE_MODES, f"--cache {config.cache!r} is unknown; choose one of {', '.join(CACHE_MODES)}")
     _require(config.amp in AMP_MODES, f"--amp {config.amp!r} is unknown; choose one of {', '.join(AMP_MODES)}")
     _require(config.device in DEVICES, f"--device {config.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+    _require(config.devices == "auto" or (config.devices.isdigit() and int(config.devices) >= 1),
+             f"--devices must be auto or a positive number of GPUs (got {config.devices!r})")
     if config.time_limit is not None:
         _require(parse_duration(config.time_limit) > 0, f"--time-limit must be positive (got {config.time_limit})")
     _validate_monitors(config)

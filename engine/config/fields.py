@@ -104,6 +104,7 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False
     device: str = "auto"
+    devices: str = "auto"  # auto: every visible GPU, one process each (engine/runtime/launch.py); or N
     amp: str = "auto"
     channels_last: bool = False
     grad_checkpointing: bool = False
@@ -179,7 +180,7 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Settings that belong to one invocation: a resume never inherits them from the checkpoint.
 PER_INVOCATION_KEYS = ("resume_from", "continue_from", "stop_after_epochs", "time_limit", "restart_schedule", "restart_epoch",
-                       "overwrite")
+                       "overwrite", "devices")
 # Settings that shape the LR plan: changing any of them on resume re-plans the schedule.
 SCHEDULE_KEYS = (
     "epochs", "stage1_epochs", "skip_stage1", "lr", "stage2_lr", "backbone_lr_scale", "decoder_lr_scale", "scheduler",

@@ -17,6 +17,7 @@ import gc
 import inspect
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Dict, List, Sequence, Tuple
@@ -37,6 +38,12 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 _NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
                            if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                            else {"broadcast_buffers": False})
+
+# With gradient_as_bucket_view, DDP compares each gradient's strides with its bucket view's and warns
+# on a mismatch, also where the two differ only in the stride of a size-1 dimension (a depthwise
+# conv's (C, 1, k, k) weight), which is the same layout. Where layouts really differ it copies the
+# gradient into the bucket, as it does without bucket views: nothing to act on.
+warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 # What a collective raises on a rank whose peer process is gone: gloo's words (a plain RuntimeError)
 # and the DistError family of newer torch (NCCL, the TCP store).

@@ -24,6 +24,7 @@ from engine.evaluation.validation_cod import COD_VALIDATION_METRICS
 from engine.runtime.distributed import DistributedContext, agree, changing_buffers, sync_buffers, wrap_model
 from engine.runtime.errors import DeviceOutOfMemoryError, out_of_memory_message
 from engine.training.callback import Callback, CallbackList, StepOutput
+from engine.training.loss_terms import loss_term_names, stacked_terms
 from engine.training.modes import evaluating
 from engine.training.nonfinite import NonFiniteGuard
 from engine.training.optim import build_optimizer
@@ -110,9 +111,8 @@ class Trainer:
         try:
             self.callbacks.call("on_train_start", self)
             while self.epoch < self.config.epochs and not self.should_stop:
-                self._train_epoch()
-                if self.should_stop and self.batch_in_epoch > 0:
-                    break  # stopped mid-epoch: on_stop_mid_epoch saved the position
+                if self._train_epoch():
+                    break  # stopped mid-epoch (every rank): on_stop_mid_epoch saved the position
                 record = self._end_epoch()
                 self.callbacks.call("on_epoch_end", self, record)
                 self.closed_epoch = record["epoch"]
@@ -141,7 +141,8 @@ class Trainer:
         return out_of_memory_message(where, batch_size, flag, self.config.img_size, self.config.amp,
                                      self.config.grad_checkpointing)
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self) -> bool:
+        """Train the rest of the epoch; True when every rank agreed to stop before its end."""
         stage = self.stage
         trainable = apply_unfreezing(self.unwrapped_model, self.plan, self.epoch)
         self._wrap_for_trainable()
@@ -171,9 +172,9 @@ class Trainer:
                 self.precision.backward(losses.get("objective", losses["loss"]) * share)
             window_loss += losses["loss"].detach().float() * share
             if self.is_logging:  # per-term log values, on the device like window_loss (no host sync)
-                term_names = term_names or self.loss_term_names(losses)
+                term_names = term_names or loss_term_names(self.criterion, losses)
                 if term_names:
-                    terms = torch.stack([losses[_term_key(name)].detach().float().reshape(()) for name in term_names])
+                    terms = stacked_terms(losses, term_names)
                     window_terms = terms * share if window_terms is None else window_terms + terms * share
             self.batch_in_epoch += 1
             self.progress.update(1)
@@ -184,17 +185,10 @@ class Trainer:
                 if stop:
                     self.should_stop = True
                     self.callbacks.call("on_stop_mid_epoch", self)
-                    break
+                    self.progress.close()
+                    return True
         self.progress.close()
-
-    def loss_term_names(self, losses: Dict[str, torch.Tensor]) -> Tuple[str, ...]:
-        """Log names of the criterion's terms in ``losses``: ``<term>_raw`` for each of its
-        ``term_names``, and ``<term>_normalized`` where the criterion returned one (``ema`` mode;
-        with ``none`` a "normalised" copy of the raw value would only mislead)."""
-        names = tuple(getattr(self.criterion, "term_names", ()))
-        raw = tuple(f"{name}_raw" for name in names if name in losses)
-        normalized = tuple(f"{name}_normalized" for name in names if f"{name}_normalized" in losses)
-        return raw + normalized
+        return False
 
     def _optimizer_step(self, window_loss: torch.Tensor, window_index: int, num_windows: int,
                         expert_fractions: Optional[torch.Tensor], loss_terms: Optional[torch.Tensor] = None,
@@ -403,7 +397,3 @@ class Trainer:
         self.validating = False
         return result.metrics
 
-
-def _term_key(log_name: str) -> str:
-    """``structure_raw`` -> the criterion's ``structure``; ``structure_normalized`` stays as it is."""
-    return log_name[:-len("_raw")] if log_name.endswith("_raw") else log_name
