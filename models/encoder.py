@@ -13,6 +13,7 @@ from torch import nn
 
 from models.checkpointing import check_non_reentrant_checkpointing, non_reentrant_checkpointing
 from models.errors import PretrainedWeightsError, UnknownBackboneError
+from models.half_layer_norm import keep_layer_norms_half
 from models.weights import load_weights_into
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class TimmEncoder(nn.Module):
             self.model = _create_pretrained(name)
         else:
             self.model = timm.create_model(name, features_only=True, pretrained=False)
+        # LayerNorms in half precision under CUDA autocast, as the decoder's GroupNorm (models/half_layer_norm.py)
+        keep_layer_norms_half(self.model)
         # A few timm families (MambaOut, ...) hand out their features channels-last, (B, H, W, C).
         self.features_nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
         self.out_channels: List[int] = list(self.model.feature_info.channels())

@@ -10,8 +10,9 @@ CUDA kernels take fp16/bf16 input as it is and accumulate in fp32, so ``GroupNor
 (``keep_half_precision``). Saved for backward, fake CUDA, stage 2 of the default
 recipe (edgenext_base, 7 experts, 384 px, batch 8), fp32 -> fp16 with autocast's fp32 GroupNorm and
 upsampling -> fp16 with these: decoder + head 0.97 -> 0.80 (0.83x) -> 0.53 GiB (0.55x); the whole
-step 3.16 -> 2.08 (0.66x) -> 1.81 GiB (0.57x; the rest above 0.5x is mostly the encoder's fp32
-LayerNorms). tests/models/test_half_precision.py counts it. On the CPU and in fp32 nothing changes.
+step 3.16 -> 2.08 (0.66x) -> 1.81 GiB (0.57x), and 1.73 GiB (0.55x) once the encoder's LayerNorms do
+the same (``models/half_layer_norm.py``). tests/models/test_half_precision.py counts it. On the CPU
+and in fp32 nothing changes.
 """
 from __future__ import annotations
 
