@@ -30,22 +30,26 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.runtime.cuda_device import select_device
     from engine.runtime.distributed import shutdown
     from engine.runtime.launch import launch_ranks, ranks_to_launch
-    from engine.training.data_module import scan_data
-    from engine.training.run_config import resolve_run_config
+    from engine.packages import check_training_packages
+    from engine.training.data_module import dataset_origin, scan_data
+    from engine.training.run_config import how_to_continue, resolve_run_config
 
     flags = flag_values(args)
-    config, notes = resolve_run_config(load_yaml(args.config) if args.config else {}, flags)
+    yaml_values = load_yaml(args.config) if args.config else {}
+    config, notes = resolve_run_config(yaml_values, flags)
+    origin = dataset_origin(flags, yaml_values, args.config)  # how a dataset error names the path's source
     if args.dry_run:
         from engine.commands.dry_run import describe_dry_run
 
-        lines, warnings = describe_dry_run(config, notes)
+        lines, warnings = describe_dry_run(config, notes, origin)
         print("\n".join(lines + [f"warning: {line}" for line in warnings]))
         print("dry run: configuration is valid; nothing was trained")
         return 0
     for line in notes:
         log.info(line)
     select_device(config.device, config.amp, config.compile)  # an unusable GPU is refused before any file is written
-    sources = scan_data(config)  # so is a bad --dataset-path
+    check_training_packages(config)  # so is a package the settings need (e.g. pysodmetrics for --best-metric sm)
+    sources = scan_data(config, origin)  # and a bad --dataset-path
     if (processes := ranks_to_launch(config, "devices" in flags)) > 1:  # this process launches the ranks, waits
         return launch_ranks(processes, os.path.abspath(__file__), args.argv)
     with run_lock(config.checkpoint_dir, rank=int(os.environ.get("RANK", "0"))):
@@ -61,8 +65,9 @@ def run_train(args: argparse.Namespace) -> int:
             raise
         shutdown(trainer.distributed)
     if trainer.exit_code > 128:  # stopped by a signal (exit code 128 + its number)
+        continuation = how_to_continue(config.checkpoint_dir, config.time_limit)
         print(f"stopped by {signal.Signals(trainer.exit_code - 128).name}: last.pth saved at epoch "
-              f"{trainer.epoch + 1}, step {trainer.global_step}; resume with --resume-from auto", file=sys.stderr)
+              f"{trainer.epoch + 1}, step {trainer.global_step}; {continuation}", file=sys.stderr)
         return trainer.exit_code
     report_after_training(trainer)  # PNG curves in <checkpoint-dir>/report; a failure only logs a warning
     log.info("Done: %s", trainer.stop_reason or f"{trainer.epoch}/{config.epochs} epochs complete")
@@ -163,6 +168,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "export": run_export, "report": run_report}
     try:
         return commands[args.command](args)
+    except ModuleNotFoundError as error:  # first: user_errors() itself imports packages that may be the missing one
+        from engine.packages import as_missing_package
+
+        missing = as_missing_package(error)  # None: a module of this repository, a bug
+        if missing is None:
+            raise
+        return fail(str(missing))
     except user_errors() as error:
         return fail(one_line(error))
     except OSError as error:  # paths, permissions, full disks: the user's environment, not our code
@@ -184,8 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail("interrupted", code=130)
     except SystemExit as stop:  # a second SIGTERM/SIGINT: the save in progress was finished first
         if isinstance(stop.code, int) and stop.code > 128:
-            print(f"error: stopped at once by a second {signal.Signals(stop.code - 128).name}; resume from the last "
-                  "saved checkpoint with --resume-from auto", file=sys.stderr)
+            print(f"error: stopped at once by a second {signal.Signals(stop.code - 128).name}; continue from the last "
+                  "saved checkpoint as the 'Stopping:' line above says", file=sys.stderr)
         raise
 
 

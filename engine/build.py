@@ -20,6 +20,7 @@ from engine.callbacks.stopping import StopAfterEpochsCallback, TimeLimitCallback
 from engine.callbacks.weight_ema import WeightEMACallback
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.continuation import copy_run_history
+from engine.checkpoint.format import progress
 from engine.checkpoint.lock import check_writable
 from engine.config import ConfigError, TrainConfig
 from engine.monitors import (ExpertUsageMonitor, GradientDriftMonitor, GradNormMonitor, LossEMAMonitor,
@@ -33,6 +34,7 @@ from engine.training.data_module import DataSources, build_data, scan_data
 from engine.training.losses import SegmentationCriterion
 from engine.training.resume import restore_trainer
 from engine.training.run_config import find_resume_path
+from engine.training.stages import check_epochs_left
 from engine.training.trainer import Trainer
 from models import build_model
 
@@ -113,6 +115,8 @@ def build_trainer(config: TrainConfig, sources: Optional[DataSources] = None) ->
     resume_path = resolve_resume_path(config)
     check_new_run_folder(config, resume_path)
     payload = load_checkpoint(resume_path) if resume_path else None
+    if payload is not None:  # before anything is written: a run with no epoch left is refused
+        check_epochs_left(int(progress(payload).get("epoch", 0)), config, str(resume_path))
     sources = sources or scan_data(config)  # before the model (and any weights download): bad paths fail fast
     synthetic = config.dataset_path is None
     model_config = config.model_config(synthetic, weights_from_checkpoint=payload is not None)

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from engine.checkpoint.files import exit_after_save, save_in_progress
 from engine.training.callback import Callback, Order
+from engine.training.run_config import how_to_continue
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ class SignalStopCallback(Callback):
         self.received = signum
         name = signal.Signals(signum).name
         # Only flags here: logging or saving inside a signal handler can deadlock.
-        self._trainer.request_stop(f"{name} received: finishing the current step and saving last.pth "
-                                   "(send it again to exit at once)", exit_code=128 + signum)
+        config = self._trainer.config
+        self._trainer.request_stop(f"{name} received: finishing the current step and saving last.pth (send it "
+                                   "again to exit at once); then " + how_to_continue(config.checkpoint_dir,
+                                                                                     config.time_limit),
+                                   exit_code=128 + signum)
 
     def teardown(self, trainer) -> None:
         self._restore()

@@ -6,6 +6,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from engine.training.callback import Callback, Order, StepOutput
+from engine.training.run_config import how_to_continue
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ class TimeLimitCallback(Callback):
         self._longest_step = max(self._longest_step, now - self._last)
         self._last = now
         if now - self._start + 2 * self._longest_step + self.reserve_seconds >= self.limit_seconds:
+            config = trainer.config
             trainer.request_stop(f"time limit of {self.limit_seconds / 3600:.2f} h reached; "
-                                 "resume with --resume-from auto")
+                                 + how_to_continue(config.checkpoint_dir, config.time_limit))
 
 
 class StopAfterEpochsCallback(Callback):
@@ -59,5 +61,6 @@ class StopAfterEpochsCallback(Callback):
     def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
         self._done += 1
         if self._done >= self.epochs and trainer.epoch < trainer.config.epochs:
+            config = trainer.config
             trainer.request_stop(f"--stop-after-epochs {self.epochs} reached at epoch {record['epoch']}; "
-                                 "resume with --resume-from auto")
+                                 + how_to_continue(config.checkpoint_dir, config.time_limit))

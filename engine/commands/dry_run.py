@@ -17,7 +17,7 @@ from engine.runtime.cuda_device import amp_dtype, select_device
 from engine.runtime.launch import describe_launch, processes_for, under_launcher
 from engine.training.data_module import count_training_samples, resolve_num_workers
 from engine.training.resume import planned_state
-from engine.training.stages import StagePlan
+from engine.training.stages import StagePlan, check_epochs_left
 
 
 def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
@@ -32,6 +32,7 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
     payload = load_checkpoint(resume_path) if resume_path else None
     world_size = int(os.environ["WORLD_SIZE"]) if under_launcher() else processes_for(config.devices, config.device)
     state, epoch, changes = planned_state(payload, config, world_size)
+    check_epochs_left(epoch, config, str(resume_path))  # a fresh run has every epoch left
     plan_notes = []
     if payload is not None:
         plan_notes = ([f"changed: {change}" for change in changes] + [f"re-planned from epoch {epoch + 1}"] if changes

@@ -17,12 +17,20 @@ def eval_epochs_disabled(text: str) -> bool:
     return str(text).strip().lower() in EVAL_EPOCHS_OFF
 
 
-def parse_duration(text: str) -> float:
-    """``'11.5h'``, ``'90m'``, ``'3600s'`` or ``'3600'`` -> seconds."""
+def parse_duration(text: str, flag: str = "--time-limit") -> float:
+    """``'11.5h'``, ``'90m'`` or ``'3600s'`` -> seconds.
+
+    The unit is required: a bare ``11.5`` could mean hours (what a Kaggle user means) or seconds
+    (what it meant here once, ending a 12-hour plan after one step), so it is refused with the
+    three ways to write it, reading the number as hours.
+    """
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([hms]?)\s*", str(text))
     if not match:
-        raise ConfigError(f"--time-limit {text!r} is not a duration; write e.g. 11.5h, 90m or 3600s")
-    value, unit = float(match.group(1)), match.group(2) or "s"
+        raise ConfigError(f"{flag} {text!r} is not a duration; write e.g. 11.5h, 90m or 3600s")
+    value, unit = float(match.group(1)), match.group(2)
+    if not unit:
+        raise ConfigError(f"{flag} {match.group(1)} has no unit: write {value:g}h, {value * 60:g}m or "
+                          f"{value * 3600:g}s")
     return value * {"h": 3600.0, "m": 60.0, "s": 1.0}[unit]
 
 

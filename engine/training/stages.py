@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict
 
-from engine.config import TrainConfig
+from engine.config import ConfigError, TrainConfig
 from engine.training.schedule import LRSchedule, steps_per_epoch
 
 
@@ -124,11 +124,11 @@ class StagePlan:
         for stage in (1, 2):
             start = 0 if stage == 1 else self.state.stage2_start
             end = self.stage_end(stage)
-            if end <= start:
-                continue
             origin = self.state.origins.get(stage, start)
-            schedule = self.schedule(stage)
             first_epoch = max(start, origin)
+            if end <= first_epoch:  # no epoch of this stage is left (never "epochs 3-2")
+                continue
+            schedule = self.schedule(stage)
             lines.append(
                 f"stage {stage}: epochs {first_epoch + 1}-{end}, batch {self.batch_size(stage)} x accumulation "
                 f"{self.config.accumulation_steps}, {self.steps_per_epoch(stage)} optimizer steps/epoch, "
@@ -142,3 +142,21 @@ class StagePlan:
                       if self.config.progressive_unfreeze else ""))
             )
         return lines
+
+
+def check_epochs_left(completed_epochs: int, config: TrainConfig, source: str) -> None:
+    """Refuse a resume that would train nothing: the checkpoint ``source`` already completed
+    ``--epochs`` (a phase-2 or plateau run resuming a ``best_model.pth`` saved at its run's last
+    epoch). Without this the run validates nothing, writes no ``best_model.pth`` and reports
+    "Done"; the fix is a larger ``--epochs`` (the total, counted from the first epoch of the run).
+
+    Raises:
+        ConfigError: no epoch is left, naming an ``--epochs`` that trains about a quarter more.
+    """
+    if completed_epochs < config.epochs:
+        return
+    more = max(1, round(completed_epochs / 4))
+    where = (f"epoch {completed_epochs} of {config.epochs}" if completed_epochs == config.epochs
+             else f"epoch {completed_epochs}, past --epochs {config.epochs}")
+    raise ConfigError(f"{source} is from {where}, so this run would train nothing: pass --epochs "
+                      f"{completed_epochs + more} to train {more} more (--epochs counts from the run's first epoch)")

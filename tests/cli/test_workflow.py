@@ -63,11 +63,12 @@ def test_architecture_conflicts_are_listed_in_one_line(first_run, tmp_path):
 
 def test_restart_schedule_warm_restarts_with_unchanged_flags(first_run, tmp_path):
     folder = copy_run(first_run, tmp_path / "ckpt")
-    result = run_cli("train", "--checkpoint-dir", folder, "--resume-from", "auto", "--epochs", "2",
+    epoch_1 = folder / "epoch_1.pth"  # (last.pth completed the 2 epochs: nothing would be left to train)
+    result = run_cli("train", "--checkpoint-dir", folder, "--resume-from", epoch_1, "--epochs", "2",
                      "--restart-schedule", "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "--restart-schedule" in result.stdout and "re-planned from epoch 3" in result.stdout
-    same = run_cli("train", "--checkpoint-dir", folder, "--resume-from", "auto", "--epochs", "2", "--dry-run")
+    assert "--restart-schedule" in result.stdout and "re-planned from epoch 2" in result.stdout
+    same = run_cli("train", "--checkpoint-dir", folder, "--resume-from", epoch_1, "--epochs", "2", "--dry-run")
     assert "continuing its plan" in same.stdout
 
 
@@ -100,10 +101,11 @@ def test_tensorboard_has_every_step_once_after_a_mid_epoch_resume(tiny_config, t
 
 def test_plateau_lr_scale_is_in_the_plan_and_shown_by_dry_run(first_run, tmp_path):
     folder = copy_run(first_run, tmp_path / "ckpt")
-    payload = torch.load(folder / "last.pth", weights_only=True)
+    epoch_1 = folder / "epoch_1.pth"  # (last.pth completed the 2 epochs: nothing would be left to train)
+    payload = torch.load(epoch_1, weights_only=True)
     payload["trainer"]["plan"]["lr_scales"] = {"2": 0.5}  # as --auto-adjust-lr leaves it after a plateau
-    torch.save(payload, folder / "last.pth")
-    result = run_cli("train", "--checkpoint-dir", folder, "--resume-from", folder / "last.pth", "--epochs", "2",
+    torch.save(payload, epoch_1)
+    result = run_cli("train", "--checkpoint-dir", folder, "--resume-from", epoch_1, "--epochs", "2",
                      "--eval-epochs", "none", "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "plateau LR scale x0.5" in result.stdout  # kept although the diagnosis is now off

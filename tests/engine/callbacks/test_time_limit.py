@@ -1,11 +1,14 @@
 """--time-limit stops cleanly with a checkpoint, and the run resumes to the end; time is a fake clock."""
+from types import SimpleNamespace
+
 import pytest
 
 from engine.build import build_trainer
 from engine.callbacks.stopping import TimeLimitCallback
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress
-from engine.config import parse_duration
+from engine.config import ConfigError, parse_duration
+from engine.training.run_config import how_to_continue
 
 
 class FakeClock:
@@ -25,6 +28,7 @@ class FakeClock:
 class StopRecorder:
     def __init__(self):
         self.reasons = []
+        self.config = SimpleNamespace(checkpoint_dir="ckpt", time_limit="100s")
 
     def request_stop(self, reason, exit_code=0):
         self.reasons.append(reason)
@@ -32,7 +36,9 @@ class StopRecorder:
 
 def test_parse_duration():
     assert parse_duration("11.5h") == 11.5 * 3600
-    assert parse_duration("90m") == 5400 and parse_duration("3600s") == 3600 and parse_duration("42") == 42
+    assert parse_duration("90m") == 5400 and parse_duration("3600s") == 3600
+    with pytest.raises(ConfigError, match="has no unit: write 42h, 2520m or 151200s"):
+        parse_duration("42")  # a bare number: hours or seconds? (tests/cli/test_stop_messages.py: the CLI line)
 
 
 def steps_until_stop(callback, clock, step_seconds):
@@ -52,7 +58,7 @@ def test_stops_once_elapsed_plus_twice_the_longest_step_plus_the_reserve_reaches
     # 5 s steps, limit 100 s, reserve 10 s: step k ends at 5k and stops when 5k + 2 * 5 + 10 >= 100,
     # i.e. k = 16 (at k = 15: 75 + 20 = 95 < 100).
     step, reasons = steps_until_stop(TimeLimitCallback(100.0, reserve_seconds=10.0, clock=clock), clock, [5.0] * 30)
-    assert step == 16 and reasons == ["time limit of 0.03 h reached; resume with --resume-from auto"]
+    assert step == 16 and reasons == ["time limit of 0.03 h reached; " + how_to_continue("ckpt", "100s")]
     # One 20 s step (the 3rd) raises the margin to 2 * 20: 5 (k - 1) + 20 + 40 + 10 >= 100 at k = 7.
     clock = FakeClock()
     step, _ = steps_until_stop(TimeLimitCallback(100.0, reserve_seconds=10.0, clock=clock), clock,

@@ -27,7 +27,8 @@ def test_a_yaml_that_resets_the_schedule_batch_or_ema_warns_with_the_flags_that_
 
 
 @pytest.mark.parametrize("yaml_values, flags", [({}, {"epochs": 5}), ({"epochs": 120}, {"epochs": 5}),
-                                                ({"epochs": 2, "log_interval": 7}, {})])
+                                                # (the run is complete: a resume needs a larger --epochs)
+                                                ({"stage1_epochs": 1, "log_interval": 7}, {"epochs": 3})])
 def test_typed_flags_and_unchanged_or_harmless_yaml_keys_do_not_warn(yaml_values, flags, tiny_run_dir, tmp_path,
                                                                      caplog):
     with caplog.at_level(logging.WARNING, logger="engine.training.run_config"):
