@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.root_search import RootShape, search_roots_near
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -24,11 +26,21 @@ _EXPECTED = (
 )
 
 
+DATASET_FLAG = "--dataset-path"  # how messages name the setting; ``DatasetError.naming`` renames it
+
+
 class DatasetError(ValueError):
     """A problem with the user's dataset; ``str()`` is one line naming the problem and the fix."""
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+    def naming(self, origin: str) -> "DatasetError":
+        """This error with the dataset setting named as it was given, e.g. ``dataset_path in
+        configs/a.yaml`` instead of ``--dataset-path`` (which the messages name by default)."""
+        if origin == DATASET_FLAG:
+            return self
+        return DatasetError(str(self).replace(DATASET_FLAG, origin))
 
 
 @dataclass(frozen=True)
@@ -66,19 +78,57 @@ def _image_dirs(folder: Path) -> tuple[Path | None, Path | None]:
     return _find_child_dir(folder, IMAGE_DIR_NAMES), _find_child_dir(folder, MASK_DIR_NAMES)
 
 
-def _check_root(root: Path) -> None:
+def _layout_or_none(folder: Path) -> str | None:
+    try:
+        return describe_layout(folder, suggest=False)
+    except (DatasetError, OSError):
+        return None
+
+
+def roots_near(path: str | Path) -> tuple[str, list[tuple[Path, str]]]:
+    """Dataset roots (with their layouts) near ``path``, which is not one (``data.root_search``)."""
+    return search_roots_near(Path(path), RootShape(IMAGE_DIR_NAMES, MASK_DIR_NAMES,
+                                                   SPLIT_DIR_NAMES["train"] + SPLIT_DIR_NAMES["test"]), _layout_or_none)
+
+
+def _pass_found(given: Path, found: tuple[str, list[tuple[Path, str]]]) -> str:
+    """What to pass instead of ``given``, from :func:`roots_near`'s answer ``found``."""
+    where, found_roots = found
+    roots = [root for root, _ in found_roots]
+    if where == "above":
+        return (f"{given} lies inside the dataset root {roots[0]} ({found_roots[0][1]} layout): "
+                f"pass it as {DATASET_FLAG}")
+    start = next(folder for folder in (given, given.parent, given.parent.parent) if folder.is_dir())
+    names = ", ".join(f"{root.relative_to(start).as_posix()}/" for root in roots[:4])
+    names += f" and {len(roots) - 4} more" if len(roots) > 4 else ""
+    place = "inside it" if start == given else f"in {start}"
+    which = roots[0] if len(roots) == 1 else "one or more of " + " ".join(str(root) for root in roots[:4])
+    return f"found {names} {place}: pass {which} as {DATASET_FLAG}"
+
+
+def fix_dataset_path(given: Path, suggest: bool = True) -> str:
+    """How to fix a ``--dataset-path`` that is not a root: the roots found near it (with ``suggest``),
+    else the layouts accepted."""
+    found = roots_near(given) if suggest else ("", [])
+    if found[1]:
+        return _pass_found(given, found) + "."
+    return f"Fix {DATASET_FLAG}: it must point at {_EXPECTED}."
+
+
+def _check_root(root: Path, suggest: bool) -> None:
     if not root.exists():
-        raise DatasetError(f"Dataset folder not found: {root}. Fix --dataset-path: it must point at {_EXPECTED}.")
+        raise DatasetError(f"Dataset folder not found: {root}; {fix_dataset_path(root, suggest)}")
     if not root.is_dir():
-        raise DatasetError(f"Dataset path is not a folder: {root}. Fix --dataset-path: it must point at {_EXPECTED}.")
+        raise DatasetError(f"Dataset path is not a folder: {root}; {fix_dataset_path(root, suggest)}")
 
 
-def resolve_split_dirs(root: str | Path, split: str = "train") -> tuple[Path, Path, str]:
+def resolve_split_dirs(root: str | Path, split: str = "train", suggest: bool = True) -> tuple[Path, Path, str]:
     """Locate the image and mask folders of one split.
 
     Args:
         root: COD10K-v3 root or test-pack folder.
         split: "train" or "test" (ignored for test packs, which hold one set).
+        suggest: when ``root`` is not a root, name the roots found near it (``roots_near``).
 
     Returns:
         (image_dir, mask_dir, layout name).
@@ -88,8 +138,8 @@ def resolve_split_dirs(root: str | Path, split: str = "train") -> tuple[Path, Pa
     """
     if split not in SPLIT_DIR_NAMES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(root)
-    _check_root(root)
+    given = root = Path(root)
+    _check_root(root, suggest)
     image_dir, mask_dir = _image_dirs(root)
     layout = LAYOUT_PACK
     split_images = _find_child_dir(image_dir, SPLIT_DIR_NAMES[split]) if image_dir is not None else None
@@ -101,29 +151,26 @@ def resolve_split_dirs(root: str | Path, split: str = "train") -> tuple[Path, Pa
         split_dir = _find_child_dir(root, SPLIT_DIR_NAMES[split])
         if split_dir is None:
             wanted = "/".join(SPLIT_DIR_NAMES[split])
-            raise DatasetError(
-                f"No {wanted} folder and no image/mask folders in {root}. "
-                f"Fix --dataset-path: it must point at {_EXPECTED}."
-            )
+            raise DatasetError(f"No {wanted} folder and no image/mask folders in {root}; "
+                               f"{fix_dataset_path(given, suggest)}")
         image_dir, mask_dir = _image_dirs(split_dir)
         root, layout = split_dir, LAYOUT_COD10K
-    if image_dir is None:
-        looked = ", ".join(IMAGE_DIR_NAMES)
-        raise DatasetError(f"Missing image folder in {root} (looked for {looked}). Add it or fix --dataset-path.")
-    if mask_dir is None:
-        looked = ", ".join(MASK_DIR_NAMES)
-        raise DatasetError(f"Missing mask folder in {root} (looked for {looked}). Add it or fix --dataset-path.")
+    if image_dir is None or mask_dir is None:
+        kind, looked = ("image", IMAGE_DIR_NAMES) if image_dir is None else ("mask", MASK_DIR_NAMES)
+        found = roots_near(given) if suggest else ("", [])
+        fix = _pass_found(given, found) if found[1] else f"add it or fix {DATASET_FLAG}"
+        raise DatasetError(f"Missing {kind} folder in {root} (looked for {', '.join(looked)}); {fix}.")
     return image_dir, mask_dir, layout
 
 
-def describe_layout(root: str | Path) -> str:
+def describe_layout(root: str | Path, suggest: bool = True) -> str:
     """Name the layout of ``root``: "cod10k-v3", "camo" or "test-pack" (raises DatasetError otherwise)."""
     for split in ("train", "test"):
         try:
-            return resolve_split_dirs(root, split)[2]
+            return resolve_split_dirs(root, split, suggest=False)[2]
         except DatasetError:
             continue
-    return resolve_split_dirs(root, "train")[2]  # re-raise with the train split's message
+    return resolve_split_dirs(root, "train", suggest)[2]  # re-raise with the train split's message
 
 
 def _files_by_stem(folder: Path, kind: str) -> dict[str, Path]:
@@ -275,8 +322,8 @@ def has_separate_test_split(root: str | Path) -> bool:
     """Whether ``root`` has a test split of its own (a COD10K-v3 Test folder or CAMO's Images/Test);
     a test pack or a training-only folder has none: its "test" images are its training images."""
     try:
-        train = resolve_split_dirs(root, "train")
-        test = resolve_split_dirs(root, "test")
+        train = resolve_split_dirs(root, "train", suggest=False)
+        test = resolve_split_dirs(root, "test", suggest=False)
     except DatasetError:
         return False
     return test[2] != LAYOUT_PACK and test[0] != train[0]
