@@ -7,7 +7,7 @@ import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.cache import CachedSegmentationDataset, base_size_for, build_cache
 from data.dataset import SegmentationDataset
 from data.image_io import find_unreadable, masks_all_empty
-from data.layouts import DatasetError, find_pairs_in_roots, has_separate_test_split
+from data.layouts import DATASET_FLAG, DatasetError, find_pairs_in_roots, has_separate_test_split
 from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, stop_signals_blocked, stop_workers
 from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
@@ -94,11 +94,6 @@ class DataModule:
         for loader in self._loaders.values():
             stop_workers(getattr(loader, "_iterator", None))
         self._loaders.clear()
-
-    @property
-    def open_loaders(self) -> int:
-        """Loaders or iterators whose workers may be alive (0 after ``close``)."""
-        return len(self._loaders) + len(self._iterators)
 
     def fingerprint(self) -> Dict[str, object]:
         """What identifies the training set: its size and a hash of its sample names in order
@@ -179,11 +174,15 @@ def drop_unreadable(pairs: list, skip: bool) -> list:
     return pairs
 
 
-def count_training_samples(config: TrainConfig) -> int:
-    """Training images per epoch (for ``--dry-run`` plans) without building the datasets."""
+def count_training_samples(config: TrainConfig, origin: str = DATASET_FLAG) -> int:
+    """Training images per epoch (for ``--dry-run`` plans) without building the datasets; ``origin``
+    as in :func:`scan_data`."""
     if config.dataset_path is None:
         return config.synthetic_train_size
-    pairs = find_pairs_in_roots(config.dataset_roots, "train", config.include_noncam, config.skip_unpaired)
+    try:
+        pairs = find_pairs_in_roots(config.dataset_roots, "train", config.include_noncam, config.skip_unpaired)
+    except DatasetError as error:
+        raise error.naming(origin) from None
     if config.val_fraction > 0:
         return len(split_train_val(pairs, config.val_fraction, config.seed)[0])
     return len(pairs)
@@ -201,12 +200,33 @@ class DataSources:
     val_source: str = ""
 
 
-def scan_data(config: TrainConfig) -> DataSources:
+def dataset_origin(flag_values: Mapping[str, Any], yaml_values: Mapping[str, Any], config_file: Optional[str]) -> str:
+    """Where the run's dataset path came from, as its errors name it: the flag, the YAML key of
+    ``--config FILE``, or (neither: a resume) the resumed checkpoint's config."""
+    if flag_values.get("dataset_path") is not None:
+        return DATASET_FLAG
+    if yaml_values.get("dataset_path") is not None:
+        return f"dataset_path in {config_file}"
+    return f"the dataset_path stored in the resumed checkpoint's config (override it with {DATASET_FLAG})"
+
+
+def scan_data(config: TrainConfig, origin: str = DATASET_FLAG) -> DataSources:
     """Find, split and check the dataset's files; a wrong ``--dataset-path`` fails here, fast.
+
+    Args:
+        config: the run's settings.
+        origin: how errors name the dataset setting (:func:`dataset_origin`), e.g. ``dataset_path in a.yaml``.
 
     Raises:
         DatasetError: no usable pairs, or an unreadable file without ``--skip-bad-samples``.
     """
+    try:
+        return _scan_data(config)
+    except DatasetError as error:
+        raise error.naming(origin) from None
+
+
+def _scan_data(config: TrainConfig) -> DataSources:
     if config.dataset_path is None:
         return DataSources()
     roots = config.dataset_roots
