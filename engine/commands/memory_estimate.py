@@ -1,21 +1,44 @@
-"""An estimate of a training step's peak GPU memory, per stage, measured without a GPU.
+"""An estimate of a training step's peak GPU memory, per stage and GPU, measured without a GPU.
 
 The real model and loss run forward on fake CUDA tensors (``engine.runtime.fake_cuda``) under CUDA's
 own autocast policy, at the stage's batch size, image size and trainable parameters. What autograd
 saves for the backward pass is counted through ``torch.autograd.graph.saved_tensors_hooks``: every
 storage once, the parameters themselves left out (they are the weights). Under autocast that
-includes the fp16/bf16 copies of the weights. It also includes the decoder's activations, which
-stay fp32: CUDA autocast runs GroupNorm and bilinear upsampling in fp32.
+includes the fp16/bf16 copies of the weights; the decoder's GroupNorm and upsampling and the
+encoder's LayerNorms keep half precision (``models/layers.py``, ``models/half_layer_norm.py``), the
+router, the FFT expert and the loss stay fp32.
 
-    peak ~ weights (fp32) + gradients and AdamW's two moments (fp32, trainable parameters)
-           + the weight EMA (fp32) + saved activations + allowance
+    per GPU  =  weights (fp32) + gradients and AdamW's two moments (fp32, trainable parameters)
+                + the weight EMA (fp32) + saved activations + slack
+                + NCCL allowance (only with several ranks)
+    budget   =  the card's capacity - CUDA context allowance - cuDNN/cuBLAS workspace allowance
+    fits     =  per GPU <= budget
 
-The allowance covers what the count cannot see: the activation gradients alive during the backward
-pass, the cuDNN/cuBLAS workspaces and the caching allocator's rounding and fragmentation. It is
-``ALLOWANCE_FRACTION`` of the rest plus ``ALLOWANCE_FIXED``. It is not the CUDA context (about
-0.3-0.5 GiB), which ``torch.cuda.max_memory_allocated`` does not count either. Under DDP, each GPU
-also holds the gradient buckets (one more copy of the trainable gradients). The figures are an
-estimate until ``benchmarks/gpu_check.py`` has measured them on the card.
+Each figure not counted is a stated allowance (the constants below, with where each comes from):
+
+- slack, ``SLACK_FRACTION`` of the counted bytes: the activation gradients alive during the backward
+  pass and the caching allocator's rounding and fragmentation.
+- CUDA context, ``CUDA_CONTEXT``: the driver's context and the kernels loaded into it, outside
+  PyTorch's allocator (``max_memory_allocated`` never sees it, nvidia-smi does). 287 MB for a first
+  CUDA op with lazy module loading, PyTorch's default since 1.13 (pytorch/pytorch#86509); "around
+  400MB" with CUDA >= 11.7 (pytorch/pytorch#109888); a training step loads more cuDNN and cuBLAS
+  kernels lazily: 0.5 GiB.
+- cuDNN/cuBLAS workspace, ``CUDNN_WORKSPACE``: allocated through PyTorch's allocator when a kernel
+  runs. ``engine/build.py`` turns on ``cudnn.benchmark``, which may pick any convolution algorithm
+  whose workspace fits the free memory (pytorch/pytorch#49207); cuBLAS takes about 8 MiB per handle
+  on a T4 (4 MiB recommended by NVIDIA, PyTorch's default ``:4096:2:16:8``): 0.25 GiB.
+- NCCL, ``NCCL_PER_RANK``, with several ranks only: the communicator's buffers, allocated by NCCL
+  outside PyTorch's allocator. 544 MB per GPU for a 2-GPU group of A100s over NVLink
+  (NVIDIA/nccl#964); NCCL's memory grows with its channels, fewer over a T4 pair's PCIe: 0.5 GiB.
+  DDP's gradient buckets are the gradients already counted: the Trainer wraps with
+  ``gradient_as_bucket_view=True`` (``engine/runtime/distributed.py``), so each ``.grad`` is a view
+  into a bucket and DDP adds no second copy. Unlike one GPU, where ``zero_grad(set_to_none=True)``
+  frees them between steps, the buckets stay allocated for the whole run.
+
+``T4_CAPACITY`` is what PyTorch reports for a T4 (``total_memory``, 14.75 GiB; nvidia-smi shows
+15,360 MiB). ``benchmarks/gpu_check.py`` prints these figures beside ``max_memory_allocated``,
+``max_memory_reserved`` and the memory used outside PyTorch's allocator; until a T4 has run it they
+are an estimate.
 """
 from __future__ import annotations
 
@@ -31,14 +54,30 @@ from engine.runtime.fake_cuda import FakeCuda, cuda_autocast
 from engine.training.losses import SegmentationCriterion
 from models import build_model
 
-ALLOWANCE_FRACTION = 0.15
-ALLOWANCE_FIXED = 256 * 2**20
-GIB = 2**30
+GIB, MIB = 2**30, 2**20
+# torch.cuda.get_device_properties(0).total_memory on a Colab/Kaggle T4: 15102 MiB (14.75 GiB, as
+# OOM messages print it; other drivers report 15079-15109 MiB)
+T4_CAPACITY = 15102 * MIB
+SLACK_FRACTION = 0.15
+CUDA_CONTEXT = 512 * MIB
+CUDNN_WORKSPACE = 256 * MIB
+NCCL_PER_RANK = 512 * MIB
+
+
+def budget(capacity: int = T4_CAPACITY) -> int:
+    """What one training step may use of a card of ``capacity`` bytes (as PyTorch reports it): the
+    capacity less the CUDA context and cuDNN/cuBLAS workspace allowances."""
+    return capacity - CUDA_CONTEXT - CUDNN_WORKSPACE
+
+
+def describe_budget(capacity: int = T4_CAPACITY) -> str:
+    return (f"budget per GPU: {capacity / GIB:.2f} GiB capacity - CUDA context allowance {CUDA_CONTEXT / GIB:.2f} "
+            f"- cuDNN/cuBLAS workspace allowance {CUDNN_WORKSPACE / GIB:.2f} = {budget(capacity) / GIB:.2f} GiB")
 
 
 @dataclass(frozen=True)
 class StageMemory:
-    """The estimated peak of one stage's training step, in bytes."""
+    """The estimated peak of one stage's training step on one GPU, in bytes; ``world_size`` ranks."""
 
     stage: int
     batch_size: int
@@ -47,21 +86,44 @@ class StageMemory:
     gradients: int
     optimizer: int
     ema: int
+    world_size: int = 1
 
     @property
-    def allowance(self) -> int:
-        counted = self.activations + self.weights + self.gradients + self.optimizer + self.ema
-        return int(counted * ALLOWANCE_FRACTION) + ALLOWANCE_FIXED
+    def counted(self) -> int:
+        return self.activations + self.weights + self.gradients + self.optimizer + self.ema
+
+    @property
+    def slack(self) -> int:
+        return int(self.counted * SLACK_FRACTION)
+
+    @property
+    def nccl(self) -> int:
+        """The NCCL allowance: with several ranks only."""
+        return NCCL_PER_RANK if self.world_size > 1 else 0
 
     @property
     def total(self) -> int:
-        return self.activations + self.weights + self.gradients + self.optimizer + self.ema + self.allowance
+        """What this step needs on each GPU, set against :func:`budget`."""
+        return self.counted + self.slack + self.nccl
 
-    def describe(self) -> str:
-        return (f"stage {self.stage} (batch {self.batch_size}): about {self.total / GIB:.1f} GiB peak GPU memory "
-                f"(estimate: activations {self.activations / GIB:.2f}, weights {self.weights / GIB:.2f}, "
-                f"gradients + AdamW {(self.gradients + self.optimizer) / GIB:.2f}, EMA {self.ema / GIB:.2f}, "
-                f"allowance {self.allowance / GIB:.2f} GiB)")
+    @property
+    def allocated(self) -> int:
+        """The estimate of ``torch.cuda.max_memory_allocated``: NCCL and the CUDA context allocate
+        outside PyTorch's allocator, cuDNN's workspace inside it."""
+        return self.counted + self.slack + CUDNN_WORKSPACE
+
+    def fits(self, capacity: int = T4_CAPACITY) -> bool:
+        return self.total <= budget(capacity)
+
+    def describe(self, capacity: int = T4_CAPACITY) -> str:
+        ranks = (f"; + NCCL allowance {self.nccl / GIB:.2f} GiB ({self.world_size} ranks; DDP's gradient buckets "
+                 "are the gradients above)") if self.nccl else ""
+        return (f"stage {self.stage} (batch {self.batch_size}{' per GPU' if self.world_size > 1 else ''}): "
+                f"about {self.total / GIB:.1f} of {budget(capacity) / GIB:.1f} GiB per GPU, "
+                f"{'fits' if self.fits(capacity) else 'does NOT fit'} (estimate: activations "
+                f"{self.activations / GIB:.2f}, weights {self.weights / GIB:.2f}, gradients + AdamW "
+                f"{(self.gradients + self.optimizer) / GIB:.2f}, EMA {self.ema / GIB:.2f}, slack "
+                f"{SLACK_FRACTION:.0%} {self.slack / GIB:.2f} GiB{ranks})")
 
 
 def _storage_key(tensor: torch.Tensor):
@@ -111,8 +173,10 @@ def _set_stage(model: nn.Module, stage: int) -> None:
 
 
 def estimate_stage(model: nn.Module, criterion: nn.Module, stage: int, batch_size: int, img_size: int,
-                   amp_dtype: Optional[torch.dtype], use_ema: bool, channels_last: bool = False) -> StageMemory:
-    """The estimated peak of one training step of ``model`` (a real module on the CPU)."""
+                   amp_dtype: Optional[torch.dtype], use_ema: bool, channels_last: bool = False,
+                   world_size: int = 1) -> StageMemory:
+    """The estimated peak of one training step of ``model`` (a real module on the CPU), per GPU of
+    ``world_size`` ranks (``batch_size`` per rank)."""
     _set_stage(model, stage)
     parameters = list(model.parameters())
     trainable = sum(p.numel() * p.element_size() for p in parameters if p.requires_grad)
@@ -129,12 +193,15 @@ def estimate_stage(model: nn.Module, criterion: nn.Module, stage: int, batch_siz
 
         activations = saved_for_backward(step, exclude=[*fake_model.parameters(), *fake_model.buffers()])
     return StageMemory(stage=stage, batch_size=batch_size, activations=activations, weights=weights + buffers,
-                       gradients=trainable, optimizer=2 * trainable, ema=weights + buffers if use_ema else 0)
+                       gradients=trainable, optimizer=2 * trainable, ema=weights + buffers if use_ema else 0,
+                       world_size=world_size)
 
 
-def estimate_training_memory(config: TrainConfig, amp_dtype: Optional[torch.dtype]) -> List[StageMemory]:
-    """One estimate per stage the run trains (the configured batch, image size, AMP dtype and
-    gradient checkpointing), from a randomly initialised model: nothing is downloaded."""
+def estimate_training_memory(config: TrainConfig, amp_dtype: Optional[torch.dtype],
+                             world_size: int = 1) -> List[StageMemory]:
+    """One estimate per stage the run trains (the configured batch per rank, image size, AMP dtype and
+    gradient checkpointing) on each GPU of ``world_size`` ranks, from a randomly initialised model:
+    nothing is downloaded."""
     model_config = config.model_config(synthetic=config.dataset_path is None, weights_from_checkpoint=True)
     model = build_model(model_config)
     if config.grad_checkpointing:
@@ -146,4 +213,4 @@ def estimate_training_memory(config: TrainConfig, amp_dtype: Optional[torch.dtyp
     if config.epochs > config.stage1_epochs or config.skip_stage1:
         stages.append((2, config.resolved_stage2_batch_size))
     return [estimate_stage(model, criterion, stage, batch, config.img_size, amp_dtype, config.use_ema,
-                           config.channels_last) for stage, batch in stages]
+                           config.channels_last, world_size) for stage, batch in stages]

@@ -1,9 +1,15 @@
 """engine.commands.memory_estimate (the dry run's estimate): the fake-CUDA count of what autograd saves
-equals the real count, and the estimate moves the right way with batch, pixels, checkpointing, stage and AMP."""
+equals the real count, the estimate moves the right way with batch, pixels, checkpointing, stage and AMP,
+and the budget arithmetic: a T4's capacity less the stated allowances, NCCL added per GPU with several ranks."""
+import dataclasses
+
 import pytest
 import torch
 
-from engine.commands.memory_estimate import GIB, estimate_stage, estimate_training_memory, saved_for_backward
+from engine.commands import memory_estimate
+from engine.commands.memory_estimate import (CUDA_CONTEXT, CUDNN_WORKSPACE, GIB, NCCL_PER_RANK, SLACK_FRACTION, budget,
+                                             describe_budget, estimate_stage, estimate_training_memory,
+                                             saved_for_backward)
 from engine.runtime.fake_cuda import FakeCuda
 from engine.training.losses import SegmentationCriterion
 from models import ModelConfig, build_model
@@ -66,11 +72,14 @@ def test_stage_one_freezes_the_encoder_and_the_ema_adds_a_copy():
     assert first.ema == 0 and second.total > first.total
 
 
-def test_fp16_saves_less_than_fp32_but_the_decoder_stays_fp32():
+def test_fp16_saves_about_half_of_fp32():
     model = tiny_model("edgenext_xx_small")
     fp32, fp16 = estimate(model, size=96), estimate(model, size=96, amp=torch.float16)
-    assert fp16.activations < fp32.activations
-    assert fp16.activations > fp32.activations / 2  # GroupNorm and upsampling run in fp32 under autocast
+    # The decoder's GroupNorm and upsampling and the encoder's LayerNorms keep half precision; what
+    # stays fp32 (the loss, the FFT expert, the router, edgenext's residual stream) and, in a model this
+    # small, the fp16 copies of the weights keep it above 0.5x (0.78x here; the default recipe at 384 px,
+    # 0.55x, is bounded in tests/models/test_half_precision.py)
+    assert fp32.activations / 2 < fp16.activations < fp32.activations
 
 
 def test_the_documented_recipe_fits_a_t4_and_says_it_is_an_estimate(tiny_config):
@@ -78,7 +87,44 @@ def test_the_documented_recipe_fits_a_t4_and_says_it_is_an_estimate(tiny_config)
                          batch_size=8, stage2_batch_size=8, epochs=3, stage1_epochs=1)
     stages = estimate_training_memory(config, torch.float16)
     assert [stage.stage for stage in stages] == [1, 2]
-    # A regression bound around this estimator's own figure (about 2.1 GiB saved for backward), not a
+    # A regression bound around this estimator's own figure (about 1.7 GiB saved for backward), not a
     # measurement: the real peak on a GPU is benchmarks/gpu_check.py's to measure.
-    assert 1.5 * GIB < stages[1].activations < 3 * GIB
-    assert stages[1].total < 15 * GIB and "estimate" in stages[1].describe()
+    assert 1.4 * GIB < stages[1].activations < 2.2 * GIB
+    assert stages[1].fits() and "estimate" in stages[1].describe() and "fits" in stages[1].describe()
+
+
+def test_the_budget_is_a_t4s_capacity_less_the_stated_allowances():
+    assert memory_estimate.T4_CAPACITY == 15102 * 2**20  # what PyTorch reports on a T4: 14.75 GiB
+    assert budget() == memory_estimate.T4_CAPACITY - CUDA_CONTEXT - CUDNN_WORKSPACE
+    assert CUDA_CONTEXT == 512 * 2**20 and CUDNN_WORKSPACE == 256 * 2**20 and NCCL_PER_RANK == 512 * 2**20
+    line = describe_budget()
+    assert "14.75 GiB capacity" in line and "CUDA context allowance 0.50" in line
+    assert "cuDNN/cuBLAS workspace allowance 0.25" in line and line.endswith("= 14.00 GiB")
+
+
+def test_several_ranks_add_nccl_per_gpu_and_one_rank_does_not():
+    one = estimate(tiny_model())
+    two, four = (dataclasses.replace(one, world_size=ranks) for ranks in (2, 4))
+    assert one.nccl == 0 and one.total == one.counted + one.slack
+    assert one.slack == int(SLACK_FRACTION * one.counted)
+    assert two.total - one.total == four.total - one.total == NCCL_PER_RANK  # per rank: not times the ranks
+    assert two.gradients == one.gradients  # DDP's buckets are the gradients (gradient_as_bucket_view): no 2nd copy
+    assert "NCCL allowance 0.50 GiB (2 ranks" in two.describe() and "NCCL" not in one.describe()
+    # max_memory_allocated sees cuDNN's workspace, not NCCL's buffers nor the CUDA context
+    assert two.allocated == one.allocated == one.counted + one.slack + CUDNN_WORKSPACE
+
+
+def test_a_stage_fits_when_its_need_is_within_the_budget():
+    stage = estimate(tiny_model())
+    just = stage.total + CUDA_CONTEXT + CUDNN_WORKSPACE  # the smallest capacity it fits
+    assert stage.fits(just) and not stage.fits(just - 1)
+    two = dataclasses.replace(stage, world_size=2)
+    assert not two.fits(just) and two.fits(just + NCCL_PER_RANK)
+    assert "does NOT fit" in two.describe(just) and ", fits" in two.describe(just + NCCL_PER_RANK)
+
+
+def test_estimate_training_memory_passes_the_ranks_on(tiny_config):
+    config = tiny_config(epochs=2, stage1_epochs=1)
+    one, two = (estimate_training_memory(config, None, ranks) for ranks in (1, 2))
+    assert [stage.world_size for stage in two] == [2, 2] and [stage.world_size for stage in one] == [1, 1]
+    assert [b.total - a.total for a, b in zip(one, two)] == [NCCL_PER_RANK, NCCL_PER_RANK]
