@@ -10,7 +10,7 @@ import yaml
 from engine.build import check_new_run_folder, resolve_resume_path
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.lock import check_unlocked
-from engine.commands.memory_estimate import GIB, estimate_training_memory
+from engine.commands.memory_estimate import GIB, T4_CAPACITY, describe_budget, estimate_training_memory
 from engine.config import TrainConfig
 from engine.monitors.averaging_windows import averaging_facts
 from engine.runtime.cuda_device import amp_dtype, select_device
@@ -52,18 +52,24 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
 
 
 def memory_lines(config: TrainConfig, device: torch.device) -> List[str]:
-    """The per-stage GPU memory estimate (``engine.commands.memory_estimate``): for this GPU and its AMP
-    dtype, or, on a machine without one, for a T4 (where ``--amp auto`` means fp16)."""
+    """The per-stage, per-GPU memory estimate (``engine.commands.memory_estimate``) against this GPU's
+    capacity and AMP dtype, or, on a machine without one, against a T4's (where ``--amp auto`` means
+    fp16 and ``--devices auto`` both of Kaggle's two T4s). Each allowance is labelled."""
     if device.type == "cuda":
         dtype = amp_dtype(config.amp, device)
-        total = torch.cuda.get_device_properties(device).total_memory
-        card = f"{torch.cuda.get_device_name(device)}, {total / GIB:.1f} GiB"
+        capacity = torch.cuda.get_device_properties(device).total_memory
+        card = f"{torch.cuda.get_device_name(device)}, {capacity / GIB:.2f} GiB"
+        world_size = int(os.environ["WORLD_SIZE"]) if under_launcher() else processes_for(config.devices, config.device)
     else:
         dtype = {"off": None, "bf16": torch.bfloat16}.get(config.amp, torch.float16)
-        card = "a 16 GB T4, the Kaggle GPU (no GPU here)"
+        capacity = T4_CAPACITY
+        card = "a 16 GB T4, the Kaggle GPU (no GPU here; Kaggle's GPU is two T4s)"
+        world_size = 2 if config.devices == "auto" else int(config.devices)
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     header = (f"GPU memory estimate for {card}, AMP {precision}"
               + (", gradient checkpointing" if config.grad_checkpointing else "")
-              + " (fake-CUDA count of what autograd saves + weights, gradients, AdamW, EMA and an allowance; "
-              "not measured):")
-    return [header] + [f"  {stage.describe()}" for stage in estimate_training_memory(config, dtype)]
+              + (f", {world_size} ranks (DDP)" if world_size > 1 else ", 1 GPU")
+              + " (fake-CUDA count of what autograd saves + weights, gradients, AdamW, EMA, slack and the "
+              "allowances named; not measured):")
+    stages = estimate_training_memory(config, dtype, world_size)
+    return [header, f"  {describe_budget(capacity)}"] + [f"  {stage.describe(capacity)}" for stage in stages]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.commands import memory_estimate
+from engine.commands.dry_run import memory_lines
 from engine.commands.memory_estimate import (CUDA_CONTEXT, CUDNN_WORKSPACE, GIB, NCCL_PER_RANK, SLACK_FRACTION, budget,
                                              describe_budget, estimate_stage, estimate_training_memory,
                                              saved_for_backward)
@@ -128,3 +129,15 @@ def test_estimate_training_memory_passes_the_ranks_on(tiny_config):
     one, two = (estimate_training_memory(config, None, ranks) for ranks in (1, 2))
     assert [stage.world_size for stage in two] == [2, 2] and [stage.world_size for stage in one] == [1, 1]
     assert [b.total - a.total for a, b in zip(one, two)] == [NCCL_PER_RANK, NCCL_PER_RANK]
+
+
+@pytest.mark.parametrize("devices, ranks", [("auto", 2), ("1", 1), ("2", 2)])
+def test_the_dry_runs_lines_label_each_allowance_and_count_kaggles_two_t4s(tiny_config, devices, ranks):
+    """Without a GPU the dry run estimates for a T4, where ``--devices auto`` means Kaggle's two."""
+    lines = memory_lines(tiny_config(epochs=2, stage1_epochs=1, devices=devices), torch.device("cpu"))
+    assert lines[0].startswith("GPU memory estimate for a 16 GB T4") and "not measured" in lines[0]
+    assert (f"{ranks} ranks (DDP)" in lines[0]) == (ranks > 1) and ("1 GPU" in lines[0]) == (ranks == 1)
+    assert lines[1].strip() == describe_budget()  # capacity, CUDA context and cuDNN/cuBLAS workspace allowances
+    stages = [line for line in lines[2:] if line.lstrip().startswith("stage ")]
+    assert len(stages) == 2 and all("fits" in line and "slack 15%" in line for line in stages)
+    assert all(("NCCL allowance 0.50 GiB" in line) == (ranks > 1) for line in stages)
