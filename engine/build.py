@@ -74,7 +74,8 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
 
 
 def resolve_resume_path(config: TrainConfig) -> Optional[Path]:
-    return find_resume_path(config.resume_from, config.checkpoint_dir, config.continue_from)
+    # resolve_run_config found it first and said what --resume-from auto on an empty folder means: once is enough
+    return find_resume_path(config.resume_from, config.checkpoint_dir, config.continue_from, warn=False)
 
 
 def check_new_run_folder(config: TrainConfig, resume_path: Optional[Path]) -> None:

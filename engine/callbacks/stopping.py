@@ -44,7 +44,7 @@ class TimeLimitCallback(Callback):
         self._last = now
         if now - self._start + 2 * self._longest_step + self.reserve_seconds >= self.limit_seconds:
             config = trainer.config
-            trainer.request_stop(f"time limit of {self.limit_seconds / 3600:.2f} h reached; "
+            trainer.request_stop(f"time limit of {config.time_limit or f'{self.limit_seconds:g}s'} reached; "
                                  + how_to_continue(config.checkpoint_dir, config.time_limit))
 
 

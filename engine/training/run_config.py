@@ -81,11 +81,11 @@ def _warn_new_run(checkpoint_dir: str) -> None:
 
 
 def find_resume_path(resume_from: Optional[str], checkpoint_dir: str, continue_from: Optional[str] = None,
-                     warn: bool = False) -> Optional[Path]:
+                     warn: bool = True) -> Optional[Path]:
     """The checkpoint a run resumes from: the one ``--resume-from`` names (``auto``: the furthest
     usable one in ``checkpoint_dir``), or with ``--continue-from`` the previous output's, unless
     ``checkpoint_dir`` already holds the continued run (the command was run again in one session).
-    ``warn``: say so when ``auto`` finds nothing (once per command: ``resolve_run_config`` asks).
+    ``warn``: say so when ``auto`` finds nothing (off where ``resolve_run_config`` already did).
 
     Raises:
         CheckpointError: the named file or previous output is missing or holds no run.
@@ -127,7 +127,7 @@ def resolve_run_config(yaml_values: Mapping[str, Any], flag_values: Mapping[str,
     given.update({key: value for key, value in flag_values.items() if value is not None})
     checkpoint_dir = given.get("checkpoint_dir", TrainConfig.checkpoint_dir)
     check_continuation(given.get("continue_from"), given.get("resume_from"), checkpoint_dir)
-    path = find_resume_path(given.get("resume_from"), checkpoint_dir, given.get("continue_from"), warn=True)
+    path = find_resume_path(given.get("resume_from"), checkpoint_dir, given.get("continue_from"))
     if path is None:
         return build_config(yaml_values, flag_values), []
     payload = load_checkpoint(path, mmap=True)

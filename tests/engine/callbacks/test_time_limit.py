@@ -58,7 +58,7 @@ def test_stops_once_elapsed_plus_twice_the_longest_step_plus_the_reserve_reaches
     # 5 s steps, limit 100 s, reserve 10 s: step k ends at 5k and stops when 5k + 2 * 5 + 10 >= 100,
     # i.e. k = 16 (at k = 15: 75 + 20 = 95 < 100).
     step, reasons = steps_until_stop(TimeLimitCallback(100.0, reserve_seconds=10.0, clock=clock), clock, [5.0] * 30)
-    assert step == 16 and reasons == ["time limit of 0.03 h reached; " + how_to_continue("ckpt", "100s")]
+    assert step == 16 and reasons == ["time limit of 100s reached; " + how_to_continue("ckpt", "100s")]
     # One 20 s step (the 3rd) raises the margin to 2 * 20: 5 (k - 1) + 20 + 40 + 10 >= 100 at k = 7.
     clock = FakeClock()
     step, _ = steps_until_stop(TimeLimitCallback(100.0, reserve_seconds=10.0, clock=clock), clock,
