@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version ping on offline Kaggle / CI
 
 from cli_flags import build_parser, flag_values  # noqa: E402
-from engine.commands.console import cuda_out_of_memory, setup_logging, user_errors  # noqa: E402
+from engine.commands.console import cuda_out_of_memory, missing_package_line, setup_logging, user_errors  # noqa: E402
 
 log = logging.getLogger("train_ultimate")
 
@@ -30,26 +30,20 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.runtime.cuda_device import select_device
     from engine.runtime.distributed import shutdown
     from engine.runtime.launch import launch_ranks, ranks_to_launch
-    from engine.packages import check_training_packages
     from engine.training.data_module import dataset_origin, scan_data
     from engine.training.run_config import how_to_continue, resolve_run_config
 
     flags = flag_values(args)
-    yaml_values = load_yaml(args.config) if args.config else {}
-    config, notes = resolve_run_config(yaml_values, flags)
+    config, notes = resolve_run_config(yaml_values := load_yaml(args.config) if args.config else {}, flags)
     origin = dataset_origin(flags, yaml_values, args.config)  # how a dataset error names the path's source
     if args.dry_run:
-        from engine.commands.dry_run import describe_dry_run
+        from engine.commands.dry_run import print_dry_run
 
-        lines, warnings = describe_dry_run(config, notes, origin)
-        print("\n".join(lines + [f"warning: {line}" for line in warnings]))
-        print("dry run: configuration is valid; nothing was trained")
-        return 0
+        return print_dry_run(config, notes, origin)
     for line in notes:
         log.info(line)
     select_device(config.device, config.amp, config.compile)  # an unusable GPU is refused before any file is written
-    check_training_packages(config)  # so is a package the settings need (e.g. pysodmetrics for --best-metric sm)
-    sources = scan_data(config, origin)  # and a bad --dataset-path
+    sources = scan_data(config, origin)  # so are a bad --dataset-path and a missing package the settings need
     if (processes := ranks_to_launch(config, "devices" in flags)) > 1:  # this process launches the ranks, waits
         return launch_ranks(processes, os.path.abspath(__file__), args.argv)
     with run_lock(config.checkpoint_dir, rank=int(os.environ.get("RANK", "0"))):
@@ -169,12 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return commands[args.command](args)
     except ModuleNotFoundError as error:  # first: user_errors() itself imports packages that may be the missing one
-        from engine.packages import as_missing_package
-
-        missing = as_missing_package(error)  # None: a module of this repository, a bug
-        if missing is None:
-            raise
-        return fail(str(missing))
+        return fail(missing_package_line(error))  # re-raised when it is a module of this repository: a bug
     except user_errors() as error:
         return fail(one_line(error))
     except OSError as error:  # paths, permissions, full disks: the user's environment, not our code

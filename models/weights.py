@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -23,6 +26,10 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "m
 # a whole segmenter (``encoder.model.``); stripped one at a time until a key matches.
 _STRIPPABLE_PREFIXES = ("module.", "encoder.", "model.", "backbone.")
 _FIX = "pass an existing weights file with --pretrained-path FILE, or use --no-pretrained"
+# The dry run's look at the weights host: a few seconds, where the real run's download retries for about a minute.
+REACH_TIMEOUT_SECONDS = 3.0
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # timm downloads through huggingface_hub
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
@@ -167,3 +174,67 @@ def load_weights_into(model: nn.Module, path: str | Path, model_name: str) -> in
     if missing:
         logger.warning("%d encoder tensors were not in %s and keep their initial values", missing, path)
     return len(matched)
+
+
+def can_reach(host: str, port: int = 443, timeout: float = REACH_TIMEOUT_SECONDS) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds (no request is sent)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_weights(name: str) -> tuple[Optional[str], Optional[str]]:
+    """(the cached weights file of timm backbone ``name`` or None, the host a download would use or None)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    config = None if name.startswith("hf-hub:") else get_pretrained_cfg(name)
+    repo = name[len("hf-hub:"):] if name.startswith("hf-hub:") else getattr(config, "hf_hub_id", None)
+    if config is not None and config.file and Path(config.file).is_file():
+        return str(config.file), None
+    if repo:
+        override = getattr(config, "hf_hub_filename", None)
+        for filename in [override] if override else ["model.safetensors", "pytorch_model.bin"]:
+            cached = try_to_load_from_cache(repo.split("@")[0], filename)
+            if isinstance(cached, str):
+                return cached, None
+        return None, urlparse(constants.ENDPOINT).hostname
+    if config is not None and config.url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(config.url).path)
+        return (str(cached), None) if cached.is_file() else (None, urlparse(config.url).hostname)
+    return None, None
+
+
+def pretrained_weights_source(name: str) -> str:
+    """Where timm's pretrained weights of backbone ``name`` would come from, without downloading:
+    the cache, or a download from a host that answers (``can_reach``).
+
+    Returns:
+        A phrase for the dry run, e.g. ``"in the cache (/root/.cache/...)"``.
+
+    Raises:
+        PretrainedWeightsError: not cached and no download possible (an offline variable such as
+            ``HF_HUB_OFFLINE=1`` is set, or the host does not answer within ``REACH_TIMEOUT_SECONDS``).
+    """
+    cached, host = _cached_weights(name)
+    if cached is not None:
+        return f"in the cache ({cached})"
+    if host is None:
+        return f"none: timm has no pretrained weights for '{name}' (the encoder starts random)"
+    fix = ("pass a weights file with --pretrained-path FILE (e.g. from a Kaggle dataset), or train from scratch "
+           "with --no-pretrained")
+    offline = next((variable for variable in _OFFLINE_VARIABLES
+                    if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")), None)
+    if offline is not None:
+        raise PretrainedWeightsError(f"the pretrained weights of '{name}' are not in the cache and {offline} is set "
+                                     f"(no downloads); {fix}")
+    if any(os.environ.get(variable) for variable in _PROXY_VARIABLES):
+        return f"to be downloaded from {host} through the proxy (not checked)"
+    if not can_reach(host):
+        raise PretrainedWeightsError(
+            f"the pretrained weights of '{name}' are not in the cache and {host} does not answer within "
+            f"{REACH_TIMEOUT_SECONDS:g} s (no internet?; training would retry the download for about a minute, then "
+            f"fail); {fix}")
+    return f"to be downloaded from {host} (it answers)"

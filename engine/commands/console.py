@@ -38,6 +38,14 @@ def user_errors() -> tuple:
             GradCheckpointingError, DeviceOutOfMemoryError, DevicesError)
 
 
+def missing_package_line(error: ModuleNotFoundError) -> str:
+    """``engine.packages.missing_package_line``: one line naming a package that is not installed (a
+    missing module of this repository is re-raised). Standard library only, like this module."""
+    from engine.packages import missing_package_line as line
+
+    return line(error)
+
+
 def cuda_out_of_memory() -> type:
     import torch
 

@@ -10,6 +10,8 @@ import yaml
 from engine.build import check_new_run_folder, resolve_resume_path
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.lock import check_unlocked
+from data.layouts import DATASET_FLAG
+from engine.commands.dry_run_checks import setup_lines, summary_lines
 from engine.commands.memory_estimate import GIB, T4_CAPACITY, describe_budget, estimate_training_memory
 from engine.config import TrainConfig
 from engine.monitors.averaging_windows import averaging_facts
@@ -20,16 +22,20 @@ from engine.training.resume import planned_state
 from engine.training.stages import StagePlan, check_epochs_left
 
 
-def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
-    """The lines a dry run prints (the config as YAML, ``notes``, the plan, re-planned when
-    resuming) and its warnings. Checks what a real run checks first (device, run folder, lock),
-    and writes nothing."""
+def describe_dry_run(config: TrainConfig, notes: Sequence[str] = (),
+                     origin: str = DATASET_FLAG) -> Tuple[List[str], List[str]]:
+    """The lines a dry run prints (the config as YAML, ``notes``, the checks, the plan, re-planned when
+    resuming, the summary) and its warnings. Checks what a real run checks first (device, run folder,
+    lock) and what it would fail on later (``dry_run_checks``: weights, datasets, output folder,
+    packages), and writes nothing. ``origin``: how a dataset error names the path (``dataset_origin``)."""
     device = select_device(config.device, config.amp, config.compile)
     lines = [yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(), *notes]
     resume_path = resolve_resume_path(config)
     check_new_run_folder(config, resume_path)
     check_unlocked(config.checkpoint_dir)
     payload = load_checkpoint(resume_path) if resume_path else None
+    checks, sources = setup_lines(config, resume_path, origin)
+    lines += checks
     world_size = int(os.environ["WORLD_SIZE"]) if under_launcher() else processes_for(config.devices, config.device)
     state, epoch, changes = planned_state(payload, config, world_size)
     check_epochs_left(epoch, config, str(resume_path))  # a fresh run has every epoch left
@@ -37,7 +43,7 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
     if payload is not None:
         plan_notes = ([f"changed: {change}" for change in changes] + [f"re-planned from epoch {epoch + 1}"] if changes
                       else ["same schedule settings as the checkpoint: continuing its plan"])
-    plan = StagePlan(config, -(-count_training_samples(config) // world_size), state)
+    plan = StagePlan(config, -(-count_training_samples(config, origin) // world_size), state)
     lines.append(f"plan (starting at epoch {epoch + 1}" + (f", resuming {resume_path}" if resume_path else "") + "):")
     facts, warnings = averaging_facts(config, plan, epoch)
     workers = resolve_num_workers(config.num_workers, world_size, warn=False)
@@ -48,7 +54,16 @@ def describe_dry_run(config: TrainConfig, notes: Sequence[str] = ()) -> Tuple[Li
                                      config.stage2_batch_size or config.batch_size, config.accumulation_steps))
     lines += [f"  {line}" for line in plan_notes + plan.describe() + facts]
     lines += memory_lines(config, device)
+    lines += summary_lines(config, plan, epoch, sources, resume_path)
     return lines, warnings
+
+
+def print_dry_run(config: TrainConfig, notes: Sequence[str] = (), origin: str = DATASET_FLAG) -> int:
+    """Print :func:`describe_dry_run`'s lines and warnings, then the verdict; the exit code (0)."""
+    lines, warnings = describe_dry_run(config, notes, origin)
+    print("\n".join(lines + [f"warning: {line}" for line in warnings]))
+    print("dry run: configuration is valid; nothing was trained")
+    return 0
 
 
 def memory_lines(config: TrainConfig, device: torch.device) -> List[str]:

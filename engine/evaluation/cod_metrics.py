@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import numpy as np
-import py_sod_metrics
 import torch
 
 from engine.evaluation.mask_scores import per_image_scores
@@ -57,6 +56,8 @@ def image_scores(prediction: np.ndarray, ground_truth: np.ndarray) -> Dict[str, 
     Returns:
         ``{"Smeasure", "emCurve" (256 values), "adpEm", "wFmeasure", "MAE"}``.
     """
+    import py_sod_metrics  # here, not at the top: training imports this module and needs it only for sm / wfm
+
     smeasure, emeasure = py_sod_metrics.Smeasure(), py_sod_metrics.Emeasure()
     weighted_fmeasure, mae = py_sod_metrics.WeightedFmeasure(), py_sod_metrics.MAE()
     for metric in (smeasure, emeasure, weighted_fmeasure, mae):

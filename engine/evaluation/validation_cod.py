@@ -11,7 +11,6 @@ from typing import Dict
 
 import cv2
 import numpy as np
-import py_sod_metrics
 import torch
 
 from data.image_io import read_mask
@@ -22,6 +21,8 @@ COD_VALIDATION_METRICS = ("sm", "wfm")
 
 def image_scores(prediction: np.ndarray, ground_truth: np.ndarray) -> Dict[str, float]:
     """``{"sm", "wfm"}`` of one ``(H, W)`` uint8 prediction against its 0/255 ground truth."""
+    import py_sod_metrics  # here, not at the top: a run without --best-metric sm / wfm does not need it
+
     smeasure, weighted_fmeasure = py_sod_metrics.Smeasure(), py_sod_metrics.WeightedFmeasure()
     smeasure.step(pred=prediction, gt=ground_truth)
     weighted_fmeasure.step(pred=prediction, gt=ground_truth)

@@ -22,6 +22,7 @@ from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
 from engine.checkpoint.lock import write_error
 from engine.config import TrainConfig
+from engine.packages import check_training_packages
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,9 @@ def scan_data(config: TrainConfig, origin: str = DATASET_FLAG) -> DataSources:
 
     Raises:
         DatasetError: no usable pairs, or an unreadable file without ``--skip-bad-samples``.
+        MissingPackageError: a package the settings need is not installed (``engine.packages``).
     """
+    check_training_packages(config)  # e.g. pysodmetrics for --best-metric sm: refused before anything is built
     try:
         return _scan_data(config)
     except DatasetError as error:
