@@ -38,11 +38,11 @@ def how_to_continue(checkpoint_dir: str, time_limit: Optional[str] = None) -> st
     try:
         inside = folder.resolve().relative_to(KAGGLE_WORKING.resolve())
     except ValueError:  # not a Kaggle output folder
-        later = f"a new session, from a copy of {folder}: `{command} --continue-from <the copy> --checkpoint-dir " \
-                f"<a new folder>{limit}`"
+        later = f"a new session, from a copy of {folder}: `{command} --continue-from <the-copy> --checkpoint-dir " \
+                f"<a-new-folder>{limit}`"
     else:
         later = (f"a new Kaggle session, with this version's output added as an input: `{command} --continue-from "
-                 f"{KAGGLE_INPUT}/<that input's folder>/{inside.as_posix()} --checkpoint-dir {folder}{limit}`")
+                 f"{KAGGLE_INPUT}/<input-folder>/{inside.as_posix()} --checkpoint-dir {folder}{limit}`")
     same = f"`{command} --resume-from auto --checkpoint-dir {folder}{limit}`"
     return f"continue in this session with {same}, or in {later}"
 
