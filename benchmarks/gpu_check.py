@@ -1,4 +1,4 @@
-"""GPU check: environment, fp32 / AMP / AMP + channels-last training, autocast validation, --compile, DDP.
+"""GPU check: environment, fp32 / AMP / AMP + channels-last training, memory, the data loader, --compile, DDP.
 
 The one script to run when a CUDA GPU is lent (``python benchmarks/gpu_check.py``; ``--amp fp16``
 makes a newer card stand in for a T4). Every training goes through the real code path:
@@ -10,11 +10,19 @@ is that of the whole encoder). The training scenes are rendered once per run and
 so images/s is the GPU's rate, not the scene generator's.
 
 Per run and stage: images/s between the stage's first and last optimizer step (the first step, with
-cuDNN autotuning, is not timed), the peak of ``torch.cuda.max_memory_allocated`` (reset at each
-epoch start) and the updates skipped (fp16 GradScaler overflows). The AMP runs validate their final
-weights with and without autocast. ``--compile``: the first step (it compiles the graph) against the
-later ones. With two GPUs: a 2-rank NCCL run of the real CLI under torchrun whose ranks must end with
-equal weights, and one whose rank 0 fails at its 2nd training batch (exit code, seconds to the end).
+cuDNN autotuning, is not timed), the peaks of ``torch.cuda.max_memory_allocated`` and
+``max_memory_reserved`` (reset at each epoch start) and the updates skipped (fp16 GradScaler
+overflows); each run's train loss, val loss and val IoU per epoch, the AMP runs' beside fp32's. The
+AMP runs validate their final weights with and without autocast. ``memory``: per run and stage,
+``--dry-run``'s estimate (``engine.commands.memory_estimate``) beside the measured peaks and the
+memory this process holds outside PyTorch's allocator (the CUDA context: ``mem_get_info``'s used
+less ``memory_reserved``, on a GPU used by no other process), and whether the setting fits a 16 GB
+T4 (14.75 GiB as PyTorch reports it): the measured reserved peak plus the estimate's CUDA context
+allowance within that. ``loader``: the real training loader on JPEGs on disk, with and without
+``--cache disk``, against the AMP run's images/s (``benchmarks/gpu_check_loader.py``).
+``--compile``: the first step (it compiles the graph) against the later ones. With two GPUs: a 2-rank
+NCCL run of the real CLI under torchrun whose ranks must end with equal weights, and one whose rank 0
+fails at its 2nd training batch (exit code, seconds to the end).
 
 Prints one JSON line on stdout (progress on stderr). Without a CUDA GPU it prints one line saying so
 and exits 0. The measuring functions take the device and sizes, so
@@ -47,10 +55,12 @@ import torch  # noqa: E402
 from engine.build import build_trainer  # noqa: E402
 from engine.callbacks import Callback, Order  # noqa: E402
 from engine.config import AMP_MODES, ConfigError, build_config, load_yaml  # noqa: E402
-from engine.commands.memory_estimate import estimate_training_memory  # noqa: E402
+from engine.commands.memory_estimate import MIB, estimate_training_memory  # noqa: E402
 from engine.training.precision import resolve_amp  # noqa: E402
 
 from benchmarks.gpu_check_ddp import cli_flags, measure_ddp  # noqa: E402,F401 - cli_flags: the tests read it here
+from benchmarks.gpu_check_loader import measure_loader  # noqa: E402
+from benchmarks.gpu_check_tables import memory_side_by_side, quality_side_by_side  # noqa: E402
 from benchmarks.rendered_scenes import RenderedScenes  # noqa: E402
 
 CONFIG = ROOT / "configs" / "cod10k_edgenext_base.yaml"
@@ -111,10 +121,14 @@ class EpochMarks:
     times: List[float]
     images: List[int]
     peak_bytes: Optional[int] = None
+    peak_reserved_bytes: Optional[int] = None
+    outside_allocator_bytes: Optional[int] = None  # at the epoch's end: the CUDA context (and NCCL's buffers)
+    record: Dict[str, Any] = dataclasses.field(default_factory=dict)  # train/val loss and val IoU
 
 
 class RunMeter(Callback):
-    """Marks every optimizer step (after all other callbacks' work for it) and each epoch's peak memory."""
+    """Marks every optimizer step (after all other callbacks' work for it), each epoch's peak memory and
+    its losses and IoU."""
 
     name = "gpu_check_meter"
     order = Order.CHECKPOINT + 1
@@ -137,6 +151,18 @@ class RunMeter(Callback):
         marks.images.append(min(trainer.batch_in_epoch * batch_size, trainer.data.samples_per_rank))
         if self.device.type == "cuda":
             marks.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            marks.peak_reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+
+    def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None:
+        marks = self.epochs[-1]
+        marks.record = {key: record[key] for key in ("train_loss", "val_loss", "val_iou")}
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            marks.outside_allocator_bytes = total - free - torch.cuda.memory_reserved(self.device)
+
+    def epoch_records(self) -> List[Dict[str, Any]]:
+        return [dict(epoch=number, stage=marks.stage, **{key: round(value, 5) for key, value in marks.record.items()})
+                for number, marks in enumerate(self.epochs, 1) if marks.record]
 
     def summary(self) -> Dict[str, Dict[str, Any]]:
         stages = sorted({marks.stage for marks in self.epochs})
@@ -144,17 +170,23 @@ class RunMeter(Callback):
 
 
 def stage_summary(epochs: List[EpochMarks]) -> Dict[str, Any]:
-    """images/s from each epoch's first to last optimizer step, first and median later step seconds, peak."""
+    """images/s from each epoch's first to last optimizer step, first and median later step seconds, the
+    peaks allocated and reserved and the memory outside the allocator (MiB)."""
     timed = [marks for marks in epochs if len(marks.times) > 2]
     images = sum(marks.images[-1] - marks.images[1] for marks in timed)
     seconds = sum(marks.times[-1] - marks.times[1] for marks in timed)
     later = [end - start for marks in epochs for start, end in zip(marks.times[1:], marks.times[2:])]
     first = epochs[0].times[1] - epochs[0].times[0] if len(epochs[0].times) > 1 else None
-    peaks = [marks.peak_bytes for marks in epochs if marks.peak_bytes is not None]
+
+    def peak_mib(field: str) -> Optional[int]:
+        values = [getattr(marks, field) for marks in epochs if getattr(marks, field) is not None]
+        return round(max(values) / MIB) if values else None
+
     return {"images_per_s": round(images / seconds, 2) if seconds > 0 else None,
             "first_step_s": None if first is None else round(first, 3),
             "later_step_s": round(statistics.median(later), 4) if later else None, "timed_steps": len(later),
-            "peak_memory_mb": round(max(peaks) / 2**20) if peaks else None}
+            "peak_memory_mb": peak_mib("peak_bytes"), "peak_reserved_mb": peak_mib("peak_reserved_bytes"),
+            "outside_allocator_mb": peak_mib("outside_allocator_bytes")}
 
 
 def built_trainer(device: torch.device, settings: Dict[str, Any], folder: Path, **overrides):
@@ -184,12 +216,12 @@ def measure_training(device: torch.device, settings: Dict[str, Any], folder: Pat
     result = {"precision": dtype_name(trainer.precision.dtype), "channels_last": channels_last,
               "stages": meter.summary(), "skipped_steps": trainer.guard.total_skipped,
               "loss_scale": scaler.get_scale() if scaler is not None else None,
-              "seconds": round(time.perf_counter() - started, 1)}
+              "epochs": meter.epoch_records(), "seconds": round(time.perf_counter() - started, 1)}
     if trainer.precision.dtype is not None:
         result["validation"] = compare_autocast_validation(trainer)
-    # --dry-run's estimate of the same settings, beside the measured peaks of "stages"
-    estimates = estimate_training_memory(trainer.config, trainer.precision.dtype)
-    result["estimated_peak_mib"] = {f"stage{stage.stage}": round(stage.total / 2**20) for stage in estimates}
+    # --dry-run's estimate of the same settings (one GPU), beside the measured peaks of "stages"
+    result["memory"] = memory_side_by_side(estimate_training_memory(trainer.config, trainer.precision.dtype),
+                                           result["stages"])
     del trainer
     free_memory(device)
     return result
@@ -292,6 +324,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="optimizer steps of the --compile run; 0 skips it (default: %(default)s)")
     parser.add_argument("--ddp-scenes", type=int, default=64,
                         help="training scenes of the 2-GPU runs; 0 skips them (default: %(default)s)")
+    parser.add_argument("--loader-images", type=int, default=64,
+                        help="JPEGs the data-loader part reads (synthetic, or from --dataset-path); 0 skips it "
+                             "(default: %(default)s)")
+    parser.add_argument("--dataset-path", type=Path, default=None,
+                        help="a dataset folder (COD10K / CAMO layout) whose JPEGs the loader part reads "
+                             "(default: synthetic scenes written as JPEG)")
     parser.add_argument("--ddp-timeout", type=float, default=180.0,
                         help="seconds after which a torchrun job counts as hung and is killed (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON line here (default: none)")
@@ -306,6 +344,12 @@ def check(device: torch.device, settings: Dict[str, Any], args: argparse.Namespa
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as name:
         folder = Path(name)
         parts = {"training": lambda: measure_precisions(device, settings, folder / "training", args.amp)}
+        if args.loader_images > 0:
+            parts["loader"] = lambda: measure_loader(device, settings, folder / "loader",
+                                                     result["training"].get("amp"), args.loader_images,
+                                                     args.dataset_path)
+        else:
+            result["loader"] = {"skipped": "--loader-images 0"}
         if gpus >= 2 and args.ddp_scenes > 0:
             ddp_settings = dict(settings, synthetic_train_size=args.ddp_scenes)
             parts["ddp"] = lambda: measure_ddp(device, ddp_settings, folder / "ddp", args.ddp_timeout, progress)
@@ -318,6 +362,8 @@ def check(device: torch.device, settings: Dict[str, Any], args: argparse.Namespa
             result["compile"] = {"skipped": "--compile-steps 0"}
         for part, measure in parts.items():
             result[part] = attempt(part, measure)
+            if part == "training":  # the last epoch's losses and IoU of each run, beside fp32's
+                result["quality"] = quality_side_by_side(result["training"])
             emit(result, args.output, final=False)
     return result
 

@@ -12,6 +12,8 @@ NOT_BENCHMARKS = {  # script -> why `make bench` leaves it out
     "alarm_sabotage": "helper of monitor_alarms.py (the broken runs)",
     "alarm_table": "helper of monitor_alarms.py (its markdown table)",
     "gpu_check_ddp": "the 2-GPU part of gpu_check.py, started by it under torchrun",
+    "gpu_check_loader": "the data-loader part of gpu_check.py",
+    "gpu_check_tables": "helper of gpu_check.py (its side-by-side tables)",
     "monitor_alarms": "about 75 minutes of training (docs/BENCHMARKS.md): run on its own",
     "rendered_scenes": "helper of gpu_check.py and step_overhead.py",
 }
