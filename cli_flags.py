@@ -74,7 +74,8 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("epochs", int, "total epochs of the plan"),
         ("stage1-epochs", int, "epochs with the encoder frozen"),
         ("skip-stage1", BOOL, "start at stage 2 (encoder trainable)"),
-        ("progressive-unfreeze", BOOL, "unfreeze encoder stages deepest-first in stage 2"),
+        ("progressive-unfreeze", BOOL, "unfreeze encoder stages deepest-first in stage 2; both recipe configs "
+                                       "(configs/cod10k*_edgenext_base.yaml) turn it on"),
         ("unfreeze-interval", int, "epochs between two unfrozen encoder stages"),
         ("lr", float, "stage-1 learning rate (the decoder trains at this x --decoder-lr-scale)"),
         ("stage2-lr", float, "stage-2 learning rate (encoder at this x --backbone-lr-scale, decoder at this x "

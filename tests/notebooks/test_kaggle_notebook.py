@@ -85,10 +85,11 @@ def test_sessions_train_continue_evaluate_predict_and_never_start_over(tmp_path)
     shutil.copytree(first / "checkpoints", previous)
 
     # a later session whose input is missing, or whose variable was left empty, stops before anything runs
+    # (with session 1's tiny flags, so that starting over would train: the stop is the notebook's doing)
     for name, stale in (("missing", dict(PREVIOUS_SESSION=str(inputs / "not-added" / "checkpoints"))),
                         ("empty", dict(PREVIOUS_SESSION=""))):
         work = tmp_path / f"session2-{name}"
-        _, error = execute(dict(settings, WORK=str(work), **stale))
+        _, error = execute(dict(settings, WORK=str(work), EXTRA_FLAGS=TINY, **stale))
         if name == "missing":
             assert_stopped_in_one_line(error, "not-added", "does not exist", "Add Input")
         else:
