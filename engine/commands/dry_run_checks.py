@@ -29,9 +29,10 @@ def setup_lines(config: TrainConfig, resume_path: Optional[Path],
         PretrainedWeightsError, DatasetError, ConfigError, MissingPackageError: what the real run
             would fail on, in the same one line (exit 2).
     """
-    lines = [weights_line(config, resume_path), *root_lines(config, origin), output_line(config),
-             "packages: " + ", ".join(check_training_packages(config)) + " installed"]
-    sources = scan_data(config, origin)
+    lines = [*root_lines(config, origin)]
+    sources = scan_data(config, origin)  # the real run's order: data and packages, then the weights
+    lines += [output_line(config), "packages: " + ", ".join(check_training_packages(config)) + " installed",
+              weights_line(config, resume_path)]
     return ["checks (what the real run would otherwise fail on later):", *[f"  {line}" for line in lines]], sources
 
 
