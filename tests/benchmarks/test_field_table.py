@@ -1,0 +1,158 @@
+"""benchmarks/field_table.py and its helpers: ``--quick`` end to end (one row saved per finished run, a
+rerun skips them, the table has every configuration's mean and std), the order of the runs and the
+LR kept, the SINet-V2 decoder's shapes and gradients, and the uniform-experts ablation's router."""
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cod_peers import SINetV2Decoder, SINetV2Peer
+from benchmarks.field_results import METRICS, ResultStore, markdown, row_key, run_config, summarise
+from tests.resources import REAL_CAMO_TRAIN
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_NAMES = ("recipe", "moe-1-expert", "moe-uniform", "moe-no-detail", "smp-unet", "smp-fpn", "smp-upernet",
+                "sinet-v2")
+QUICK_RUN = ("recipe", "smp-unet", "sinet-v2")  # the recipe's CLI, one smp peer, the COD decoder
+SCORES = ("Smeasure", "wFmeasure", "meanEm", "MAE")
+
+
+def field_table(tmp_path: Path, *flags: str) -> str:
+    """``field_table.py`` in its own process; CAMO photographs where present, else synthetic scenes."""
+    command = [sys.executable, "benchmarks/field_table.py", "--data", str(REAL_CAMO_TRAIN),
+               "--results", str(tmp_path / "rows.json"), "--work-dir", str(tmp_path / "work"), *flags]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_quick_table_saves_one_row_per_run_resumes_and_tabulates_every_configuration(tmp_path):
+    only = ("--quick", "--only", ",".join(QUICK_RUN))
+    first = json.loads(field_table(tmp_path, *only).strip().splitlines()[-1])
+    saved = (tmp_path / "rows.json").read_text()
+    rows = json.loads(saved)["rows"]
+    assert (first["ran"], first["skipped"]) == (3, 0)
+    assert sorted(row["config"] for row in rows) == sorted(QUICK_RUN)
+    for row in rows:
+        assert row["seed"] == 42 and row["wall_s"] > 0 and row["budget"] == first["budget"]
+        assert all(0 <= row[part][name] <= 1 for part in ("val", "test") for name in SCORES)
+    assert {row["lr"] for row in rows if row["config"] != "recipe"} == {2.5e-4}
+
+    second = json.loads(field_table(tmp_path, *only).strip().splitlines()[-1])
+    assert (second["ran"], second["skipped"]) == (0, 3)
+    assert (tmp_path / "rows.json").read_text() == saved  # nothing retrained, nothing rewritten
+
+    table = field_table(tmp_path, "--table")
+    header = next(line for line in table.splitlines() if line.startswith("| configuration"))
+    for _, label in METRICS:
+        assert f"| {label} mean | {label} std |" in header
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert set(CONFIG_NAMES) <= set(lines)
+    for name in CONFIG_NAMES:
+        assert ("not run" in lines[name]) == (name not in QUICK_RUN)
+    width = len(header.split("|"))
+    assert all(len(lines[name].split("|")) == width for name in CONFIG_NAMES)
+
+
+def test_without_the_data_it_says_what_is_missing_in_one_json_line(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/field_table.py", "--data", str(tmp_path / "nowhere")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.count("\n") == 1, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"benchmark": "field_table", "skipped": f"{tmp_path / 'nowhere'}/Train not found"}
+
+
+class Config:
+    def __init__(self, name: str, swept: bool) -> None:
+        self.name, self.swept = name, swept
+
+
+def fake_row(config, seed, lr, val, test, budget="b"):
+    scores = lambda s: {"Smeasure": s, "wFmeasure": s / 2, "meanEm": s, "MAE": 1 - s}  # noqa: E731
+    return {"config": config, "seed": seed, "lr": lr, "budget": budget, "key": row_key(config, seed, lr, budget),
+            "wall_s": 10.0 + seed, "val": scores(val), "test": scores(test)}
+
+
+def test_each_run_is_saved_as_it_finishes_and_a_rerun_does_only_the_rest(tmp_path):
+    path, peer = tmp_path / "rows.json", Config("peer", swept=True)
+    val_by_lr = {1e-4: 0.5, 2e-4: 0.7, 4e-4: 0.6}  # 2e-4 is best on validation, 4e-4 on test
+    calls = []
+
+    def run(config, seed, lr):
+        calls.append((seed, lr))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the session ends during the third run
+        return fake_row(config.name, seed, lr, val_by_lr[lr], 0.9 if lr == 4e-4 else 0.4)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_config(peer, (42, 1, 2), tuple(val_by_lr), ResultStore(path), "b", run)
+    assert [(row["seed"], row["lr"]) for row in ResultStore(path).rows] == [(42, 1e-4), (42, 2e-4)]
+
+    done = run_config(peer, (42, 1, 2), tuple(val_by_lr), ResultStore(path), "b",
+                      lambda config, seed, lr: fake_row(config.name, seed, lr, val_by_lr[lr], 0.4))
+    assert len(done["skipped"]) == 2 and len(done["ran"]) == 3
+    rows = ResultStore(path).rows
+    assert [(row["seed"], row["lr"]) for row in rows][2:] == [(42, 4e-4), (1, 2e-4), (2, 2e-4)]  # kept by val
+
+    recipe = Config("recipe", swept=False)
+    done = run_config(recipe, (42, 1, 2), (), ResultStore(path), "b",
+                      lambda config, seed, lr: fake_row(config.name, seed, lr, 0.5, 0.5))
+    assert len(done["ran"]) == 3 and {row["lr"] for row in ResultStore(path).of("recipe", "b")} == {None}
+    assert run_config(recipe, (42, 1, 2), (), ResultStore(path), "other-budget",
+                      lambda config, seed, lr: fake_row(config.name, seed, lr, 0.5, 0.5, "other-budget"))["ran"]
+
+
+def test_the_summary_is_mean_and_sample_std_over_seeds_at_the_kept_lr():
+    rows = [fake_row("peer", 42, 1e-4, 0.5, 0.9), fake_row("peer", 42, 2e-4, 0.7, 0.60),
+            fake_row("peer", 1, 2e-4, 0.7, 0.70), fake_row("peer", 2, 2e-4, 0.7, 0.80)]
+    summary = summarise(rows, swept=True, first_seed=42)
+    assert summary["lr"] == 2e-4 and summary["seeds"] == [1, 2, 42]
+    assert summary["Smeasure"] == pytest.approx((0.7, 0.1))
+    assert summary["wall_s"] == pytest.approx((25.0, statistics.stdev([52.0, 11.0, 12.0])))
+    alone = summarise([fake_row("recipe", 42, None, 0.5, 0.5)], swept=False, first_seed=42)
+    assert alone["Smeasure"] == (0.5, None)
+    text = markdown({"peer": summary, "recipe": alone, "absent": summarise([], True, 42)}, {}, "b")
+    lines = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
+    assert [cell.strip() for cell in lines["peer"][:4]] == ["0.0002 (of 0.0001, 0.0002)", "3", "0.700", "0.100"]
+    assert [cell.strip() for cell in lines["recipe"][:4]] == ["defaults", "1", "0.500", "-"]
+    assert "not run" in lines["absent"][1]
+
+
+def test_sinet_v2_decoder_gives_input_size_logits_and_every_parameter_a_gradient():
+    torch.manual_seed(0)
+    decoder = SINetV2Decoder([40, 112, 320], channels=32)
+    features = [torch.randn(2, 40, 12, 10), torch.randn(2, 112, 6, 5), torch.randn(2, 320, 3, 3)]
+    maps = decoder(features, (96, 80))
+    assert [tuple(logits.shape) for logits in maps] == [(2, 1, 96, 80)] * 4
+    sum(logits.square().mean() for logits in maps).backward()
+    missing = [name for name, param in decoder.named_parameters()
+               if param.grad is None or not torch.isfinite(param.grad).all() or not param.grad.abs().sum()]
+    assert not missing
+
+
+def test_sinet_v2_peer_returns_four_maps_while_training_and_the_prediction_in_eval():
+    model = SINetV2Peer("tf_efficientnet_lite0")
+    images = torch.randn(2, 3, 64, 48)
+    assert [tuple(logits.shape) for logits in model(images)] == [(2, 1, 64, 48)] * 4
+    with torch.no_grad():
+        assert tuple(model.eval()(images).shape) == (2, 1, 64, 48)
+
+
+def test_uniform_experts_averages_every_expert_with_a_frozen_zero_gate(monkeypatch):
+    from benchmarks.uniform_experts import fix_router_gates_at_zero
+    from models import ModelConfig, build_model, router
+
+    monkeypatch.setattr(router.TopKRouter, "__init__", router.TopKRouter.__init__)  # restored after the test
+    fix_router_gates_at_zero()
+    model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", num_experts=7, top_k=7, router_noise=0.0,
+                                    pretrained=False)).train()
+    gate = model.decoder.router.gate
+    assert not gate.weight.requires_grad and not gate.bias.requires_grad
+    output = model(torch.randn(2, 3, 64, 64))
+    assert torch.equal(output.routing_weights, torch.full((2, 7), 1 / 7))
+    output.logits.mean().backward()
+    assert gate.weight.grad is None and not gate.weight.abs().sum()
