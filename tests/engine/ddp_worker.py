@@ -38,10 +38,12 @@ def main(settings_json: str, output: str) -> None:
     ema = trainer.averaged_models.get("ema")
     # Automatic collection was off during fit: a replaced DDP wrapper still listed here was left to a
     # cyclic GC pass that may come late (its reducer holds a gradient copy), not freed at the re-wrap.
-    wrappers = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    # type(), not isinstance(): isinstance on a dead weak proxy (torch.compile keeps some) raises
+    wrappers = sum(type(o) is torch.nn.parallel.DistributedDataParallel for o in gc.get_objects())
     metrics = trainer.validate(trainer.model)  # all-reduced: every rank takes part
     torch.save({"model": trainer.unwrapped_model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "compiled_calls": backend.calls, "live_ddp_wrappers": wrappers, "global_step": trainer.global_step, "metrics": metrics,
+                "compiled_calls": backend.calls, "live_ddp_wrappers": wrappers, "global_step": trainer.global_step,
+                "metrics": metrics,
                 "image_blind_iou": trainer.image_blind_iou, "per_image": trainer.last_per_image_scores},
                f"{output}/rank{trainer.distributed.rank}.pt")
     shutdown(trainer.distributed)
