@@ -33,7 +33,7 @@ from engine.training.callback import Callback
 from engine.training.data_module import DataSources, build_data, scan_data
 from engine.training.losses import SegmentationCriterion
 from engine.training.resume import restore_trainer
-from engine.training.run_config import find_resume_path
+from engine.training.run_config import find_resume_path, how_to_continue
 from engine.training.stages import check_epochs_left
 from engine.training.trainer import Trainer
 from models import build_model
@@ -50,7 +50,7 @@ def build_callbacks(config: TrainConfig, is_main: bool = True) -> List[Optional[
     health_report = (PostEpochEvaluator(config.eval_epochs, warmup_epochs=config.warmup_epochs,
                                         total_epochs=config.epochs) if config.diagnosis_enabled else None)
     return [
-        SignalStopCallback(),
+        SignalStopCallback(how_to_continue(config.checkpoint_dir, config.time_limit)),
         WeightEMACallback(config.ema_decay, config.ema_warmup) if config.use_ema else None,
         TimeLimitCallback(config.time_limit_seconds) if config.time_limit else None,
         StopAfterEpochsCallback(config.stop_after_epochs) if config.stop_after_epochs else None,

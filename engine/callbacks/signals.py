@@ -14,7 +14,6 @@ from typing import Dict, Optional
 
 from engine.checkpoint.files import exit_after_save, save_in_progress
 from engine.training.callback import Callback, Order
-from engine.training.run_config import how_to_continue
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +22,18 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 class SignalStopCallback(Callback):
     """Installs the handlers for the duration of ``fit`` (main thread only); ``teardown`` puts the
-    previous handlers back, also when training raised."""
+    previous handlers back, also when training raised.
+
+    Args:
+        continuation: what the stop message adds, the commands that continue the run
+            (``run_config.how_to_continue``).
+    """
 
     name = "signals"
     order = Order.CONTROL
 
-    def __init__(self):
+    def __init__(self, continuation: str = ""):
+        self.continuation = continuation
         self.received: Optional[int] = None
         self._previous: Dict[int, object] = {}
         self._trainer = None
@@ -50,11 +55,9 @@ class SignalStopCallback(Callback):
         self.received = signum
         name = signal.Signals(signum).name
         # Only flags here: logging or saving inside a signal handler can deadlock.
-        config = self._trainer.config
         self._trainer.request_stop(f"{name} received: finishing the current step and saving last.pth (send it "
-                                   "again to exit at once); then " + how_to_continue(config.checkpoint_dir,
-                                                                                     config.time_limit),
-                                   exit_code=128 + signum)
+                                   "again to exit at once)" + (f"; then {self.continuation}" if self.continuation
+                                                               else ""), exit_code=128 + signum)
 
     def teardown(self, trainer) -> None:
         self._restore()
