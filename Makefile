@@ -12,8 +12,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+# Each run trains the demo afresh into checkpoints/demo/, replacing the previous demo run (it is deterministic:
+# the same numbers again); copy that folder elsewhere to keep a run.
 demo: $(STAMP)
-	$(PY) train_ultimate.py train --config configs/demo.yaml
+	$(PY) train_ultimate.py train --config configs/demo.yaml --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

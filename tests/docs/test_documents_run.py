@@ -29,6 +29,7 @@ Markers in the documents (HTML comments, invisible when rendered):
 - ``<!-- starts from: README.md -->`` anywhere in a document: it begins where the README's commands
   left ``/kaggle/working`` (a phase-1 run, the plateau run, the EMA run, eval and predict outputs).
 """
+import json
 import os
 import re
 import shlex
@@ -342,12 +343,15 @@ def test_every_documented_command_parses():
 @runs
 def test_make_demo_runs_as_the_makefile_says(tmp_path):
     """The README's first command: the Makefile's demo recipe, shrunk like the commands above
-    (``make test`` is this suite itself)."""
+    (``make test`` is this suite itself). Run twice, as a user would: the second run trains again."""
     recipe = re.search(r"^demo:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     words = shlex.split(recipe.replace("$(PY)", "python"))
     assert words[:3] == ["python", "train_ultimate.py", "train"], recipe
     for name in ("configs", "models", "train_ultimate.py"):
         (tmp_path / name).symlink_to(ROOT / name)
-    result = run_cli(*tiny(words)[2:], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "checkpoints" / "demo" / "best_model.pth").exists()  # where the README says the demo writes
+    history = tmp_path / "checkpoints" / "demo" / "metrics.jsonl"  # where the README says the demo writes
+    for run in ("first", "second"):
+        result = run_cli(*tiny(words)[2:], cwd=tmp_path)
+        assert result.returncode == 0, f"{run} make demo: {result.stderr[-2000:]}"
+        assert (tmp_path / "checkpoints" / "demo" / "best_model.pth").exists()
+        assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2], run
