@@ -52,5 +52,6 @@ def averaging_facts(config: TrainConfig, plan: StagePlan, start_epoch: int = 0) 
             better = f" or --ema-decay {fitting[0]} (window {window(fitting[0]):.0f})" if fitting else ""
             warnings.append(f"the weight-EMA window (about {span:.0f} updates at --ema-decay {config.ema_decay}) is "
                             f"longer than the {total} updates left in this run: the EMA weights will stay close to "
-                            f"the starting weights and their validation will hardly move; pass --ema-warmup{better}")
+                            f"the starting weights and their validation will hardly move; pass --ema-warmup{better}, "
+                            "or a larger --epochs (the run's total) to train longer")
     return facts, warnings

@@ -34,9 +34,12 @@ def test_epochs_below_the_checkpoint_are_refused_and_the_named_epochs_train(tiny
     # Following the refusal: the plan shows the epoch it trains (never an empty "epochs 3-2"), and the run
     # trains it and writes the best_model.pth the README's next command reads.
     planned = run_cli("train", "--checkpoint-dir", phase_2, "--resume-from", best, "--use-ema", "--epochs", "3",
-                      "--dry-run")
+                      "--ema-decay", "0.999", "--dry-run")
     assert planned.returncode == 0, planned.stderr[-2000:]
     assert "stage 2: epochs 3-3" in planned.stdout and "epochs 3-2" not in planned.stdout
+    # 3 updates left for a 1000-update EMA window: the warning names a larger --epochs beside --ema-warmup
+    [warning] = [line for line in planned.stdout.splitlines() if line.startswith("warning: the weight-EMA window")]
+    assert "3 updates left" in warning and "--ema-warmup" in warning and "or a larger --epochs" in warning
     trained = run_cli("train", "--checkpoint-dir", phase_2, "--resume-from", best, "--use-ema", "--epochs", "3")
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert progress(load_checkpoint(phase_2 / "best_model.pth"))["epoch"] == 3
