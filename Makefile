@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench figures clean
+.PHONY: demo test test-fast test-kaggle bench figures clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,24 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Kaggle's own PyTorch (its image ships torch 2.10 + CUDA 12.8): the GPU-path (fake CUDA), memory, resume,
+# DDP and model tests again in a second venv with that torch. requirements.txt's torch floor is the oldest
+# version this passes on. CI runs it after `make test`.
+KAGGLE_VENV := .venv-kaggle
+KAGGLE_TORCH := torch==2.10.* torchvision==0.25.*
+KAGGLE_TESTS := tests/models tests/engine/runtime tests/engine/commands/test_memory_estimate.py \
+	tests/engine/training/test_resume.py tests/engine/training/test_fp16_cpu.py tests/engine/checkpoint
+
+$(KAGGLE_VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(KAGGLE_VENV)/bin/python || $(PYTHON) -m venv $(KAGGLE_VENV)
+	$(KAGGLE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(KAGGLE_VENV)/bin/python -m pip install --quiet $(KAGGLE_TORCH) -r requirements-dev.txt
+	touch $@
+
+test-kaggle: $(KAGGLE_VENV)/.installed
+	$(KAGGLE_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.10'), torch.__version__"
+	$(KAGGLE_VENV)/bin/python -m pytest -q $(KAGGLE_TESTS)
+
 figures: $(STAMP)
 	$(PY) guides/make_figures.py
 
@@ -34,4 +52,4 @@ bench: $(STAMP)
 	for name in $(BENCHMARKS); do $(PY) benchmarks/$$name.py || exit 1; done
 
 clean:
-	rm -rf $(VENV) checkpoints .pytest_cache
+	rm -rf $(VENV) $(KAGGLE_VENV) checkpoints .pytest_cache
