@@ -186,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as stop:  # a second SIGTERM/SIGINT: the save in progress was finished first
         if isinstance(stop.code, int) and stop.code > 128:
             print(f"error: stopped at once by a second {signal.Signals(stop.code - 128).name}; continue from the last "
-                  "saved checkpoint as the 'Stopping:' line above says", file=sys.stderr)
+                  "checkpoint with --resume-from auto (a new session: --continue-from <its output>)", file=sys.stderr)
         raise
 
 
