@@ -24,7 +24,7 @@ from timm.layers import LayerNorm as TimmLayerNorm
 from timm.layers import LayerNorm2d as TimmLayerNorm2d
 from torch import nn
 
-from models.layers import half_under_cuda_autocast
+from models.layers import affine_in_dtype, half_under_cuda_autocast
 
 
 class _KeepsHalfPrecision:
@@ -36,8 +36,7 @@ class _KeepsHalfPrecision:
         if not half_under_cuda_autocast(x):
             return super().forward(x)
         with torch.autocast(device_type="cuda", enabled=False):
-            weight = None if self.weight is None else self.weight.to(x.dtype)
-            bias = None if self.bias is None else self.bias.to(x.dtype)
+            weight, bias = affine_in_dtype(self, x.dtype)
             if self.channels_first:
                 normed = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, weight, bias, self.eps)
                 return normed.permute(0, 3, 1, 2)

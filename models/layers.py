@@ -42,6 +42,12 @@ def keep_half_precision(tensor: torch.Tensor) -> ContextManager:
     return torch.autocast(device_type="cuda", enabled=False) if half_under_cuda_autocast(tensor) else nullcontext()
 
 
+def affine_in_dtype(norm: nn.Module, dtype: torch.dtype) -> tuple:
+    """A norm layer's ``(weight, bias)`` cast to ``dtype`` (either may be None): CUDA's norm kernels
+    take one dtype for the input and both, so the half-precision paths cast them to the input's."""
+    return tuple(None if tensor is None else tensor.to(dtype) for tensor in (norm.weight, norm.bias))
+
+
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that keeps a half-precision input in half precision under CUDA autocast.
 
@@ -56,9 +62,7 @@ class GroupNorm(nn.GroupNorm):
         if not half_under_cuda_autocast(x):
             return super().forward(x)
         with torch.autocast(device_type="cuda", enabled=False):
-            weight = None if self.weight is None else self.weight.to(x.dtype)
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+            return F.group_norm(x, self.num_groups, *affine_in_dtype(self, x.dtype), self.eps)
 
 
 def group_norm(channels: int, max_groups: int = 8) -> GroupNorm:

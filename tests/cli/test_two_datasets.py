@@ -82,8 +82,9 @@ def test_the_standard_protocol_config_trains_on_both_roots_and_validates_on_a_he
     values = yaml.safe_load(Path("configs/cod10k_camo_edgenext_base.yaml").read_text())
     assert len(values["dataset-path"]) == 2 and values["val-fraction"] > 0
     cod, camo = roots
+    # --no-pretrained: offline the dry run refuses on the missing edgenext_base weights (tested elsewhere)
     result = run_cli("train", "--config", "configs/cod10k_camo_edgenext_base.yaml", "--dataset-path", cod, camo,
-                     "--checkpoint-dir", tmp_path / "ckpt", "--dry-run")
+                     "--checkpoint-dir", tmp_path / "ckpt", "--no-pretrained", "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     missing = run_cli("train", "--config", "configs/cod10k_camo_edgenext_base.yaml", "--checkpoint-dir",
                       tmp_path / "ckpt", "--dry-run")

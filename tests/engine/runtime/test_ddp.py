@@ -24,8 +24,13 @@ def torchrun(*args, timeout: float = 300, env: Optional[dict] = None) -> subproc
     """``torchrun --nproc_per_node 2 *args``; past ``timeout`` the test fails with every process of
     the job killed (torchrun starts each rank in a session of its own, so killing torchrun alone, as
     ``subprocess.run`` does, would leave hung ranks behind)."""
-    process = subprocess.Popen([*TORCHRUN, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=None if env is None else {**os.environ, **env})
+    return run_job([*TORCHRUN, *args], timeout, None if env is None else {**os.environ, **env})
+
+
+def run_job(command: List[str], timeout: float, env: Optional[dict]) -> subprocess.CompletedProcess:
+    """Run ``command`` in ROOT; past ``timeout`` the test fails with the process and every process
+    below it killed (launched ranks run in sessions of their own)."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -33,7 +38,7 @@ def torchrun(*args, timeout: float = 300, env: Optional[dict] = None) -> subproc
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _, stderr = process.communicate()
-        pytest.fail(f"torchrun still running after {timeout} s (killed):\n{stderr[-3000:]}")
+        pytest.fail(f"{Path(command[1]).name} still running after {timeout} s (killed):\n{stderr[-3000:]}")
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 

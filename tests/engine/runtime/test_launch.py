@@ -1,10 +1,8 @@
 """``train --devices 2`` on the CPU: the command launches two gloo ranks itself, every stop is agreed by
 both ranks (SIGTERM to one rank or to the launcher, mid-window, during validation, during a save),
 and a failing rank ends the job with its one-line error."""
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.format import progress
 from tests.conftest import tiny_flags
-from tests.engine.runtime.test_ddp import ROOT, _descendants
+from tests.engine.runtime.test_ddp import ROOT, run_job
 from tests.state_compare import assert_same_state
 
 HOOKS = ROOT / "tests" / "engine" / "launch_hooks"
@@ -32,17 +30,8 @@ def launch(folder: Path, *extra, timeout: float = 240, **hooks) -> tuple:
     command = [sys.executable, str(ROOT / "train_ultimate.py"), "train", *FLAGS, "--devices", "2",
                "--checkpoint-dir", str(folder), *extra]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for pid in [*_descendants(process.pid), process.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"the launched job still ran after {timeout} s (killed):\n{stderr[-3000:]}")
-    seconds = time.monotonic() - started
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), seconds
+    result = run_job(command, timeout, env)
+    return result, time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
