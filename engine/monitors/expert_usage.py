@@ -102,6 +102,8 @@ def usage_alerts(peak: List[float], lowest_top: float, dominant_share: float = 0
     Returns:
         Sentences naming the problem and the fix (empty when routing is healthy).
     """
+    if len(peak) < 2:  # one expert takes all the routing by construction (--num-experts 1): nothing collapsed
+        return []
     alerts = []
     top = max(range(len(peak)), key=lambda index: peak[index])
     if lowest_top > dominant_share:

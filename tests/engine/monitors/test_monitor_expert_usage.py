@@ -127,3 +127,11 @@ def test_idle_without_router_and_state_round_trips():
     restored = ExpertUsageMonitor()
     restored.load_state_dict(torch.load(buffer, weights_only=True))
     assert restored.last_usage == [0.25, 0.75]
+
+
+def test_a_single_expert_is_not_a_router_collapse():
+    """--num-experts 1 (the field table's ablation row) routes everything to expert 0 by construction."""
+    from engine.monitors.expert_usage import usage_alerts
+
+    assert usage_alerts([1.0], lowest_top=1.0) == []
+    assert len(usage_alerts([1.0, 0.0], lowest_top=1.0)) == 2  # two experts, one takes all: collapse and unused
