@@ -195,10 +195,9 @@ class Trainer:
                         loss_term_names: Tuple[str, ...] = ()) -> bool:
         """One update at the end of an accumulation window; returns whether every rank stops after it.
 
-        The skip-or-step decision and the stop decision are read in one host sync, which under DDP is
-        one all-reduce: a non-finite loss on one rank skips the update on all, and a stop requested on
-        one rank before this update (a signal, a time limit) stops all of them here. A stop requested
-        during this update's callbacks is acted on alone at once, and under DDP at the next agreement.
+        Skip-or-step and stop are read in one host sync (under DDP one all-reduce): a non-finite loss
+        on one rank skips the update on all, a stop requested on one rank before it stops all here. A
+        stop requested in this update's callbacks acts at once alone, under DDP at the next agreement.
         """
         lr = self.plan.lr_at(self.epoch, window_index)
         self._set_lr(lr)
@@ -216,10 +215,12 @@ class Trainer:
     def _agree(self, flags: Optional[torch.Tensor] = None) -> List[int]:
         """``[*flags, stop requested]`` agreed over the ranks (MAX; one host sync, one all-reduce under
         DDP). A stop requested on any rank is adopted with its exit code (e.g. 143 after SIGTERM)."""
+        if not self.distributed.enabled:  # the host's own stop flag: no copy of it to the device per update
+            return (agree(flags, self.distributed) if flags is not None else []) + [int(self.should_stop)]
         own = torch.tensor([self.should_stop, self.exit_code], device=self.device)
         values = agree(own if flags is None else torch.cat([flags.to(self.device, torch.int64), own]),
                        self.distributed)
-        if self.distributed.enabled and values[-2] and not self.should_stop:
+        if values[-2] and not self.should_stop:
             self.stop_reason, self.exit_code = "a stop requested on another rank", values[-1]
         return values[:-1]
 
