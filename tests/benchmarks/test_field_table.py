@@ -40,7 +40,7 @@ def test_quick_table_saves_one_row_per_run_resumes_and_tabulates_every_configura
     assert sorted(row["config"] for row in rows) == sorted(QUICK_RUN)
     for row in rows:
         assert row["seed"] == 42 and row["wall_s"] > 0 and row["budget"] == first["budget"]
-        assert all(0 <= row[part][name] <= 1 for part in ("val", "test") for name in SCORES)
+        assert all(0 <= row[part][name] <= 1 for part in ("val", "test", "val_flip", "test_flip") for name in SCORES)
     assert {row["lr"] for row in rows if row["config"] != "recipe"} == {2.5e-4}
 
     second = json.loads(field_table(tmp_path, *only).strip().splitlines()[-1])
@@ -48,6 +48,7 @@ def test_quick_table_saves_one_row_per_run_resumes_and_tabulates_every_configura
     assert (tmp_path / "rows.json").read_text() == saved  # nothing retrained, nothing rewritten
 
     table = field_table(tmp_path, "--table")
+    assert table.count("| configuration") == 2 and "`eval --tta flip`" in table
     header = next(line for line in table.splitlines() if line.startswith("| configuration"))
     for _, label in METRICS:
         assert f"| {label} mean | {label} std |" in header
@@ -115,11 +116,36 @@ def test_the_summary_is_mean_and_sample_std_over_seeds_at_the_kept_lr():
     assert summary["wall_s"] == pytest.approx((25.0, statistics.stdev([52.0, 11.0, 12.0])))
     alone = summarise([fake_row("recipe", 42, None, 0.5, 0.5)], swept=False, first_seed=42)
     assert alone["Smeasure"] == (0.5, None)
+    flipped = [dict(row, test_flip=row["test"]) for row in rows[:3]]  # seed 2's row saved before flips were scored
+    assert summarise(flipped + rows[3:], swept=True, first_seed=42, part="test_flip")["seeds"] == [1, 42]
     text = markdown({"peer": summary, "recipe": alone, "absent": summarise([], True, 42)}, {}, "b")
     lines = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
     assert [cell.strip() for cell in lines["peer"][:4]] == ["0.0002 (of 0.0001, 0.0002)", "3", "0.700", "0.100"]
     assert [cell.strip() for cell in lines["recipe"][:4]] == ["defaults", "1", "0.500", "-"]
     assert "not run" in lines["absent"][1]
+
+
+def test_rows_saved_without_flip_scores_get_them_from_their_kept_runs_only(tmp_path, monkeypatch):
+    from benchmarks import field_table
+
+    store = ResultStore(tmp_path / "rows.json")
+    for seed in (42, 1):
+        store.add(fake_row("smp-unet", seed, 5e-4, 0.5, 0.5))
+    store.add(dict(fake_row("smp-unet", 2, 5e-4, 0.5, 0.5), val_flip={"Smeasure": 0.1}, test_flip={"Smeasure": 0.2}))
+    for seed in (42, 2):  # seed 1's run was not kept
+        folder = field_table.run_folder(tmp_path, "smp-unet", seed, 5e-4)
+        folder.mkdir(parents=True)
+        (folder / "peer.pth").write_bytes(b"")
+    scored = []
+    monkeypatch.setattr(field_table, "run_predictor", lambda config, run_dir, size, tta: (run_dir.name, tta))
+    monkeypatch.setattr(field_table.real_data, "score",
+                        lambda predictor, root: scored.append(predictor) or {"Smeasure": 0.9})
+    material = field_table.Material(tmp_path / "split", tmp_path / "test", tmp_path, field_table.QUICK, "b")
+    assert field_table.add_flip_scores(store, material, tmp_path) == 1
+    assert scored == [("smp-unet-seed42-lr0.0005", "flip")] * 2  # validation, then test
+    reread = {row["seed"]: row for row in ResultStore(tmp_path / "rows.json").rows}
+    assert reread[42]["test_flip"] == {"Smeasure": 0.9} and "test_flip" not in reread[1]
+    assert reread[2]["test_flip"] == {"Smeasure": 0.2}  # already scored: left alone
 
 
 def test_sinet_v2_decoder_gives_input_size_logits_and_every_parameter_a_gradient():
