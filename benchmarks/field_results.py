@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 METRICS = (("Smeasure", "S-measure"), ("wFmeasure", "weighted F"), ("meanEm", "mean E"), ("MAE", "MAE"),
-           ("wall_s", "wall s"))
+           ("wall_s", "wall s"), ("cpu_s", "CPU s"))
+TIMES = ("wall_s", "cpu_s")  # of the training process, saved in the row itself (cpu_s: rows saved since it was added)
 SELECT_BY = "Smeasure"  # the LR sweep keeps the LR of the best validation S-measure
 PARTS = {"test": "plain forward pass", "test_flip": "`eval --tta flip`: the mean of the image and its mirror"}
 
@@ -73,7 +74,7 @@ def summarise(rows: Sequence[Dict], swept: bool, first_seed: int, part: str = "t
     summary = {"lr": lr, "seeds": sorted(row["seed"] for row in kept),
                "swept_lrs": sorted(row["lr"] for row in rows if row["seed"] == first_seed and row["lr"] is not None)}
     for key, _ in METRICS:
-        values = [row["wall_s"] if key == "wall_s" else row[part][key] for row in kept]
+        values = [row[key] for row in kept if key in row] if key in TIMES else [row[part][key] for row in kept]
         summary[key] = spread(values) if values else (None, None)
     return summary
 
@@ -81,7 +82,7 @@ def summarise(rows: Sequence[Dict], swept: bool, first_seed: int, part: str = "t
 def _number(value: Optional[float], key: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.0f}" if key == "wall_s" else f"{value:.3f}"
+    return f"{value:.0f}" if key in TIMES else f"{value:.3f}"
 
 
 def markdown(summaries: Dict[str, Dict], notes: Dict[str, str], budget: str, part: str = "test") -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def run_one(config: FieldConfig, seed: int, lr: Optional[float], material: Mater
     """Train one configuration at one seed (and LR) in its own process, then score it: a saved row
     with the validation and test scores of a plain forward pass and of ``eval --tta flip``."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if config.swept:
         command = [sys.executable, "benchmarks/field_table.py", *(["--quick"] if quick else []), "--_train",
                    config.name, str(seed), f"{lr!r}", str(material.split_root), str(material.weights),
@@ -175,12 +177,20 @@ def run_one(config: FieldConfig, seed: int, lr: Optional[float], material: Mater
     else:
         wall = real_data.run_timed(recipe_command(config, seed, material, run_dir), run_dir / "train.log")
     row = {"config": config.name, "seed": seed, "lr": lr, "budget": material.budget_id,
-           "key": row_key(config.name, seed, lr, material.budget_id), "wall_s": round(wall, 1)}
+           "key": row_key(config.name, seed, lr, material.budget_id), "wall_s": round(wall, 1),
+           "cpu_s": round(cpu_seconds(children_before), 1), "load_avg_1m_end": round(os.getloadavg()[0], 2)}
     for tta, suffix in (("none", ""), ("flip", "_flip")):
         predictor = run_predictor(config, run_dir, material.budget.img_size, tta)
         row.update({f"val{suffix}": real_data.score(predictor, material.split_root),
                     f"test{suffix}": real_data.score(predictor, material.test_root)})
     return {**row, "torch_threads": real_data._threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def cpu_seconds(before) -> float:
+    """User + system CPU seconds of the training process and its data workers since ``before``: a
+    check on ``wall_s``, which another job on the machine inflates far more than this."""
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def run_predictor(config: FieldConfig, run_dir: Path, img_size: int, tta: str):

@@ -39,7 +39,8 @@ def test_quick_table_saves_one_row_per_run_resumes_and_tabulates_every_configura
     assert (first["ran"], first["skipped"]) == (3, 0)
     assert sorted(row["config"] for row in rows) == sorted(QUICK_RUN)
     for row in rows:
-        assert row["seed"] == 42 and row["wall_s"] > 0 and row["budget"] == first["budget"]
+        assert row["seed"] == 42 and row["budget"] == first["budget"]
+        assert 0 < row["cpu_s"] < 4 * row["wall_s"]  # the training tree's own CPU time (2-4 busy processes)
         assert all(0 <= row[part][name] <= 1 for part in ("val", "test", "val_flip", "test_flip") for name in SCORES)
     assert {row["lr"] for row in rows if row["config"] != "recipe"} == {2.5e-4}
 
@@ -75,7 +76,7 @@ class Config:
 def fake_row(config, seed, lr, val, test, budget="b"):
     scores = lambda s: {"Smeasure": s, "wFmeasure": s / 2, "meanEm": s, "MAE": 1 - s}  # noqa: E731
     return {"config": config, "seed": seed, "lr": lr, "budget": budget, "key": row_key(config, seed, lr, budget),
-            "wall_s": 10.0 + seed, "val": scores(val), "test": scores(test)}
+            "wall_s": 10.0 + seed, "cpu_s": 20.0 + seed, "val": scores(val), "test": scores(test)}
 
 
 def test_each_run_is_saved_as_it_finishes_and_a_rerun_does_only_the_rest(tmp_path):
@@ -114,6 +115,9 @@ def test_the_summary_is_mean_and_sample_std_over_seeds_at_the_kept_lr():
     assert summary["lr"] == 2e-4 and summary["seeds"] == [1, 2, 42]
     assert summary["Smeasure"] == pytest.approx((0.7, 0.1))
     assert summary["wall_s"] == pytest.approx((25.0, statistics.stdev([52.0, 11.0, 12.0])))
+    assert summary["cpu_s"] == pytest.approx((35.0, statistics.stdev([62.0, 21.0, 22.0])))
+    older = [{key: value for key, value in row.items() if key != "cpu_s"} for row in rows[:2]] + rows[2:]
+    assert summarise(older, swept=True, first_seed=42)["cpu_s"] == pytest.approx((21.5, statistics.stdev([21.0, 22.0])))
     alone = summarise([fake_row("recipe", 42, None, 0.5, 0.5)], swept=False, first_seed=42)
     assert alone["Smeasure"] == (0.5, None)
     flipped = [dict(row, test_flip=row["test"]) for row in rows[:3]]  # seed 2's row saved before flips were scored
