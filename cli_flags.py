@@ -30,6 +30,9 @@ TRAIN_FLAGS: Dict[str, List[tuple]] = {
         ("val-fraction", float, "fraction of the training images held out (seeded) for validation; "
                                 "0 validates on the Test split instead"),
         ("img-size", int, "training/validation image side in pixels"),
+        ("train-scales", str, "multi-scale training: each training batch is resized to one of these multiples of "
+                              "--img-size, drawn per batch from --seed, the epoch and the batch (e.g. 0.75,1,1.25; "
+                              "1: off). Validation and eval stay at --img-size; memory follows the largest"),
         ("num-workers", int, "DataLoader worker processes per rank (default: the CPU cores / the number of "
                              "torchrun ranks, at most 4; a larger number warns when all ranks' workers "
                              "outnumber the cores)"),
@@ -171,7 +174,8 @@ def _help_text(flag: str, text: str) -> str:
 
 # Metavars of the train flags that take a value, where the type alone says too little.
 METAVARS = {"checkpoint-dir": "DIR", "continue-from": "DIR", "cache-dir": "DIR", "resume-from": "FILE|auto",
-            "pretrained-path": "FILE", "time-limit": "DURATION", "eval-epochs": "EPOCHS", "backbone": "NAME"}
+            "pretrained-path": "FILE", "time-limit": "DURATION", "eval-epochs": "EPOCHS", "backbone": "NAME",
+            "train-scales": "SCALES"}
 KIND_METAVARS = {int: "N", float: "X", str: "TEXT"}
 GUIDES = ("configs/ holds ready YAML files (demo.yaml, the COD10K + CAMO recipes); guides/ explains\n"
           "Kaggle sessions, EMA, LR schedules, plateaus, the monitors and training collapse.")

@@ -88,6 +88,8 @@ CONFIGS = (
                 "at zero (benchmarks/uniform_experts.py): the 7 experts averaged with weight 1/7, no router",
                 ("--num-experts", "7", "--top-k", "7", "--router-noise", "0"), "benchmarks/uniform_experts.py"),
     FieldConfig("moe-no-detail", "ablation: `--detail-channels 0` (no stride-2 detail branch)", ("--detail-channels", "0")),
+    FieldConfig("recipe-multiscale", "candidate: the recipe with `--train-scales 0.75,1,1.25` (each training batch "
+                "at 144, 192 or 240 px; validation and test at 192)", ("--train-scales", "0.75,1,1.25")),
     FieldConfig("smp-unet", "peer: `smp.Unet('tu-tf_efficientnet_lite0')`, plain loop (real_data.py's peer)"),
     FieldConfig("smp-fpn", "peer: `smp.FPN('tu-tf_efficientnet_lite0')`, plain loop"),
     FieldConfig("smp-upernet", "peer: `smp.UPerNet('tu-tf_efficientnet_lite0')` (smp 0.6.0 takes a tu- encoder; "
@@ -259,6 +261,12 @@ def _train_peer(args) -> None:
     print(json.dumps(info))
 
 
+def seeds_and_lrs(args) -> Tuple[Tuple[int, ...], Tuple[float, ...]]:
+    """The seeds each configuration runs (the first one also the peers' LR sweep) and the swept LRs."""
+    seeds, lrs = (SEEDS[:1], (real_data.PEER_LR,)) if args.quick else (SEEDS, PEER_LRS)
+    return (seeds[:1] if args.first_seed_only else seeds), lrs
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=real_data.DEFAULT_DATA, help="CAMO-train root (default: %(default)s)")
@@ -268,6 +276,9 @@ def parse_args(argv=None):
                         help=f"run only these configurations (repeat or comma-separate): {', '.join(BY_NAME)}")
     parser.add_argument("--table", action="store_true", help="print the markdown table of the saved rows and exit")
     parser.add_argument("--quick", action="store_true", help="CI mode: 64 px, 8 training images, 1 seed, 1 LR, 1 epoch")
+    parser.add_argument("--first-seed-only", action="store_true",
+                        help=f"run seed {SEEDS[0]} only (the peers' LR sweeps, each row's first seed); a later run "
+                             "without it adds the other seeds")
     parser.add_argument("--work-dir", type=Path, default=None, help="the runs' folders (default: a temp folder)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each run's checkpoints (default: deleted once scored)")
     parser.add_argument("--_train", nargs=6, help=argparse.SUPPRESS)
@@ -303,7 +314,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     material = prepare(args.data, weights, work, args.quick)
     store = ResultStore(args.results)
-    seeds, lrs = (SEEDS[:1], (real_data.PEER_LR,)) if args.quick else (SEEDS, PEER_LRS)
+    seeds, lrs = seeds_and_lrs(args)
 
     def run(config: FieldConfig, seed: int, lr: Optional[float]) -> dict:
         run_dir = run_folder(work, config.name, seed, lr)

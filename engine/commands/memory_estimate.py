@@ -49,7 +49,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-from engine.config import TrainConfig
+from data.batch_scale import BatchScale
+from engine.config import TrainConfig, parse_scales
 from engine.runtime.fake_cuda import FakeCuda, cuda_autocast
 from engine.training.losses import SegmentationCriterion
 from models import build_model
@@ -199,9 +200,9 @@ def estimate_stage(model: nn.Module, criterion: nn.Module, stage: int, batch_siz
 
 def estimate_training_memory(config: TrainConfig, amp_dtype: Optional[torch.dtype],
                              world_size: int = 1) -> List[StageMemory]:
-    """One estimate per stage the run trains (the configured batch per rank, image size, AMP dtype and
-    gradient checkpointing) on each GPU of ``world_size`` ranks, from a randomly initialised model:
-    nothing is downloaded."""
+    """One estimate per stage the run trains (the configured batch per rank, the largest training side
+    of ``--train-scales``, AMP dtype and gradient checkpointing) on each GPU of ``world_size`` ranks,
+    from a randomly initialised model: nothing is downloaded."""
     model_config = config.model_config(synthetic=config.dataset_path is None, weights_from_checkpoint=True)
     model = build_model(model_config)
     if config.grad_checkpointing:
@@ -212,5 +213,6 @@ def estimate_training_memory(config: TrainConfig, amp_dtype: Optional[torch.dtyp
     stages = [(1, config.batch_size)] if config.stage1_epochs > 0 and not config.skip_stage1 else []
     if config.epochs > config.stage1_epochs or config.skip_stage1:
         stages.append((2, config.resolved_stage2_batch_size))
-    return [estimate_stage(model, criterion, stage, batch, config.img_size, amp_dtype, config.use_ema,
+    side = BatchScale(config.img_size, parse_scales(config.train_scales), config.seed).largest_side
+    return [estimate_stage(model, criterion, stage, batch, side, amp_dtype, config.use_ema,
                            config.channels_last, world_size) for stage, batch in stages]

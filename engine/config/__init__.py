@@ -10,12 +10,12 @@ from engine.config.fields import (AMP_MODES, BEST_METRICS, CACHE_MODES, DEVICES,
                                   SCHEDULERS, TrainConfig)
 from engine.config.loading import build_config, closest_key_hint, coerce_value, load_yaml, normalise_key
 from engine.config.values import (EVAL_EPOCHS_OFF, ConfigError, eval_epochs_disabled, parse_duration,
-                                  parse_epoch_selection)
+                                  parse_epoch_selection, parse_scales)
 
 __all__ = [
     "AMP_MODES", "BEST_METRICS", "CACHE_MODES", "DEVICES", "EVAL_EPOCHS_OFF", "FIELD_NAMES", "NORMALIZATION_MODES",
     "NUMBER_RANGES", "PER_INVOCATION_KEYS", "PRETRAINED_DECODER_LR_SCALE", "PROGRESS_MODES", "SCHEDULE_KEYS",
     "SCHEDULERS", "ConfigError", "Range", "TrainConfig", "build_config", "check_number", "closest_key_hint",
     "coerce_value", "eval_epochs_disabled", "load_yaml", "normalise_key", "parse_duration", "parse_epoch_selection",
-    "validate",
+    "parse_scales", "validate",
 ]

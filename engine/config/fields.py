@@ -29,6 +29,7 @@ class TrainConfig:
     skip_unpaired: bool = False  # use only complete image/mask pairs (CAMO ships 2 lonely masks)
     val_fraction: float = 0.1
     img_size: int = 384
+    train_scales: str = "1"  # multi-scale training: each batch at one of these x img_size (data/batch_scale.py)
     num_workers: Optional[int] = None  # None: the CPU cores / the ranks, at most 4 (engine.training.data_module)
     persistent_workers: bool = True  # workers live across epochs (the epoch travels with each index)
     cache: str = "none"  # none | memory | disk (data/cache.py)

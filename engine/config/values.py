@@ -3,7 +3,7 @@ selections). Everything else in ``engine`` may import this; it imports only the 
 from __future__ import annotations
 
 import re
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 EVAL_EPOCHS_OFF = ("none", "off", "")
 
@@ -53,3 +53,19 @@ def parse_epoch_selection(text: str) -> Callable[[int], bool]:
     except ValueError:
         raise ValueError(f"--eval-epochs {text!r} is not an epoch selection; write e.g. 2+, 1,5,10, 3-8 or none") from None
     return lambda epoch: any(test(epoch) for test in tests)
+
+
+def parse_scales(text: str, flag: str = "--train-scales") -> Tuple[float, ...]:
+    """``"0.75,1,1.25"`` -> ``(0.75, 1.0, 1.25)``: sorted, without repeats; each in (0, 2].
+
+    Raises:
+        ConfigError: an empty list, a value that is not a number, or one outside (0, 2].
+    """
+    items = [item.strip() for item in str(text).strip().strip("[]()").split(",") if item.strip()]  # YAML lists too
+    try:
+        scales = tuple(sorted({float(item) for item in items}))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a list of numbers; write e.g. 0.75,1,1.25 (1: one scale, off)") from None
+    if not scales or not all(0 < scale <= 2 for scale in scales):
+        raise ConfigError(f"{flag} {text!r}: each scale must be a number in (0, 2] times --img-size, e.g. 0.75,1,1.25")
+    return scales

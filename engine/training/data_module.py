@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.batch_scale import BatchScale
 from data.cache import CachedSegmentationDataset, base_size_for, build_cache
 from data.dataset import SegmentationDataset
 from data.image_io import find_unreadable, masks_all_empty
@@ -21,7 +22,7 @@ from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, st
 from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
 from engine.checkpoint.lock import write_error
-from engine.config import TrainConfig
+from engine.config import TrainConfig, parse_scales
 from engine.packages import check_training_packages
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class DataModule:
     rank: int = 0
     world_size: int = 1
     persistent_workers: bool = False
+    batch_scale: Optional[BatchScale] = None  # multi-scale training (--train-scales); None: every batch as it comes
     _loaders: dict = field(default_factory=dict, repr=False)  # id(dataset) -> DataLoader
     _iterators: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
     _fingerprint: Optional[Dict[str, object]] = field(default=None, repr=False)
@@ -73,6 +75,14 @@ class DataModule:
                 self._loaders[id(dataset)] = loader  # replaces (and so stops) the previous batch size's workers
         set_loader_epoch(loader, epoch, start_sample)
         return loader
+
+    def training_inputs(self, batch: Dict[str, torch.Tensor], device: torch.device, memory_format: torch.memory_format,
+                        epoch: int, batch_index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's ``(B, 3, S, S)`` images and ``(B, 1, S, S)`` masks on ``device``, at the
+        side multi-scale training draws for ``(epoch, batch_index)`` (``--img-size`` without it)."""
+        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
+        masks = batch["mask"].to(device, non_blocking=True)
+        return (images, masks) if self.batch_scale is None else self.batch_scale(images, masks, epoch, batch_index)
 
     def batches(self, dataset: Dataset, batch_size: int, epoch: int, shuffle: bool, start_sample: int) -> Iterator:
         """An iterator over :meth:`loader`'s batches whose workers :meth:`close` stops explicitly."""
@@ -317,6 +327,10 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         description = (f"{', '.join(config.dataset_roots)}: {len(train)} training, {len(val)} validation images "
                        f"({sources.val_source})")
     description += f"; {num_workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
+    batch_scale = BatchScale(config.img_size, parse_scales(config.train_scales), config.seed)
+    if batch_scale.enabled:
+        description += f"; multi-scale training at {', '.join(map(str, batch_scale.sides))} px"
     return DataModule(train, val, num_workers, config.seed, description,
                       pin_memory=torch.cuda.is_available(), rank=rank, world_size=world_size,
-                      persistent_workers=config.persistent_workers)
+                      persistent_workers=config.persistent_workers,
+                      batch_scale=batch_scale if batch_scale.enabled else None)

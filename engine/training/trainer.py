@@ -52,7 +52,8 @@ class Trainer:
         model: ``CamoSegmenter`` (encoder -> decoder -> head) returning ``SegmentationOutput``.
         criterion: maps ``(output, masks)`` to a dict with the scalar ``loss``.
         data: provides ``train_dataset``, ``val_dataset``, ``loader(dataset, batch_size,
-            epoch, shuffle, start_sample)`` and ``close()`` (stops persistent workers).
+            epoch, shuffle, start_sample)``, ``training_inputs(batch, device, memory_format, epoch,
+            batch_index)`` (the batch on the device, multi-scale resized) and ``close()``.
         callbacks: optional features, ``None`` entries dropped.
         device: where the model trains.
     """
@@ -162,8 +163,7 @@ class Trainer:
         window_terms: Optional[torch.Tensor] = None
         for batch in batches:
             index = self.batch_in_epoch
-            images = batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
-            masks = batch["mask"].to(self.device, non_blocking=True)
+            images, masks = self.data.training_inputs(batch, self.device, self.memory_format, self.epoch, index)
             share = images.shape[0] / windows.samples_in_window(index)  # real size of this window
             with self._gradient_sync(windows.is_window_end(index)):  # DDP all-reduces on the window's last only
                 with self.precision.autocast():

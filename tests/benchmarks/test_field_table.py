@@ -15,8 +15,8 @@ from benchmarks.field_results import METRICS, ResultStore, markdown, row_key, ru
 from tests.resources import REAL_CAMO_TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG_NAMES = ("recipe", "moe-1-expert", "moe-uniform", "moe-no-detail", "smp-unet", "smp-fpn", "smp-upernet",
-                "sinet-v2")
+CONFIG_NAMES = ("recipe", "moe-1-expert", "moe-uniform", "moe-no-detail", "recipe-multiscale", "smp-unet", "smp-fpn",
+                "smp-upernet", "sinet-v2")
 QUICK_RUN = ("recipe", "smp-unet", "sinet-v2")  # the recipe's CLI, one smp peer, the COD decoder
 SCORES = ("Smeasure", "wFmeasure", "meanEm", "MAE")
 
@@ -150,6 +150,15 @@ def test_rows_saved_without_flip_scores_get_them_from_their_kept_runs_only(tmp_p
     reread = {row["seed"]: row for row in ResultStore(tmp_path / "rows.json").rows}
     assert reread[42]["test_flip"] == {"Smeasure": 0.9} and "test_flip" not in reread[1]
     assert reread[2]["test_flip"] == {"Smeasure": 0.2}  # already scored: left alone
+
+
+def test_first_seed_only_runs_the_sweep_seed_and_a_later_full_run_adds_the_others():
+    from benchmarks.field_table import PEER_LRS, SEEDS, parse_args, seeds_and_lrs
+
+    assert seeds_and_lrs(parse_args([])) == (SEEDS, PEER_LRS)
+    assert seeds_and_lrs(parse_args(["--first-seed-only"])) == (SEEDS[:1], PEER_LRS)
+    assert seeds_and_lrs(parse_args(["--quick"]))[0] == SEEDS[:1]
+    assert parse_args(["--only", "recipe-multiscale,smp-unet"]).configs[0].recipe_args == ("--train-scales", "0.75,1,1.25")
 
 
 def test_sinet_v2_decoder_gives_input_size_logits_and_every_parameter_a_gradient():

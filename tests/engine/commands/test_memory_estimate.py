@@ -141,3 +141,12 @@ def test_the_dry_runs_lines_label_each_allowance_and_count_kaggles_two_t4s(tiny_
     stages = [line for line in lines[2:] if line.lstrip().startswith("stage ")]
     assert len(stages) == 2 and all("fits" in line and "slack 15%" in line for line in stages)
     assert all(("NCCL allowance 0.50 GiB" in line) == (ranks > 1) for line in stages)
+
+
+def test_multi_scale_training_is_estimated_at_its_largest_side(tiny_config):
+    """--train-scales 0.75,1,1.5 at 48 px trains some batches at 72 px: the estimate is that of 72 px."""
+    multi = estimate_training_memory(tiny_config(epochs=2, stage1_epochs=1, train_scales="0.75,1,1.5"), None)
+    largest = estimate_training_memory(tiny_config(epochs=2, stage1_epochs=1, img_size=72), None)
+    plain = estimate_training_memory(tiny_config(epochs=2, stage1_epochs=1), None)
+    assert [stage.activations for stage in multi] == [stage.activations for stage in largest]
+    assert all(m.activations > p.activations for m, p in zip(multi, plain))

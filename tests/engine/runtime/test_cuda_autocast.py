@@ -150,6 +150,9 @@ class FakeCudaData:
         for start in range(start_sample, len(dataset), batch_size):
             yield self.cuda.batch(min(batch_size, len(dataset) - start), self.img_size)
 
+    def training_inputs(self, batch, device, memory_format, epoch, batch_index):
+        return batch["image"], batch["mask"]
+
     def all_reduce(self, totals):
         return totals
 

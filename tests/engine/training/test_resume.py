@@ -130,3 +130,27 @@ def test_persistent_workers_train_like_the_main_process(tiny_config, tmp_path, s
     assert not multiprocessing.active_children(), "fit() must stop the persistent workers"
     build_trainer(tiny_config(resume_from="auto", **settings)).fit()
     compare_to_straight(straight_run, final_state(tmp_path / "ckpt"), "num_workers", "persistent_workers")
+
+
+def test_multi_scale_training_draws_each_batch_side_from_its_place_in_the_run_and_resumes_bitwise(tiny_config,
+                                                                                                  tmp_path):
+    """Every training forward gets the side --train-scales draws for (epoch, batch), a mid-epoch resume
+    draws the rest of the epoch as the run that never stopped, and the two end bitwise equal."""
+    from data.batch_scale import BatchScale
+
+    settings = dict(COMMON, train_scales="0.75,1,1.25")
+    straight = build_trainer(tiny_config(checkpoint_dir=str(tmp_path / "straight"), **settings))
+    seen = []
+    straight.unwrapped_model.register_forward_pre_hook(
+        lambda module, inputs: seen.append(inputs[0].shape[-1]) if module.training else None)
+    straight.fit()
+    draw = BatchScale(48, (0.75, 1.0, 1.25), straight.config.seed)
+    batches = straight.data.samples_per_rank // settings["batch_size"]
+    assert seen == [draw.side_at(epoch, index) for epoch in range(4) for index in range(batches)]
+    assert set(seen) == {36, 48, 60}
+
+    stopped = build_trainer(tiny_config(**settings))
+    stopped.add_callback(StopAtStep(5))  # epoch 3, after its first window
+    stopped.fit()
+    build_trainer(tiny_config(resume_from="auto", **settings)).fit()
+    compare_to_straight(final_state(tmp_path / "straight"), final_state(tmp_path / "ckpt"))
