@@ -18,6 +18,7 @@ METRICS = (("Smeasure", "S-measure"), ("wFmeasure", "weighted F"), ("meanEm", "m
            ("wall_s", "wall s"), ("cpu_s", "CPU s"))
 TIMES = ("wall_s", "cpu_s")  # of the training process, saved in the row itself (cpu_s: rows saved since it was added)
 SELECT_BY = "Smeasure"  # the LR sweep keeps the LR of the best validation S-measure
+MAX_EXTENSIONS = 2  # how far a sweep goes past an end whose LR scored best (x2 or /2 each time)
 PARTS = {"test": "plain forward pass", "test_flip": "`eval --tta flip`: the mean of the image and its mirror"}
 
 
@@ -60,6 +61,16 @@ def best_lr(rows: Sequence[Dict], seed: int) -> Optional[float]:
     return max(swept, key=lambda row: row["val"][SELECT_BY])["lr"] if swept else None
 
 
+def beyond_the_edge(rows: Sequence[Dict], seed: int) -> Optional[float]:
+    """The next LR of a sweep whose best validation LR is at one of its ends: half the smallest or
+    twice the largest swept LR (None when the best lies inside, or fewer than 2 LRs were swept)."""
+    swept = sorted({row["lr"] for row in rows if row["seed"] == seed and row["lr"] is not None})
+    best = best_lr(rows, seed)
+    if len(swept) < 2 or swept[0] < best < swept[-1]:
+        return None
+    return swept[0] / 2 if best == swept[0] else swept[-1] * 2
+
+
 def spread(values: Sequence[float]):
     """(mean, sample standard deviation); the deviation is None with fewer than two values."""
     mean = statistics.fmean(values)
@@ -74,7 +85,10 @@ def summarise(rows: Sequence[Dict], swept: bool, first_seed: int, part: str = "t
     summary = {"lr": lr, "seeds": sorted(row["seed"] for row in kept),
                "swept_lrs": sorted(row["lr"] for row in rows if row["seed"] == first_seed and row["lr"] is not None)}
     for key, _ in METRICS:
-        values = [row[key] for row in kept if key in row] if key in TIMES else [row[part][key] for row in kept]
+        if key in TIMES:  # a row marked "timing_disturbed" (another job shared the machine) keeps only its scores
+            values = [row[key] for row in kept if key in row and not row.get("timing_disturbed")]
+        else:
+            values = [row[part][key] for row in kept]
         summary[key] = spread(values) if values else (None, None)
     return summary
 
@@ -114,7 +128,9 @@ def run_config(config, seeds: Sequence[int], lrs: Sequence[float], store: Result
     """Every run of one configuration not yet in ``store``, each saved as it finishes.
 
     A peer runs each LR at ``seeds[0]``, then the other seeds at the LR of the best validation
-    S-measure; a recipe row runs each seed at the recipe's own LRs.
+    S-measure; a recipe row runs each seed at the recipe's own LRs. When the best LR is the
+    smallest or the largest swept, the sweep goes on past that end (half or twice it), at most
+    ``MAX_EXTENSIONS`` times, so no peer is left at an LR the sweep cut short.
     """
     done = {"ran": [], "skipped": []}
 
@@ -130,6 +146,11 @@ def run_config(config, seeds: Sequence[int], lrs: Sequence[float], store: Result
     if config.swept:
         for lr in lrs:
             one(seeds[0], lr)
+        for _ in range(MAX_EXTENSIONS):
+            extra = beyond_the_edge(store.of(config.name, budget_id), seeds[0])
+            if extra is None:
+                break
+            one(seeds[0], extra)
         kept = best_lr(store.of(config.name, budget_id), seeds[0])
         for seed in seeds[1:]:
             one(seed, kept)

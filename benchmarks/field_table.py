@@ -10,8 +10,9 @@ Configurations (``CONFIGS``): the recipe through the real CLI at its documented 
 top-3 router, detail branch), the MoE ablation (1 expert; the 7 experts averaged uniformly with no
 router, ``uniform_experts.py``; no detail branch), and peers in ``plain_loop.py``'s plain loop:
 smp's Unet, FPN and UPerNet on ``tu-tf_efficientnet_lite0`` and SINet-V2's decoder written from
-its paper (``cod_peers.py``). Each peer trains at 3 LRs at the first seed and keeps the LR of the
-best validation S-measure for the other seeds; the recipe rows keep the recipe's own LRs. The seed
+its paper (``cod_peers.py``). Each peer trains at 3 LRs at the first seed (and past an end of the
+sweep whose LR scored best: ``field_results.run_config``) and keeps the LR of the best validation
+S-measure for the other seeds; the recipe rows keep the recipe's own LRs. The seed
 moves initialisation, data order and augmentation, never the split.
 
 Every finished run (configuration x seed x LR) is saved to ``--results`` at once; a rerun skips the

@@ -108,6 +108,30 @@ def test_each_run_is_saved_as_it_finishes_and_a_rerun_does_only_the_rest(tmp_pat
                       lambda config, seed, lr: fake_row(config.name, seed, lr, 0.5, 0.5, "other-budget"))["ran"]
 
 
+@pytest.mark.parametrize("val_by_lr, extra, kept", [
+    ({1e-4: 0.5, 2e-4: 0.6, 4e-4: 0.7, 8e-4: 0.8, 1.6e-3: 0.9}, [8e-4, 1.6e-3], 1.6e-3),  # best at the top twice
+    ({1e-4: 0.5, 2e-4: 0.6, 4e-4: 0.7, 8e-4: 0.65}, [8e-4], 4e-4),  # one step up finds the top
+    ({2.5e-5: 0.75, 5e-5: 0.8, 1e-4: 0.7, 2e-4: 0.6, 4e-4: 0.5}, [5e-5, 2.5e-5], 5e-5),  # at the bottom: halved
+    ({1e-4: 0.5, 2e-4: 0.7, 4e-4: 0.6}, [], 2e-4),  # best inside the sweep: nothing more
+])
+def test_a_sweep_whose_best_lr_is_at_an_end_goes_on_past_it(tmp_path, val_by_lr, extra, kept):
+    from benchmarks.field_results import MAX_EXTENSIONS
+
+    swept = (1e-4, 2e-4, 4e-4)
+    ran = []
+
+    def run(config, seed, lr):
+        ran.append((seed, lr))
+        return fake_row(config.name, seed, lr, val_by_lr[lr], 0.5)
+
+    run_config(Config("peer", swept=True), (42, 1), swept, ResultStore(tmp_path / "rows.json"), "b", run)
+    assert len(extra) <= MAX_EXTENSIONS
+    assert [lr for seed, lr in ran if seed == 42] == pytest.approx([*swept, *extra])
+    assert [lr for seed, lr in ran if seed == 1] == pytest.approx([kept])
+    single = run_config(Config("quick", swept=True), (42,), (1e-4,), ResultStore(tmp_path / "rows.json"), "b", run)
+    assert len(single["ran"]) == 1  # one LR is no sweep: no end to go past
+
+
 def test_the_summary_is_mean_and_sample_std_over_seeds_at_the_kept_lr():
     rows = [fake_row("peer", 42, 1e-4, 0.5, 0.9), fake_row("peer", 42, 2e-4, 0.7, 0.60),
             fake_row("peer", 1, 2e-4, 0.7, 0.70), fake_row("peer", 2, 2e-4, 0.7, 0.80)]
@@ -120,6 +144,9 @@ def test_the_summary_is_mean_and_sample_std_over_seeds_at_the_kept_lr():
     assert summarise(older, swept=True, first_seed=42)["cpu_s"] == pytest.approx((21.5, statistics.stdev([21.0, 22.0])))
     alone = summarise([fake_row("recipe", 42, None, 0.5, 0.5)], swept=False, first_seed=42)
     assert alone["Smeasure"] == (0.5, None)
+    disturbed = [dict(rows[1], timing_disturbed="tests ran beside it", wall_s=999.0)] + rows[2:]
+    assert summarise(disturbed, swept=True, first_seed=42)["wall_s"] == pytest.approx((11.5, statistics.stdev([11.0, 12.0])))
+    assert summarise(disturbed, swept=True, first_seed=42)["Smeasure"] == summary["Smeasure"]
     flipped = [dict(row, test_flip=row["test"]) for row in rows[:3]]  # seed 2's row saved before flips were scored
     assert summarise(flipped + rows[3:], swept=True, first_seed=42, part="test_flip")["seeds"] == [1, 42]
     text = markdown({"peer": summary, "recipe": alone, "absent": summarise([], True, 42)}, {}, "b")
