@@ -15,23 +15,18 @@ import torch
 import torch.nn.functional as F
 
 
-def training_sides(img_size: int, scales: Sequence[float]) -> Tuple[int, ...]:
-    """The distinct batch sides of ``scales`` x ``img_size``, rounded to whole pixels, ascending."""
-    return tuple(sorted({int(round(img_size * scale)) for scale in scales}))
-
-
 class BatchScale:
     """Resize each training batch to a side drawn from ``sides``.
 
     Args:
         img_size: the side the samples arrive at (``--img-size``).
-        scales: multiples of ``img_size`` to draw from (``--train-scales``); ``(1.0,)`` changes nothing.
+        sides: the batch sides to draw from (``TrainConfig.train_sides``); ``(img_size,)`` changes nothing.
         seed: the run's ``--seed``.
     """
 
-    def __init__(self, img_size: int, scales: Sequence[float], seed: int) -> None:
+    def __init__(self, img_size: int, sides: Sequence[int], seed: int) -> None:
         self.img_size, self.seed = img_size, seed
-        self.sides = training_sides(img_size, scales)
+        self.sides = tuple(sorted(set(sides)))
 
     @property
     def enabled(self) -> bool:

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from data.batch_scale import BatchScale
-from engine.config import TrainConfig, parse_scales
+from engine.config import TrainConfig
 from engine.runtime.fake_cuda import FakeCuda, cuda_autocast
 from engine.training.losses import SegmentationCriterion
 from models import build_model
@@ -213,6 +213,6 @@ def estimate_training_memory(config: TrainConfig, amp_dtype: Optional[torch.dtyp
     stages = [(1, config.batch_size)] if config.stage1_epochs > 0 and not config.skip_stage1 else []
     if config.epochs > config.stage1_epochs or config.skip_stage1:
         stages.append((2, config.resolved_stage2_batch_size))
-    side = BatchScale(config.img_size, parse_scales(config.train_scales), config.seed).largest_side
+    side = BatchScale(config.img_size, config.train_sides, config.seed).largest_side
     return [estimate_stage(model, criterion, stage, batch, side, amp_dtype, config.use_ema,
                            config.channels_last, world_size) for stage, batch in stages]

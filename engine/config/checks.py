@@ -8,7 +8,7 @@ from typing import Dict, Optional
 
 from engine.config.fields import (AMP_MODES, BEST_METRICS, CACHE_MODES, DEVICES, NORMALIZATION_MODES, PROGRESS_MODES,
                                   SCHEDULERS, TrainConfig)
-from engine.config.values import ConfigError, parse_duration, parse_epoch_selection, parse_scales
+from engine.config.values import ConfigError, parse_duration, parse_epoch_selection
 
 
 def _require(condition: bool, message: str) -> None:
@@ -136,7 +136,7 @@ def validate(config: TrainConfig) -> None:
     _require(config.device in DEVICES, f"--device {config.device!r} is unknown; choose one of {', '.join(DEVICES)}")
     _require(config.devices == "auto" or (config.devices.isdigit() and int(config.devices) >= 1),
              f"--devices must be auto or a positive number of GPUs (got {config.devices!r})")
-    sides = [round(config.img_size * scale) for scale in parse_scales(config.train_scales)]
+    sides = config.train_sides
     _require(min(sides) >= 32, f"--train-scales {config.train_scales} makes batches of {min(sides)} px at --img-size "
                                f"{config.img_size}; the smallest scale must give at least 32 px")
     if config.time_limit is not None:

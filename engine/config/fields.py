@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from engine.config.values import eval_epochs_disabled, parse_duration
+from engine.config.values import eval_epochs_disabled, parse_duration, parse_scales, training_sides
 from models.config import ModelConfig, default_top_k
 
 PRETRAINED_DECODER_LR_SCALE = 4.0  # decoder LR / encoder LR when the encoder is pretrained (README, real_data.py)
@@ -158,6 +158,11 @@ class TrainConfig:
     def diagnosis_enabled(self) -> bool:
         """Whether the post-epoch diagnosis runs at all (``--eval-epochs none`` / ``off``: no)."""
         return not eval_epochs_disabled(self.eval_epochs)
+
+    @property
+    def train_sides(self) -> Tuple[int, ...]:
+        """Multi-scale training's batch sides: ``--train-scales`` x ``--img-size``, rounded, ascending."""
+        return training_sides(self.img_size, parse_scales(self.train_scales))
 
     @property
     def dataset_roots(self) -> List[str]:

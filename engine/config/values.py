@@ -69,3 +69,8 @@ def parse_scales(text: str, flag: str = "--train-scales") -> Tuple[float, ...]:
     if not scales or not all(0 < scale <= 2 for scale in scales):
         raise ConfigError(f"{flag} {text!r}: each scale must be a number in (0, 2] times --img-size, e.g. 0.75,1,1.25")
     return scales
+
+
+def training_sides(img_size: int, scales: Tuple[float, ...]) -> Tuple[int, ...]:
+    """The distinct batch sides of ``scales`` x ``img_size``, rounded to whole pixels, ascending."""
+    return tuple(sorted({int(round(img_size * scale)) for scale in scales}))

@@ -22,7 +22,7 @@ from data.loaders import SeededEpochSampler, create_loader, set_loader_epoch, st
 from data.synthetic import SyntheticCamouflageDataset
 from data.transforms import build_train_transform, build_val_transform
 from engine.checkpoint.lock import write_error
-from engine.config import TrainConfig, parse_scales
+from engine.config import TrainConfig
 from engine.packages import check_training_packages
 
 logger = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def build_data(config: TrainConfig, normalization: Tuple[Sequence[float], Sequen
         description = (f"{', '.join(config.dataset_roots)}: {len(train)} training, {len(val)} validation images "
                        f"({sources.val_source})")
     description += f"; {num_workers} DataLoader workers" + (" per rank" if world_size > 1 else "")
-    batch_scale = BatchScale(config.img_size, parse_scales(config.train_scales), config.seed)
+    batch_scale = BatchScale(config.img_size, config.train_sides, config.seed)
     if batch_scale.enabled:
         description += f"; multi-scale training at {', '.join(map(str, batch_scale.sides))} px"
     return DataModule(train, val, num_workers, config.seed, description,

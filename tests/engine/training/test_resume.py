@@ -144,7 +144,7 @@ def test_multi_scale_training_draws_each_batch_side_from_its_place_in_the_run_an
     straight.unwrapped_model.register_forward_pre_hook(
         lambda module, inputs: seen.append(inputs[0].shape[-1]) if module.training else None)
     straight.fit()
-    draw = BatchScale(48, (0.75, 1.0, 1.25), straight.config.seed)
+    draw = BatchScale(48, straight.config.train_sides, straight.config.seed)
     batches = straight.data.samples_per_rank // settings["batch_size"]
     assert seen == [draw.side_at(epoch, index) for epoch in range(4) for index in range(batches)]
     assert set(seen) == {36, 48, 60}
