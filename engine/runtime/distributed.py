@@ -174,6 +174,11 @@ def shutdown(context: DistributedContext, failed: bool = False) -> None:
     saves makes gloo abort the job. After a failure (``failed``) there is no barrier: the other
     ranks may be waiting in a collective this rank will never join, so a barrier would wait for
     ``COLLECTIVE_TIMEOUT``; leaving at once breaks their collectives and lets torchrun end the job.
+
+    The process group must be freed here, not at interpreter exit: a DDP wrapper's reducer keeps it
+    (and gloo's worker threads) alive past ``destroy_process_group``, and gloo threads still running
+    while the interpreter finalises abort the rank now and then ("terminate called without an active
+    exception", exit 134 after a finished run). So the Trainer drops its wrapper when ``fit`` ends.
     """
     if not (context.enabled and dist.is_initialized()):
         return

@@ -62,12 +62,10 @@ class Trainer:
                  callbacks: Iterable, device: torch.device, distributed: DistributedContext = DistributedContext()):
         self.config, self.model, self.criterion, self.data = config, model, criterion, data
         self.unwrapped_model = model  # self.model becomes the DDP wrapper under torchrun
-        self.device = device
-        self.distributed = distributed
+        self.device, self.distributed = device, distributed
         self.plan = StagePlan(config, data.samples_per_rank, PlanState.fresh(config))
         self._wrapped_for: Optional[tuple] = None
-        # under DDP: the buffers training changes (engine.runtime.distributed)
-        self.synced_buffers: Dict[str, tuple] = {}
+        self.synced_buffers: Dict[str, tuple] = {}  # under DDP: the buffers training changes (runtime.distributed)
         self.optimizer = build_optimizer(model, config)
         self.precision = Precision.create(config.amp, device)
         self.guard = NonFiniteGuard(config.max_bad_steps)
@@ -130,6 +128,8 @@ class Trainer:
                 self.callbacks.call_quietly("teardown", self)
             finally:
                 self.data.close()  # persistent workers stop here, also when training failed
+                # the DDP wrapper holds the process group (see shutdown()); a later fit() wraps again
+                self.model, self._wrapped_for = self.unwrapped_model, None
 
     def _out_of_memory_message(self) -> str:
         if self.validating:

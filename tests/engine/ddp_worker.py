@@ -37,7 +37,8 @@ def main(settings_json: str, output: str) -> None:
         trainer.fit()
     ema = trainer.averaged_models.get("ema")
     # Automatic collection was off during fit: a replaced DDP wrapper still listed here was left to a
-    # cyclic GC pass that may come late (its reducer holds a gradient copy), not freed at the re-wrap.
+    # cyclic GC pass that may come late (its reducer holds a gradient copy), not freed at the re-wrap;
+    # the last wrapper fit() drops itself.
     # type(), not isinstance(): isinstance on a dead weak proxy (torch.compile keeps some) raises
     wrappers = sum(type(o) is torch.nn.parallel.DistributedDataParallel for o in gc.get_objects())
     metrics = trainer.validate(trainer.model)  # all-reduced: every rank takes part

@@ -7,10 +7,16 @@ Python imports ``sitecustomize`` at start-up, so the ranks the launcher spawns r
   parent) at the rank's n-th ``train`` forward (micro-batch), ``val`` forward, or ``save``
   (``torch.save``, i.e. inside a checkpoint write).
 - ``HOOK_FAIL=<n>``: the rank's n-th training forward raises a disk-full OSError.
+
+On every rank, ``HOOK_THREADS_AT_EXIT=1`` prints ``rank <r> gloo threads at exit: <n>`` when the
+interpreter starts to exit (atexit): threads of a process group still alive then may abort the rank
+while the interpreter finalises.
 """
+import atexit
 import errno
 import os
 import signal
+import sys
 
 FAILED_PATH = "/injected/by/launch_hooks"
 
@@ -47,3 +53,18 @@ def _install() -> None:
 
 if "RANK" in os.environ and os.environ.get("RANK") == os.environ.get("HOOK_RANK"):
     _install()
+
+
+def _count_gloo_threads() -> None:
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                names.append(comm.read().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    print(f"rank {os.environ['RANK']} gloo threads at exit: {sum('gloo' in name for name in names)}", file=sys.stderr)
+
+
+if "RANK" in os.environ and os.environ.get("HOOK_THREADS_AT_EXIT") == "1":
+    atexit.register(_count_gloo_threads)

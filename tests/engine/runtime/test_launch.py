@@ -37,8 +37,12 @@ def launch(folder: Path, *extra, timeout: float = 240, **hooks) -> tuple:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     folder = tmp_path_factory.mktemp("launch") / "straight"
-    result, _ = launch(folder)
+    result, _ = launch(folder, HOOK_THREADS_AT_EXIT="1")
     assert result.returncode == 0, result.stderr[-3000:]
+    # the process group was freed before exit, not during the interpreter's finalisation (where gloo's
+    # threads now and then abort a rank that finished: exit 134)
+    assert "rank 0 gloo threads at exit: 0" in result.stderr and "rank 1 gloo threads at exit: 0" in result.stderr, \
+        result.stderr[-3000:]
     assert "Training on 2 CPU processes (gloo), one process each: global batch 8 = 2 per process x 2 x 2 " \
            "accumulation steps; --devices 1 trains on one" in result.stderr
     assert "DDP world size 2" in result.stderr and "ignored under torchrun" not in result.stderr
@@ -71,8 +75,9 @@ def test_stops_sent_to_one_rank_or_the_launcher_are_agreed_and_resume_to_the_str
 
 
 def test_a_failing_rank_ends_the_launched_job_with_its_one_line_error(tmp_path):
-    result, seconds = launch(tmp_path / "failing", HOOK_RANK="1", HOOK_FAIL="2")
+    result, seconds = launch(tmp_path / "failing", HOOK_RANK="1", HOOK_FAIL="2", HOOK_THREADS_AT_EXIT="1")
     assert result.returncode == 2, result.stderr[-3000:]
+    assert "rank 1 gloo threads at exit: 0" in result.stderr, result.stderr[-3000:]
     assert "error: /injected/by/launch_hooks: the disk is full" in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr[-3000:]
     assert seconds < 120
