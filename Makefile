@@ -46,7 +46,7 @@ figures: $(STAMP)
 
 # The measuring scripts of benchmarks/, each printing one JSON line (tests/benchmarks/test_bench_target.py
 # keeps the list). Not here: helper modules, and monitor_alarms.py (about 75 minutes of training: run it alone).
-BENCHMARKS := ema_update metrics eval_speed data_pipeline step_overhead throughput t4_batch_table real_data gpu_check
+BENCHMARKS := ema_update metrics eval_speed data_pipeline step_overhead throughput expert_dispatch t4_batch_table real_data gpu_check
 
 bench: $(STAMP)
 	for name in $(BENCHMARKS); do $(PY) benchmarks/$$name.py || exit 1; done

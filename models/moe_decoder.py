@@ -1,4 +1,4 @@
-"""Mixture-of-Experts decoder: FPN fusion, a top-k router and dense, batched experts."""
+"""Mixture-of-Experts decoder: FPN fusion, a top-k router and batched experts (each on its routed images on a CPU)."""
 from __future__ import annotations
 
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -42,8 +42,13 @@ class MoEDecoder(nn.Module):
     *context* levels). A finer level (the stride-2 level of EfficientNet/ResNet-style backbones)
     is only handed on to the head's narrow detail refinement: running the FPN and seven experts
     there would cost 4x.
-    All experts run densely on the batch (no per-sample gather, no host sync); experts outside an
-    image's top-k get weight 0. The gradient reaches the router through the combine weights.
+    On a GPU (and under ``torch.compile``) all experts run densely on the batch, with no per-sample
+    gather and no host sync; experts outside an image's top-k get weight 0. On a CPU, where the
+    experts' arithmetic is the cost and a host sync is free, each expert runs only on the images
+    routed to it (``sparse_on_cpu``), e.g. 3 of 7 experts' work per image at top-k 3. Both give the
+    same mixture and the same gradients: an expert no image chose still gets its zero gradient, as
+    AdamW's moments and DDP (which expects every trainable parameter to get one) see it densely.
+    The gradient reaches the router through the combine weights.
 
     Attributes:
         context_levels: indices of the encoder levels the FPN fuses.
@@ -103,6 +108,7 @@ class MoEDecoder(nn.Module):
         self.side_heads.requires_grad_(side_outputs)
         self.detail_in_channels = 0 if self.detail_level is None else encoder_channels[self.detail_level]
         self.grad_checkpointing = False
+        self.sparse_on_cpu = True  # False: dense on the CPU too (benchmarks/expert_dispatch.py compares them)
 
     def monitored_blocks(self) -> List[Tuple[str, nn.Module]]:
         """``(name, module)`` of the fusion convs and the experts (gradient-gain measurement)."""
@@ -121,14 +127,47 @@ class MoEDecoder(nn.Module):
         """
         fused, pyramid = self.fusion([features[i] for i in self.context_levels])
         routing = self.router(fused)
-        expert_outputs = torch.stack([self._run_expert(expert, fused) for expert in self.experts], dim=1)  # (B,E,D,h,w)
-        mixture = torch.einsum("be,bedhw->bdhw", routing.weights.to(expert_outputs.dtype), expert_outputs)
+        if self._dispatches_sparsely(fused):
+            mixture, expert_outputs = self._routed_mixture(fused, routing.weights), None
+        else:
+            expert_outputs = torch.stack([self._run_expert(expert, fused) for expert in self.experts], dim=1)
+            mixture = torch.einsum("be,bedhw->bdhw", routing.weights.to(expert_outputs.dtype), expert_outputs)
         side_logits = [head(level) for head, level in zip(self.side_heads, pyramid)] if self.side_outputs else []
         return DecoderOutput(
             mixture, routing.balance_loss, routing.weights, routing.expert_fractions,
             self._expert_logits(expert_outputs), side_logits,
             None if self.detail_level is None else features[self.detail_level],
         )
+
+    def _dispatches_sparsely(self, fused: torch.Tensor) -> bool:
+        # Per-expert logits need every expert on every image; a compiled graph wants static shapes.
+        return (self.sparse_on_cpu and fused.device.type == "cpu" and self.expert_head is None
+                and not torch.compiler.is_compiling())
+
+    def _routed_mixture(self, fused: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_e weights[b, e] * expert_e(fused[b])`` over the experts routed to image ``b``.
+
+        Args:
+            fused: ``(B, D, h, w)``. weights: ``(B, E)``, zero outside each image's top-k.
+
+        Returns:
+            The mixture ``(B, D, h, w)``.
+        """
+        routed = (weights != 0).cpu()  # no sync on a CPU
+        mixture, unused = None, []
+        for index, expert in enumerate(self.experts):
+            rows = routed[:, index].nonzero().flatten()
+            if rows.numel() == 0:
+                unused.extend(p for p in expert.parameters() if p.requires_grad)
+                continue
+            everyone = rows.numel() == fused.shape[0]
+            output = self._run_expert(expert, fused if everyone else fused.index_select(0, rows))
+            contribution = output * weights[rows, index].to(output.dtype)[:, None, None, None]
+            mixture = contribution.new_zeros(fused.shape) if mixture is None else mixture
+            mixture = mixture + contribution if everyone else mixture.index_add(0, rows, contribution)
+        if unused:  # the zero gradient each would get densely (weight 0 on every image)
+            mixture = mixture + 0.0 * sum(parameter.sum() for parameter in unused)
+        return mixture
 
     def _run_expert(self, expert: nn.Module, fused: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
