@@ -39,6 +39,10 @@ def counting_backend():
 
 def _fit(config):
     trainer = build_trainer(config)
+    # Dense experts in both runs: compiled graphs run every expert on every image (static shapes), eager
+    # CPU steps only the routed ones. Each step agrees within 1e-6 (tests/models/test_expert_dispatch.py),
+    # but summed in another order over a run the weights drift past this comparison's 1e-4.
+    trainer.unwrapped_model.decoder.sparse_on_cpu = False
     trainer.fit()
     return trainer
 
