@@ -24,7 +24,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 from engine.config import build_config  # noqa: E402
-from engine.training.losses import SegmentationCriterion  # noqa: E402
+from engine.training.losses import build_criterion  # noqa: E402
 from models.factory import build_model  # noqa: E402
 
 
@@ -34,10 +34,7 @@ def build_pair(backbone: str, img_size: int):
     routed = build_model(config.model_config(synthetic=True))
     dense = copy.deepcopy(routed)
     dense.decoder.sparse_on_cpu = False
-    criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
-                                      config.loss_normalization, config.side_supervision_weight,
-                                      config.loss_normalization_beta)
-    return routed.train(), dense.train(), criterion, config
+    return routed.train(), dense.train(), build_criterion(config), config
 
 
 def train_step(model, criterion, images, masks, seed: int):

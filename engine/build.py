@@ -31,7 +31,7 @@ from engine.runtime.cuda_device import select_device
 from engine.runtime.distributed import init_distributed
 from engine.training.callback import Callback
 from engine.training.data_module import DataSources, build_data, scan_data
-from engine.training.losses import SegmentationCriterion
+from engine.training.losses import build_criterion
 from engine.training.resume import restore_trainer
 from engine.training.run_config import find_resume_path, how_to_continue
 from engine.training.stages import check_epochs_left
@@ -134,9 +134,7 @@ def build_trainer(config: TrainConfig, sources: Optional[DataSources] = None) ->
                 copied = copy_run_history(resume_path, Path(config.checkpoint_dir))
                 logger.info("--continue-from: copied %s from %s into %s", ", ".join(copied), resume_path.parent,
                             config.checkpoint_dir)
-    criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
-                                      config.loss_normalization, config.side_supervision_weight,
-                                      config.loss_normalization_beta).to(device)
+    criterion = build_criterion(config).to(device)
     trainer = Trainer(config, model, criterion, data, build_callbacks(config, distributed.is_main), device,
                       distributed)
     if payload is not None:

@@ -52,7 +52,7 @@ from torch import nn
 from data.batch_scale import BatchScale
 from engine.config import TrainConfig
 from engine.runtime.fake_cuda import FakeCuda, cuda_autocast
-from engine.training.losses import SegmentationCriterion
+from engine.training.losses import build_criterion
 from models import build_model
 
 GIB, MIB = 2**30, 2**20
@@ -207,9 +207,7 @@ def estimate_training_memory(config: TrainConfig, amp_dtype: Optional[torch.dtyp
     model = build_model(model_config)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    criterion = SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight,
-                                      config.loss_normalization, config.side_supervision_weight,
-                                      config.loss_normalization_beta)
+    criterion = build_criterion(config)
     stages = [(1, config.batch_size)] if config.stage1_epochs > 0 and not config.skip_stage1 else []
     if config.epochs > config.stage1_epochs or config.skip_stage1:
         stages.append((2, config.resolved_stage2_batch_size))

@@ -128,3 +128,9 @@ class SegmentationCriterion(nn.Module):
             for index, name in enumerate(self.normalizer.names):
                 losses[f"{name}_normalized"] = normalized[index]
         return losses
+
+
+def build_criterion(config) -> SegmentationCriterion:
+    """The run's loss from a ``TrainConfig`` (its loss weights and normalisation)."""
+    return SegmentationCriterion(config.moe_loss_weight, config.deep_supervision_weight, config.loss_normalization,
+                                 config.side_supervision_weight, config.loss_normalization_beta)
