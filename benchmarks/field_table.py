@@ -8,7 +8,9 @@ LR sweep is decided on it; every configuration trains on the same other 90 %.
 
 Configurations (``CONFIGS``): the recipe through the real CLI at its documented defaults (7 experts,
 top-3 router, detail branch), the MoE ablation (1 expert; the 7 experts averaged uniformly with no
-router, ``uniform_experts.py``; no detail branch), and peers in ``plain_loop.py``'s plain loop:
+router, ``uniform_experts.py``; no detail branch), candidate decoder designs and the previous
+defaults (their flags pinned, so a row keeps its meaning when a default moves), and peers in
+``plain_loop.py``'s plain loop:
 smp's Unet, FPN and UPerNet on ``tu-tf_efficientnet_lite0`` and SINet-V2's decoder written from
 its paper (``cod_peers.py``). Each peer trains at 3 LRs at the first seed (and past an end of the
 sweep whose LR scored best: ``field_results.run_config``) and keeps the LR of the best validation
@@ -81,16 +83,32 @@ class FieldConfig:
         return self.recipe_args is None
 
 
+S4_C64 = ("--min-feature-stride", "4", "--decoder-channels", "64")  # the recipe's decoder before the table moved it
 CONFIGS = (
     FieldConfig("recipe", "the recipe through its CLI, documented defaults: 7 experts, top-3 router with noise 0.1, "
-                "detail branch; also the ablation's 'experts with the router' row", ()),
+                "FPN and experts on the stride-8/16/32 levels at 160 channels, 16-channel detail refinement on "
+                "stride 4; also the ablation's 'experts with the router' row", ()),
     FieldConfig("moe-1-expert", "ablation: `--num-experts 1` (one expert, weight 1, no routing)", ("--num-experts", "1")),
     FieldConfig("moe-uniform", "ablation: `--num-experts 7 --top-k 7 --router-noise 0` with every router gate fixed "
                 "at zero (benchmarks/uniform_experts.py): the 7 experts averaged with weight 1/7, no router",
                 ("--num-experts", "7", "--top-k", "7", "--router-noise", "0"), "benchmarks/uniform_experts.py"),
-    FieldConfig("moe-no-detail", "ablation: `--detail-channels 0` (no stride-2 detail branch)", ("--detail-channels", "0")),
-    FieldConfig("recipe-multiscale", "candidate: the recipe with `--train-scales 0.75,1,1.25` (each training batch "
-                "at 144, 192 or 240 px; validation and test at 192)", ("--train-scales", "0.75,1,1.25")),
+    FieldConfig("moe-no-detail", "ablation: `--detail-channels 0` (no detail refinement)", ("--detail-channels", "0")),
+    FieldConfig("recipe-s4-c64", "the recipe's previous defaults: `--min-feature-stride 4 --decoder-channels 64` "
+                "(FPN and experts from stride 4, 64 channels, detail refinement on stride 2)", S4_C64),
+    FieldConfig("moe-1-expert-s4-c64", "ablation of the previous defaults: `--num-experts 1` with "
+                "`--min-feature-stride 4 --decoder-channels 64`", ("--num-experts", "1", *S4_C64)),
+    FieldConfig("recipe-s4-c64-multiscale", "candidate on the previous defaults: `--train-scales 0.75,1,1.25` (each "
+                "training batch at 144, 192 or 240 px; validation and test at 192)", ("--train-scales", "0.75,1,1.25", *S4_C64)),
+    FieldConfig("recipe-s8-c64", "candidate: `--min-feature-stride 8 --decoder-channels 64`: the previous decoder "
+                "moved to the stride-8/16/32 levels, the detail refinement to stride 4",
+                ("--min-feature-stride", "8", "--decoder-channels", "64")),
+    FieldConfig("recipe-s8-c64-d32", "candidate: `--min-feature-stride 8 --decoder-channels 64 --detail-channels 32`: "
+                "a detail refinement twice as wide", ("--min-feature-stride", "8", "--decoder-channels", "64",
+                                                     "--detail-channels", "32")),
+    FieldConfig("recipe-s8-c128", "candidate: `--min-feature-stride 8 --decoder-channels 128`",
+                ("--min-feature-stride", "8", "--decoder-channels", "128")),
+    FieldConfig("recipe-s8-c192", "candidate: `--min-feature-stride 8 --decoder-channels 192`",
+                ("--min-feature-stride", "8", "--decoder-channels", "192")),
     FieldConfig("smp-unet", "peer: `smp.Unet('tu-tf_efficientnet_lite0')`, plain loop (real_data.py's peer)"),
     FieldConfig("smp-fpn", "peer: `smp.FPN('tu-tf_efficientnet_lite0')`, plain loop"),
     FieldConfig("smp-upernet", "peer: `smp.UPerNet('tu-tf_efficientnet_lite0')` (smp 0.6.0 takes a tu- encoder; "

@@ -24,8 +24,9 @@ class ModelConfig:
         num_experts: number of experts in the MoE decoder.
         top_k: experts each image is routed to; None routes to ``min(DEFAULT_TOP_K, num_experts)``.
         decoder_channels: width of the FPN fusion and of every expert.
-        min_feature_stride: finest encoder stride of the FPN and the experts (4: the stride-2 level
-            of EfficientNet/MobileNet/ResNet-style backbones is left to the detail refinement).
+        min_feature_stride: finest encoder stride of the FPN and the experts (8: the stride-4 level
+            goes to the detail refinement and a stride-2 level is unused; 4 fuses the stride-4 level
+            too: at 64 channels about 1.5x the training time on a CPU; docs/BENCHMARKS.md).
         detail_channels: width of the refinement that brings the decoder output to the finer
             encoder level below ``min_feature_stride`` (a U-Net-style skip); 0 = off, and unused
             for backbones without such a level.
@@ -42,8 +43,8 @@ class ModelConfig:
     backbone: str = "edgenext_base"
     num_experts: int = 7
     top_k: Optional[int] = None  # None: min(DEFAULT_TOP_K, num_experts)
-    decoder_channels: int = 64
-    min_feature_stride: int = 4
+    decoder_channels: int = 160
+    min_feature_stride: int = 8
     detail_channels: int = 16
     router_noise: float = 0.1
     balance_momentum: float = 0.9

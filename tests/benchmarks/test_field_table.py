@@ -15,7 +15,8 @@ from benchmarks.field_results import METRICS, ResultStore, markdown, row_key, ru
 from tests.resources import REAL_CAMO_TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG_NAMES = ("recipe", "moe-1-expert", "moe-uniform", "moe-no-detail", "recipe-multiscale", "smp-unet", "smp-fpn",
+CONFIG_NAMES = ("recipe", "moe-1-expert", "moe-uniform", "moe-no-detail", "recipe-s4-c64", "recipe-s4-c64-multiscale",
+                "recipe-s8-c64", "recipe-s8-c128", "recipe-s8-c192", "smp-unet", "smp-fpn",
                 "smp-upernet", "sinet-v2")
 QUICK_RUN = ("recipe", "smp-unet", "sinet-v2")  # the recipe's CLI, one smp peer, the COD decoder
 SCORES = ("Smeasure", "wFmeasure", "meanEm", "MAE")
@@ -185,7 +186,8 @@ def test_first_seed_only_runs_the_sweep_seed_and_a_later_full_run_adds_the_other
     assert seeds_and_lrs(parse_args([])) == (SEEDS, PEER_LRS)
     assert seeds_and_lrs(parse_args(["--first-seed-only"])) == (SEEDS[:1], PEER_LRS)
     assert seeds_and_lrs(parse_args(["--quick"]))[0] == SEEDS[:1]
-    assert parse_args(["--only", "recipe-multiscale,smp-unet"]).configs[0].recipe_args == ("--train-scales", "0.75,1,1.25")
+    assert parse_args(["--only", "recipe-s4-c64-multiscale,smp-unet"]).configs[0].recipe_args == (
+        "--train-scales", "0.75,1,1.25", "--min-feature-stride", "4", "--decoder-channels", "64")
 
 
 def test_sinet_v2_decoder_gives_input_size_logits_and_every_parameter_a_gradient():

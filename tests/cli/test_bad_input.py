@@ -120,7 +120,7 @@ def damaged_checkpoint(tmp_path, checkpoint_dir, kind):
     (["--resume-from", "{text}"], "not a PyTorch checkpoint"),
     (["--resume-from", "{last}", "--num-experts", "4"], "--num-experts 4 (checkpoint: 3)"),
     (["--resume-from", "{last}", "--backbone", "test_efficientnet"], "(checkpoint: test_convnext); drop these"),
-    (["--resume-from", "{last}", "--min-feature-stride", "8"], "--min-feature-stride 8 (checkpoint: 4)"),
+    (["--resume-from", "{last}", "--min-feature-stride", "4"], "--min-feature-stride 4 (checkpoint: 8)"),
     (["--backbone", "edgenext_bse"], "edgenext_base"),
     (["--ema-decay", "-0.1"], "--ema-decay"),
     (["--batch-size", "0"], "--batch-size"),

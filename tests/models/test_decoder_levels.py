@@ -1,4 +1,5 @@
-"""Which encoder levels the decoder uses: stride >= 4 for FPN and experts, the stride-2 level for detail."""
+"""Which encoder levels the decoder uses: stride >= ``min_feature_stride`` for the FPN and experts, the
+level just finer for the detail refinement (default 8 and stride 4; the mechanism tested at 4 and stride 2)."""
 from __future__ import annotations
 
 import pytest
@@ -10,10 +11,21 @@ BACKBONES_WITH_STRIDE_2 = ["test_efficientnet", "tf_efficientnet_lite0", "resnet
 
 
 def _model(backbone: str, **overrides):
-    settings = dict(backbone=backbone, num_experts=3, decoder_channels=16, pretrained=False)
+    settings = dict(backbone=backbone, num_experts=3, decoder_channels=16, min_feature_stride=4, pretrained=False)
     settings.update(overrides)
     torch.manual_seed(0)
     return build_model(ModelConfig(**settings))
+
+
+def test_by_default_the_context_levels_start_at_stride_8_and_the_stride_4_level_feeds_the_detail_refinement():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained=False))
+    reductions = model.encoder.reductions
+    assert [reductions[i] for i in model.decoder.context_levels] == [8, 16, 32]
+    assert reductions[model.decoder.detail_level] == 4
+    assert model.decoder.fusion.lateral[0].out_channels == 160
+    output = model.eval()(torch.randn(1, 3, 96, 96))
+    assert output.logits.shape == (1, 1, 96, 96)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES_WITH_STRIDE_2)

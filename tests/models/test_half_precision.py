@@ -167,8 +167,10 @@ def test_the_encoder_swaps_every_layer_norm_of_edgenext():
 
 
 def _tiny_model(backbone: str) -> nn.Module:
+    # min_feature_stride 4: the figures below were measured with the decoder from stride 4 (at 64 px the
+    # default 8 leaves 8x8 maps, where the fp16 copies of the encoder's maps outweigh the decoder's own)
     return build_model(ModelConfig(backbone=backbone, pretrained=False, num_experts=7, top_k=2, decoder_channels=16,
-                                   deep_supervision=True)).train()
+                                   min_feature_stride=4, deep_supervision=True)).train()
 
 
 def _criterion() -> SegmentationCriterion:
@@ -212,6 +214,10 @@ def test_the_default_recipe_saves_half_in_fp16_at_stage_two(default_recipe):
         encoder          2.12 GiB -> 1.21 GiB (0.57x) -> 1.21 GiB (0.57x) -> 1.13 GiB (0.53x)
         the whole step   3.16 GiB -> 2.08 GiB (0.66x) -> 1.81 GiB (0.57x) -> 1.73 GiB (0.548x)
 
+    Those were the stride-4, 64-channel decoder. The default moved to stride 8 and 160 channels (the
+    field table, docs/BENCHMARKS.md): decoder + head 0.62 GiB -> 0.35 GiB (0.563x; the FFT expert's
+    fp32 and complex64 are a larger share of a smaller total), the whole step 2.80 -> 1.54 GiB (0.549x).
+
     By dtype, decoder + head in fp16: before 0.35 GiB fp16, 0.43 GiB fp32, 0.02 GiB complex64; now
     0.49 GiB fp16, 0.02 GiB fp32 and 0.02 GiB complex64 (both the FFT expert's). The encoder's fp32
     went from 0.23 to 0.08 GiB: what is left is edgenext's residual stream, fp32 because its layer
@@ -222,6 +228,6 @@ def test_the_default_recipe_saves_half_in_fp16_at_stage_two(default_recipe):
     model.requires_grad_(True)
     single, half = (saved_bytes(model, criterion, config.batch_size, config.img_size, amp)
                     for amp in (None, torch.float16))
-    assert total(half, DECODER_SCOPES) <= 0.56 * total(single, DECODER_SCOPES), (describe(single), describe(half))
+    assert total(half, DECODER_SCOPES) <= 0.58 * total(single, DECODER_SCOPES), (describe(single), describe(half))
     assert total(half, ("encoder",)) <= 0.55 * total(single, ("encoder",)), (describe(single), describe(half))
     assert total(half) <= 0.55 * total(single), (describe(single), describe(half))

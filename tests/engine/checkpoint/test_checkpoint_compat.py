@@ -14,7 +14,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "format2_mid_epoch.pth"
 SETTINGS = dict(backbone="test_efficientnet", decoder_channels=8, num_experts=2, top_k=1, detail_channels=4,
                 epochs=3, stage1_epochs=1, use_ema=True, ema_decay=0.9, batch_size=4, accumulation_steps=2,
                 # the defaults of the version that wrote the fixture (later versions changed them)
-                backbone_lr_scale=0.5, decoder_lr_scale=1.0, router_noise=1.0)
+                backbone_lr_scale=0.5, decoder_lr_scale=1.0, router_noise=1.0, min_feature_stride=4)
 
 
 def _resume(tiny_config, source: Path, folder: Path):
@@ -57,3 +57,19 @@ def test_format2_state_is_restored_exactly(tiny_config, tmp_path):
     assert torch.equal(raw["epoch_loss_sum"], trainer.epoch_loss_sum.cpu())
     assert (raw["epoch_updates"], raw["plan"]["stage2_start"]) == (trainer.epoch_updates, trainer.plan.state.stage2_start)
     assert torch.equal(raw["rng"]["torch"], torch.get_rng_state())
+
+
+def test_the_fixture_continues_and_predicts_with_its_own_architecture_after_the_defaults_moved(tmp_path):
+    """The fixture was written when the decoder started at stride 4 (default 8 since the field table):
+    neither continuing it from the command line nor loading it for prediction needs the flag."""
+    from engine.api import load_model
+    from engine.training.run_config import resolve_run_config
+
+    source = tmp_path / "last.pth"
+    shutil.copy(FIXTURE, source)
+    config, _ = resolve_run_config({}, {"resume_from": str(source), "checkpoint_dir": str(tmp_path / "run")})
+    assert (config.min_feature_stride, config.decoder_channels) == (4, 8)
+    assert build_trainer(config).global_step == 3
+    model = load_model(source, weights="base", device="cpu")
+    assert model.model_config.min_feature_stride == 4
+    assert model.predictor.model.decoder.fusion.lateral[0].out_channels == 8
