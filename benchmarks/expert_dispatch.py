@@ -1,7 +1,7 @@
 """Benchmark: a CPU training step with the MoE experts run on their routed images only, vs every expert
 on every image (``MoEDecoder.sparse_on_cpu`` off), in the same process.
 
-The default model (EfficientNet-Lite0 encoder, 7 experts, top-k 3, 64 channels) at 192 px and batch 8,
+The default model (EfficientNet-Lite0 encoder, 7 experts, top-k 3, the default decoder) at 192 px and batch 8,
 as in the field table (docs/BENCHMARKS.md): forward + loss + backward, the encoder trainable (stage 2).
 The two are interleaved so machine noise hits both alike. Prints one JSON line with the median step
 of each, ``ratio`` = routed / dense (goal < 1.0), and the largest difference of the two mixtures and of
