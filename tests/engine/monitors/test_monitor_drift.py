@@ -112,8 +112,9 @@ def small_model():
     from models.config import ModelConfig
 
     torch.manual_seed(0)
+    # top-3: every expert gets a gradient; stride 4: all 4 encoder levels in the FPN (no detail refinement)
     return build_model(ModelConfig(backbone="test_convnext", pretrained=False, num_experts=3, top_k=3,
-                                   decoder_channels=16))  # top-3: every expert gets a gradient
+                                   decoder_channels=16, min_feature_stride=4))
 
 
 def test_real_backward_gives_a_gain_per_block_and_leaves_no_hook(small_model):
