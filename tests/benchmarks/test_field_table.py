@@ -224,3 +224,18 @@ def test_uniform_experts_averages_every_expert_with_a_frozen_zero_gate(monkeypat
     assert torch.equal(output.routing_weights, torch.full((2, 7), 1 / 7))
     output.logits.mean().backward()
     assert gate.weight.grad is None and not gate.weight.abs().sum()
+
+
+def test_a_row_named_after_a_decoder_pins_its_flags_so_a_moved_default_cannot_change_it():
+    """``recipe-s4-c64``: ``--min-feature-stride 4 --decoder-channels 64`` among its flags; the saved rows
+    of such a configuration keep their meaning when the defaults move (as they did to stride 8, 160)."""
+    import re
+
+    from benchmarks.field_table import CONFIGS
+
+    named = [config for config in CONFIGS if re.search(r"-s\d+-c\d+", config.name)]
+    assert len(named) >= 6
+    for config in named:
+        stride, channels = re.search(r"-s(\d+)-c(\d+)", config.name).groups()
+        flags = dict(zip(config.recipe_args[::2], config.recipe_args[1::2]))
+        assert (flags.get("--min-feature-stride"), flags.get("--decoder-channels")) == (stride, channels), config.name
