@@ -177,7 +177,9 @@ def recipe_command(config: FieldConfig, seed: int, material: Material, run_dir: 
             "--img-size", str(budget.img_size), "--batch-size", str(budget.batch_size),
             "--num-workers", str(budget.num_workers), "--epochs", str(budget.epochs),
             "--stage1-epochs", str(budget.stage1_epochs), "--val-fraction", "0", "--seed", str(seed),
-            *config.recipe_args]
+            # a run folder without a saved row holds an unfinished run, or a kept run of a configuration
+            # since renamed: this row trains anew (without the flag the CLI would refuse the folder)
+            "--overwrite", *config.recipe_args]
 
 
 def run_folder(work: Path, name: str, seed: int, lr: Optional[float]) -> Path:

@@ -34,6 +34,10 @@ def field_table(tmp_path: Path, *flags: str) -> str:
 @pytest.mark.slow
 def test_quick_table_saves_one_row_per_run_resumes_and_tabulates_every_configuration(tmp_path):
     only = ("--quick", "--only", ",".join(QUICK_RUN))
+    # an unfinished run of the recipe (no saved row) left in its folder: the table trains the row anew
+    stale = tmp_path / "work" / "runs" / "recipe-seed42-lrdefault"
+    stale.mkdir(parents=True)
+    (stale / "last.pth").write_bytes(b"left by an interrupted run")
     first = json.loads(field_table(tmp_path, *only).strip().splitlines()[-1])
     saved = (tmp_path / "rows.json").read_text()
     rows = json.loads(saved)["rows"]
