@@ -43,7 +43,7 @@ class ModelConfig:
     backbone: str = "edgenext_base"
     num_experts: int = 7
     top_k: Optional[int] = None  # None: min(DEFAULT_TOP_K, num_experts)
-    decoder_channels: int = 160
+    decoder_channels: int = 160  # docs/BENCHMARKS.md: at stride 8 wider scored better; 160 trains in the COD peer's time
     min_feature_stride: int = 8
     detail_channels: int = 16
     router_noise: float = 0.1

@@ -37,19 +37,19 @@ class TrainConfig:
     synthetic_train_size: int = 400
     synthetic_val_size: int = 100
     synthetic_difficulty: float = 0.15
-    # Model
-    backbone: str = "edgenext_base"
-    num_experts: int = 7
+    # Model (the architecture's defaults are ModelConfig's, written once in models/config.py)
+    backbone: str = ModelConfig.backbone
+    num_experts: int = ModelConfig.num_experts
     top_k: Optional[int] = None  # None: models.config.default_top_k(num_experts), resolved on construction
-    decoder_channels: int = 160  # docs/BENCHMARKS.md: at stride 8 wider scored better; 160 trains in the COD peer's time
-    router_noise: float = 0.1
+    decoder_channels: int = ModelConfig.decoder_channels
+    router_noise: float = ModelConfig.router_noise
     pretrained: Optional[bool] = None  # None: on for real datasets, off for the synthetic set
     pretrained_path: Optional[str] = None
     moe_loss_weight: float = 0.01
     deep_supervision_weight: float = 0.0  # > 0: per-expert logits get their own structure loss
     side_supervision_weight: float = 0.5  # > 0: each pyramid level's side logits get a structure loss
-    min_feature_stride: int = 8  # finest encoder stride of the FPN and experts (the level below goes to the detail head)
-    detail_channels: int = 16  # width of the detail refinement on the level below min_feature_stride (0: off)
+    min_feature_stride: int = ModelConfig.min_feature_stride  # FPN and experts; the level below: detail head
+    detail_channels: int = ModelConfig.detail_channels  # width of that detail refinement (0: off)
     # Optimisation and stages
     batch_size: int = 8
     stage2_batch_size: Optional[int] = None  # None: same as batch_size
